@@ -1,0 +1,36 @@
+# Set-up and everyday commands. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# The shared modality-v1 data set (training and tests); override with DATA=...
+DATA   ?= $(firstword $(wildcard ../shared/datasets/modality-v1 /work/shared/datasets/modality-v1))
+
+.PHONY: install demo test test-fast model bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/xai-pipeline demo
+
+test: install
+	XAI_DATASET_DIR=$(DATA) $(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest tests/unit
+
+# Reproduce the bundled default model from the shared data (about 15 minutes on 2 CPU cores).
+model: install
+	$(BIN)/xai-pipeline train --data $(DATA)/manifest.jsonl --out build/model \
+		--holdout-sources agchung/Actualmed-COVID-chestxray-dataset
+	cp build/model/model.safetensors xai_pipeline/weights/modality-default.safetensors
+	cp build/model/MODEL_CARD.md xai_pipeline/weights/MODEL_CARD.md
+
+clean:
+	rm -rf build demo-output .pytest_cache

@@ -1,0 +1,32 @@
+"""Builders of test inputs: image bytes in many formats, and small models."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from xai_pipeline.model import ModalityNet, ModelSpec, save_model
+
+
+def image_bytes(image: Image.Image, fmt: str, **save_args: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **save_args)
+    return buf.getvalue()
+
+
+def gradient(width: int = 64, height: int = 48, mode: str = "RGB") -> Image.Image:
+    x = np.linspace(0, 255, width, dtype=np.float64)[None, :].repeat(height, axis=0)
+    rgb = np.stack([x, x[::-1], np.full_like(x, 128)], axis=2).astype(np.uint8)
+    return Image.fromarray(rgb).convert(mode)
+
+
+def tiny_model_file(path: Path, class_names: tuple[str, ...] = ("chest_xray", "ct", "mri"), size: int = 64, seed: int = 0, head: str = "linear") -> Path:
+    import torch
+
+    torch.manual_seed(seed)
+    model = ModalityNet(ModelSpec(name="tiny-test", architecture="tiny_cnn", class_names=class_names, version="test", input_size=size, head=head))
+    save_model(model, path)
+    return path

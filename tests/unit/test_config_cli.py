@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from xai_pipeline.cli import build_parser, main
+from xai_pipeline.config import ConfigError, IndexConfig, TrainConfig, flag_name
+from xai_pipeline.source import SourceError, parse_location
+
+
+def test_every_index_field_is_a_flag_of_the_same_name() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["index", "--input", "in", "--output", "out", "--batch-size", "8", "--crm-score", "softmax"])
+    assert args.batch_size == 8 and args.crm_score == "softmax"
+    help_text = subprocess.run([sys.executable, "-m", "xai_pipeline.cli", "index", "--help"], capture_output=True, text=True, check=True).stdout
+    for f in dataclasses.fields(IndexConfig):
+        assert flag_name(f.name) in help_text
+
+
+def test_bad_values_name_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--batch-size"):
+        IndexConfig(input="a", output="b", batch_size=0)
+    with pytest.raises(ConfigError, match="--mode"):
+        IndexConfig(input="a", output="b", mode="bogus")
+    with pytest.raises(ConfigError, match="--outlier-fraction"):
+        TrainConfig(data="a", out="b", outlier_fraction=1.5)
+
+
+def test_configuration_errors_fail_fast_with_exit_code_2(tmp_path, capsys) -> None:
+    code = main(["index", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "t")])
+    assert code == 2
+    assert "--input" in capsys.readouterr().err
+    code = main(["index", "--input", str(tmp_path), "--output", str(tmp_path / "t"), "--model", str(tmp_path / "m.pt")])
+    assert code == 2
+
+
+def test_parse_location_normalises_uris(tmp_path) -> None:
+    s3 = parse_location("s3://bucket/figs/a b%20?#.png", "--input")
+    assert s3.scheme == "s3" and s3.path == "bucket/figs/a b%20?#.png" and s3.uri == "s3://bucket/figs/a b%20?#.png"
+    assert parse_location("s3://bucket", "--input").path == "bucket"
+    local = parse_location(str(tmp_path / "x" / ".." / "y"), "--output")
+    assert local.scheme == "file" and local.path == str(tmp_path / "y") and local.uri == f"file://{tmp_path / 'y'}"
+    with pytest.raises(SourceError, match="--input"):
+        parse_location("gs://bucket/x", "--input")
+    with pytest.raises(SourceError, match="bucket"):
+        parse_location("s3:///key", "--input")
+
+
+def test_readme_documents_every_index_flag_and_column() -> None:
+    from pathlib import Path
+
+    from xai_pipeline.schema import TABLE_SCHEMA
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for f in dataclasses.fields(IndexConfig):
+        assert f"`{flag_name(f.name)}`" in readme, f.name
+    for name in TABLE_SCHEMA.names:
+        assert f"`{name}`" in readme, name

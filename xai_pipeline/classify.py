@@ -1,0 +1,119 @@
+"""The classification + CRM stage: a callable class that loads the model once per actor.
+
+For each batch it moves the decoded pixels of the ``ok`` rows to the model's device, runs the
+backbone once, and from the same feature map computes the logits (GAP + head) and the CRM maps
+(:func:`xai_pipeline.crm.crm`), all batched; one host transfer returns the results.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xai_pipeline import crm as crm_math
+from xai_pipeline import schema
+from xai_pipeline.model import OTHER_LABEL, ModalityNet, load_model
+from xai_pipeline.schema import Status
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    logits: torch.Tensor  # B×C
+    probabilities: torch.Tensor  # B×C
+    relevance: torch.Tensor  # B×H×W
+
+
+@torch.inference_mode()
+def predict(model: ModalityNet, pixels: torch.Tensor, score: crm_math.Score = "logit") -> Predictions:
+    """Logits, softmax probabilities and CRM maps of a uint8 ``B×3×S×S`` batch, on its device."""
+    feats = model.forward_features(model.normalize(pixels))
+    feats = feats.float()
+    logits = model.head(feats.mean(dim=(2, 3)))
+    relevance = crm_math.crm(feats, model.head, score, base_logits=logits)
+    return Predictions(logits, logits.softmax(dim=-1), relevance)
+
+
+def labels_for(probabilities: np.ndarray, class_names: tuple[str, ...], other_threshold: float | None) -> list[str]:
+    """Top class name per row, or ``"other"`` when its probability is below the threshold."""
+    top = probabilities.argmax(axis=1)
+    labels = [class_names[i] for i in top]
+    if other_threshold is not None:
+        conf = probabilities.max(axis=1)
+        labels = [OTHER_LABEL if c < other_threshold else lab for lab, c in zip(labels, conf)]
+    return labels
+
+
+class FigureClassifier:
+    """Ray Data callable class: ``decoded batch -> batch + modality, confidence, probabilities, crm_map``.
+
+    Args:
+        model_path: a ``.safetensors`` model file; ``None`` for the bundled default.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        crm_score: ``"logit"`` (paper) or ``"softmax"``.
+        torch_threads: intra-op threads on the CPU.
+    """
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        device: str = "auto",
+        crm_score: crm_math.Score = "logit",
+        torch_threads: int = 2,
+    ) -> None:
+        torch.set_num_threads(max(1, torch_threads))
+        self.device = resolve_device(device)
+        self.model = load_model(Path(model_path) if model_path else None, self.device)
+        if self.device.type == "cpu":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.spec = self.model.spec
+        self.crm_score = crm_score
+        size = self.spec.input_size
+        probe = torch.zeros((1, 3, size, size), dtype=torch.uint8, device=self.device)
+        self.map_shape = tuple(predict(self.model, probe, crm_score).relevance.shape[1:])
+        log.info("loaded model %s v%s on %s", self.spec.name, self.spec.version, self.device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch[schema.STATUS])
+        ok = np.asarray(batch[schema.STATUS]) == Status.OK.value
+        num_classes = self.spec.num_classes
+        probabilities = np.full((n, num_classes), np.nan, dtype=np.float32)
+        confidence = np.full(n, np.nan, dtype=np.float32)
+        modality = np.full(n, "", dtype=object)
+        relevance = np.zeros((n, *self.map_shape), dtype=np.float32)
+        if ok.any():
+            pixels = torch.from_numpy(np.ascontiguousarray(batch[schema.PIXELS][ok]))
+            if self.device.type == "cuda":
+                pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+            else:
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
+            out = predict(self.model, pixels, self.crm_score)
+            probs = out.probabilities.cpu().numpy()
+            relevance[ok] = out.relevance.cpu().numpy()
+            probabilities[ok] = probs
+            confidence[ok] = probs.max(axis=1)
+            modality[ok] = labels_for(probs, self.spec.class_names, self.spec.other_threshold)
+        result = {k: v for k, v in batch.items() if k != schema.PIXELS}
+        result.update(
+            {
+                schema.MODALITY: modality,
+                schema.CONFIDENCE: confidence,
+                schema.PROBABILITIES: probabilities,
+                schema.CRM_MAP: relevance,
+                schema.MODEL_NAME: np.full(n, self.spec.name, dtype=object),
+                schema.MODEL_VERSION: np.full(n, self.spec.version, dtype=object),
+            }
+        )
+        return result

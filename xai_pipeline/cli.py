@@ -1,0 +1,123 @@
+"""``xai-pipeline``: argument parsing and human output only; the work happens in the package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from xai_pipeline.config import (
+    ConfigError,
+    DemoConfig,
+    EvaluateConfig,
+    IndexConfig,
+    TrainConfig,
+    add_arguments,
+    from_namespace,
+)
+from xai_pipeline.model import ModelFileError
+from xai_pipeline.source import SourceError
+
+DESCRIPTION = """\
+Label biomedical figures by imaging modality and explain each label with a
+Class-selective Relevance Map (Kim, Rajaraman & Antani, Diagnostics 2019).
+
+commands:
+  index      classify figures from S3 or a folder into a Delta table
+  demo       index the bundled sample figures with the bundled model
+  train      train a modality classifier; writes model, metrics and model card
+  evaluate   metrics, confusion matrix, calibration and class-mean CRM maps
+"""
+
+EXAMPLES = {
+    "index": "example:\n  xai-pipeline index --input s3://figures/pmc/ --output s3://tables/figures "
+    "--batch-size 64 --concurrency 4\n  xai-pipeline index --input ./figures --output ./table",
+    "demo": "example:\n  xai-pipeline demo --output demo-output/figures",
+    "train": "example:\n  xai-pipeline train --data ../shared/datasets/modality-v1/manifest.jsonl --out build/model",
+    "evaluate": "example:\n  xai-pipeline evaluate --data ../shared/datasets/modality-v1/manifest.jsonl --out evaluation",
+}
+
+
+def _print_summary_json(summary_json: str) -> None:
+    print(summary_json, flush=True)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from xai_pipeline.pipeline import run_index
+
+    summary = run_index(from_namespace(IndexConfig, args))
+    _print_summary_json(summary.to_json())
+    return 0 if summary.ok + summary.errors == summary.inputs else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from xai_pipeline.pipeline import run_demo
+
+    cfg = from_namespace(DemoConfig, args)
+    summary, modalities = run_demo(cfg)
+    _print_summary_json(summary.to_json())
+    print("\nfigures per modality:")
+    for name, count in sorted(modalities.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"  {name:<14}{count:>4}")
+    print(f"\ntable: {summary.output}  (Delta Lake, version {summary.table_version})")
+    print("read it with:  python -c \"from deltalake import DeltaTable; "
+          f"print(DeltaTable('{Path(cfg.output).resolve()}').to_pandas()[['source_uri','modality','confidence']])\"")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from xai_pipeline.train_run import run_training
+
+    report = run_training(from_namespace(TrainConfig, args))
+    brief = {k: report[k]["macro_f1"] for k in ("validation", "source_holdout") if k in report}
+    print(json.dumps({"out": args.out, "macro_f1": brief, "other_threshold": report["model_spec"]["other_threshold"],
+                      "seconds": report["seconds"]}))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from xai_pipeline.evaluate_run import run_evaluation
+
+    metrics, paths = run_evaluation(from_namespace(EvaluateConfig, args))
+    print(metrics.table())
+    print("\n" + "\n".join(f"{k}: {v}" for k, v in paths.items()))
+    return 0
+
+
+COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int]]] = {
+    "index": (IndexConfig, cmd_index),
+    "demo": (DemoConfig, cmd_demo),
+    "train": (TrainConfig, cmd_train),
+    "evaluate": (EvaluateConfig, cmd_evaluate),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xai-pipeline", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (config_cls, _) in COMMANDS.items():
+        doc = (config_cls.__doc__ or "").strip().split(": ", 1)[-1]
+        p = sub.add_parser(name, help=doc, description=doc, epilog=EXAMPLES.get(name),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_arguments(p, config_cls)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("xai_pipeline").setLevel(logging.INFO)
+    try:
+        return COMMANDS[args.command][1](args)
+    except (ConfigError, SourceError, ModelFileError) as exc:
+        print(f"xai-pipeline {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

