@@ -10,6 +10,7 @@ import pytest
 
 TESTS_DIR = Path(__file__).parent
 sys.path.insert(0, str(TESTS_DIR))  # makes `oracles` and `helpers` importable
+sys.path.insert(0, str(TESTS_DIR.parent))  # makes `bench` importable
 
 _CANDIDATES = [
     os.environ.get("XAI_DATASET_DIR", ""),

@@ -67,13 +67,13 @@ def confusion_png(confusion: np.ndarray, row_names: list[str], col_names: list[s
     shade = confusion / totals
     for j, name in enumerate(col_names):
         draw.text((margin + j * cell + 4, margin - 30 + (j % 2) * 12), name[:10], fill=(0, 0, 0))
-    draw.text((margin, 6), "predicted →", fill=(0, 0, 0))
-    draw.text((4, 6), "true ↓", fill=(0, 0, 0))
+    draw.text((margin, 6), "predicted (columns)", fill=(0, 0, 0))
+    draw.text((4, 20), "true (rows)", fill=(0, 0, 0))
     for i, name in enumerate(row_names):
         draw.text((4, margin + i * cell + cell // 2 - 6), name[:14], fill=(0, 0, 0))
         for j in range(cols):
             x, y = margin + j * cell, margin + i * cell
-            level = int(255 - 200 * shade[i, j])
+            level = int(255 - 150 * shade[i, j])
             draw.rectangle([x, y, x + cell - 2, y + cell - 2], fill=(level, level, 255))
             draw.text((x + cell // 3, y + cell // 3), str(int(confusion[i, j])), fill=(0, 0, 0))
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,1 @@
+"""Benchmarks and reliability scenarios: ``python -m bench.NAME`` (``--smoke`` for CI scale)."""
