@@ -85,3 +85,20 @@ def test_train_command_writes_a_model_that_loads_and_predicts(tmp_path: Path, da
         assert (tmp_path / "out" / name).is_file()
     assert json.loads((tmp_path / "out" / "training_metrics.json").read_text())["steps"] == 6 == report["steps"]
     assert "macro-F1" in (tmp_path / "out" / "MODEL_CARD.md").read_text()
+
+
+def test_evaluate_command_prints_metrics_and_writes_plots(tmp_path: Path, dataset_dir: Path, capsys) -> None:
+    from xai_pipeline.cli import main
+
+    data = tmp_path / "data"
+    for label in ("fundus", "histology", "ultrasound"):
+        (data / label).mkdir(parents=True)
+        for src in sorted((dataset_dir / label).iterdir())[:3]:
+            (data / label / src.name).write_bytes(src.read_bytes())
+    assert main(["evaluate", "--data", str(data), "--out", str(tmp_path / "eval")]) == 0
+    printed = capsys.readouterr().out
+    assert "macro-F1" in printed and "confusion" in printed and "ECE" in printed
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == 9 and sum(map(sum, metrics["confusion"])) == 9
+    for name in ("confusion.png", "class_mean_crm.png"):
+        assert Image.open(tmp_path / "eval" / name).size[0] > 100
