@@ -87,7 +87,9 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in resp.getheaders():
             if key.lower() not in ("transfer-encoding", "content-length", "connection"):
                 self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
+        # A HEAD response has no body but announces the object's length: pass that through.
+        length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+        self.send_header("Content-Length", length)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)

@@ -8,6 +8,7 @@ backbone once, and from the same feature map computes the logits (GAP + head) an
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from xai_pipeline.model import OTHER_LABEL, ModalityNet, load_model
 from xai_pipeline.schema import Status
 
 log = logging.getLogger(__name__)
+
+# Test hook for fault-injection tests, not a production switch: when this variable names a file
+# that does not exist yet, the first batch creates it and kills its actor process mid-batch.
+KILL_ONCE_ENV = "XAI_PIPELINE_TEST_KILL_ACTOR_ONCE"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -54,6 +59,18 @@ def labels_for(probabilities: np.ndarray, class_names: tuple[str, ...], other_th
         conf = probabilities.max(axis=1)
         labels = [OTHER_LABEL if c < other_threshold else lab for lab, c in zip(labels, conf)]
     return labels
+
+
+def _maybe_die_for_test() -> None:
+    marker = os.environ.get(KILL_ONCE_ENV)
+    if marker:
+        try:
+            with open(marker, "x"):
+                pass
+        except FileExistsError:
+            return
+        log.warning("test hook %s: killing this classifier actor mid-batch", KILL_ONCE_ENV)
+        os._exit(1)
 
 
 class FigureClassifier:
@@ -100,6 +117,7 @@ class FigureClassifier:
             else:
                 pixels = pixels.contiguous(memory_format=torch.channels_last)
             out = predict(self.model, pixels, self.crm_score)
+            _maybe_die_for_test()
             probs = out.probabilities.cpu().numpy()
             relevance[ok] = out.relevance.cpu().numpy()
             probabilities[ok] = probs

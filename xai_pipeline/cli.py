@@ -50,7 +50,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     summary = run_index(from_namespace(IndexConfig, args))
     _print_summary_json(summary.to_json())
-    return 0 if summary.ok + summary.errors == summary.inputs else 1
+    return 0 if summary.processed == summary.inputs - summary.skipped else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -41,7 +41,8 @@ class IndexConfig:
     concurrency: int = field(default=1, metadata=opt("classifier actors (one GPU each when GPUs are used)", metavar="N"))
     num_gpus: float | None = field(default=None, metadata=opt("GPUs per classifier actor (default: 1 if the cluster has GPUs, else 0)", metavar="N"))
     torch_threads: int = field(default=2, metadata=opt("torch threads per classifier actor on the CPU", metavar="N"))
-    mode: str = field(default=WriteMode.APPEND.value, metadata=opt("append this run's rows, or overwrite the table's rows", choices=tuple(m.value for m in WriteMode)))
+    commit_every: int = field(default=100_000, metadata=opt("figures per Delta commit; a rerun after a crash skips committed figures", metavar="N"))
+    mode: str = field(default=WriteMode.APPEND.value, metadata=opt("append: add rows for figures this model version has not committed yet; overwrite: replace the table's rows", choices=tuple(m.value for m in WriteMode)))
     crm_score: str = field(default="logit", metadata=opt("score that CRM perturbs: logits (paper) or softmax probabilities", choices=SCORES))
     max_bytes: int = field(default=DecodeLimits.max_bytes, metadata=opt("largest object decoded, in bytes; larger ones become too_large rows", metavar="N"))
     max_pixels: int = field(default=DecodeLimits.max_pixels, metadata=opt("largest width×height decoded; larger ones become too_large rows", metavar="N"))
@@ -50,7 +51,7 @@ class IndexConfig:
     ray_address: str | None = field(default=None, metadata=opt("Ray cluster to join (default: RAY_ADDRESS, else a local Ray)", metavar="ADDRESS"))
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "concurrency", "torch_threads", "max_bytes", "max_pixels"):
+        for name in ("batch_size", "concurrency", "torch_threads", "max_bytes", "max_pixels", "commit_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
         if self.num_gpus is not None and self.num_gpus < 0:

@@ -10,6 +10,8 @@ the same source image share a group, so no group straddles training and validati
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import posixpath
 import re
@@ -18,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.fs as pafs
 from PIL import Image
 
 from xai_pipeline.decode import DecodeLimits, open_rgb
-from xai_pipeline.source import Location, S3Settings, SourceError, list_files, make_filesystem, parse_location
+from xai_pipeline.source import Location, S3Settings, SourceError, list_objects, parse_location, read_object
 
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
 _MEDPIX_CASE = re.compile(r"(MPX\d+)_")
@@ -44,30 +45,28 @@ def group_of(source_path: str, uri: str) -> str:
     return source_path or uri
 
 
-def _manifest_rows(location: Location, fs: pafs.FileSystem) -> list[dict[str, str]]:
+def _manifest_rows(location: Location, settings: S3Settings, flag: str) -> list[dict[str, str]]:
+    fetched = read_object(location, location.path, settings)
+    if fetched.status:
+        raise SourceError(f"{flag} {location.uri}: {fetched.error}")
     suffix = Path(location.path).suffix
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(location.path, filesystem=fs).to_pylist()
-    with fs.open_input_stream(location.path) as fh:
-        text = fh.read().decode("utf-8")
+        return pq.read_table(io.BytesIO(fetched.data)).to_pylist()
+    text = fetched.data.decode("utf-8")
     if suffix == ".jsonl":
         return [json.loads(line) for line in text.splitlines() if line.strip()]
-    import csv
-    import io
-
     return list(csv.DictReader(io.StringIO(text)))
 
 
 def read_examples(data: str, settings: S3Settings = S3Settings(), flag: str = "--data") -> list[Example]:
     """List labelled examples from a folder or a manifest."""
     location = parse_location(data, flag)
-    fs = make_filesystem(location, settings)
     if location.path.endswith(MANIFEST_SUFFIXES):
         base = posixpath.dirname(location.path)
         examples = []
-        for row in _manifest_rows(location, fs):
+        for row in _manifest_rows(location, settings, flag):
             if "file" not in row or "label" not in row:
                 raise SourceError(f"{flag} {data}: manifest rows need 'file' and 'label'")
             file = str(row["file"])
@@ -76,7 +75,7 @@ def read_examples(data: str, settings: S3Settings = S3Settings(), flag: str = "-
             examples.append(Example(uri, str(row["label"]), str(row.get("source_repo") or ""), group_of(source_path, uri)))
         return examples
     examples = []
-    for path, _size in list_files(location, fs, flag):
+    for path in list_objects(location, settings, flag).column("path").to_pylist():
         relative = path[len(location.path) :].lstrip("/")
         if "/" not in relative:
             continue  # files beside the class folders are not examples
@@ -96,14 +95,12 @@ def load_images(
     Raises ``ValueError`` naming the file when a training figure cannot be decoded.
     """
     images = []
-    filesystems: dict[str, pafs.FileSystem] = {}
     for example in examples:
         location = parse_location(example.uri, "--data")
-        key = location.bucket or "file"
-        fs = filesystems.setdefault(key, make_filesystem(location, settings))
-        with fs.open_input_stream(location.path) as fh:
-            data = fh.read()
-        opened = open_rgb(data, DecodeLimits(), draft=max_side)
+        fetched = read_object(location, location.path, settings)
+        if fetched.status:
+            raise ValueError(f"cannot read training figure {example.uri}: {fetched.error}")
+        opened = open_rgb(fetched.data, DecodeLimits(), draft=max_side)
         if opened.image is None:
             raise ValueError(f"cannot decode training figure {example.uri}: {opened.error}")
         image = opened.image

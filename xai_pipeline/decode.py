@@ -162,17 +162,23 @@ def decode_image(data: bytes, size: int, limits: DecodeLimits = DecodeLimits()) 
     return Decoded(Status.OK, "", opened.width, opened.height, to_pixels(opened.image, size))
 
 
-def decode_batch(
-    datas: list[bytes], uris: list[str], etags: list[str], size: int, limits: DecodeLimits = DecodeLimits()
-) -> dict[str, np.ndarray]:
-    """The decode stage over a batch: columns for the classifier, ``pixels`` zero where not ok."""
-    n = len(datas)
+def decode_batch(batch: dict[str, np.ndarray], size: int, limits: DecodeLimits = DecodeLimits()) -> dict[str, np.ndarray]:
+    """The decode stage: fetched rows (``uri``, ``size``, ``etag``, ``bytes``, ``read_status``,
+    ``read_error``) → columns for the classifier, with ``pixels`` zero where not ok. A row that
+    failed to read keeps its read status."""
+    uris = [str(u) for u in batch["uri"]]
+    n = len(uris)
     pixels = np.zeros((n, 3, size, size), dtype=np.uint8)
     status = np.empty(n, dtype=object)
     error = np.empty(n, dtype=object)
     width = np.zeros(n, dtype=np.int32)
     height = np.zeros(n, dtype=np.int32)
-    for i, data in enumerate(datas):
+    read_status = batch.get("read_status", np.full(n, "", dtype=object))
+    read_error = batch.get("read_error", np.full(n, "", dtype=object))
+    for i, data in enumerate(batch["bytes"]):
+        if read_status[i]:
+            status[i], error[i] = read_status[i], read_error[i]
+            continue
         result = decode_image(bytes(data), size, limits)
         status[i], error[i] = result.status.value, result.error
         width[i], height[i] = result.width, result.height
@@ -180,9 +186,9 @@ def decode_batch(
             pixels[i] = result.pixels
     return {
         schema.FIGURE_ID: np.array([schema.figure_id(u) for u in uris], dtype=object),
-        schema.SOURCE_URI: np.array(list(uris), dtype=object),
-        schema.ETAG: np.array(list(etags), dtype=object),
-        schema.SIZE: np.array([len(d) for d in datas], dtype=np.int64),
+        schema.SOURCE_URI: np.array(uris, dtype=object),
+        schema.ETAG: np.array([str(e) for e in batch["etag"]], dtype=object),
+        schema.SIZE: np.asarray(batch["size"], dtype=np.int64),
         schema.WIDTH: width,
         schema.HEIGHT: height,
         schema.STATUS: status,

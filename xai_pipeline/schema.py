@@ -26,6 +26,8 @@ class Status(str, Enum):
     NOT_AN_IMAGE = "not_an_image"  # no image format recognised (text, HTML, ...)
     TRUNCATED = "truncated"  # recognised format, data ends early or is corrupt
     UNSUPPORTED = "unsupported"  # recognised format or mode we cannot turn into RGB
+    MISSING = "missing"  # listed, but gone when read
+    READ_ERROR = "read_error"  # listed, but reading it was refused (e.g. access denied)
 
 
 # Column names. Use these constants instead of string literals elsewhere.
@@ -81,7 +83,7 @@ TABLE_SCHEMA = pa.schema(
 COLUMN_DOCS: dict[str, str] = {
     FIGURE_ID: "stable key: first 32 hex digits of SHA-256 of source_uri",
     SOURCE_URI: "s3://bucket/key or file:///absolute/path of the input object",
-    ETAG: "object ETag where the listing provides one (null from index, which reads with Ray and gets none)",
+    ETAG: "object ETag from the S3 listing (null for local files)",
     SIZE: "object size in bytes",
     WIDTH: "figure width in pixels after EXIF orientation (null if the header gave none)",
     HEIGHT: "figure height in pixels after EXIF orientation (null if the header gave none)",

@@ -7,6 +7,7 @@ driver commits them in one Delta transaction, so readers see all of a run or non
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from enum import Enum
@@ -26,6 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "xai_pipeline_figures"
+# Beside the Delta log, ignored by Delta readers (leading underscore): ids of chunks being written.
+INFLIGHT_DIR = "_xai_pipeline/inflight"
 
 
 class WriteMode(str, Enum):
@@ -45,7 +48,8 @@ def storage_options(location: Location, settings: S3Settings = S3Settings()) -> 
     """delta-rs storage options for non-secret settings; credentials come from the environment."""
     if location.scheme != "s3":
         return None
-    options: dict[str, str] = {}
+    # Retries for transient faults (5xx, SlowDown, dropped connections) in delta-rs' object store.
+    options: dict[str, str] = {"max_retries": "10", "retry_timeout": "120s"}
     if settings.resolved_region:
         options["AWS_REGION"] = settings.resolved_region
     endpoint = settings.resolved_endpoint
@@ -53,7 +57,7 @@ def storage_options(location: Location, settings: S3Settings = S3Settings()) -> 
         options["AWS_ENDPOINT_URL"] = endpoint
         if urlparse(endpoint).scheme == "http":
             options["AWS_ALLOW_HTTP"] = "true"
-    return options or None
+    return options
 
 
 def write_dataset(
@@ -109,3 +113,45 @@ def status_counts(location: Location, options: dict[str, str] | None, run_id: st
     statuses = dataset.to_table(columns=[schema.STATUS], filter=pc.field(schema.RUN_ID) == run_id)
     counts: Counter[str] = Counter(statuses.column(schema.STATUS).to_pylist())
     return table.version(), counts
+
+
+def committed_ids(location: Location, options: dict[str, str] | None, model_name: str, model_version: str) -> pa.Array:
+    """Distinct figure_ids already committed by this model name and version (ok or error rows)."""
+    if not table_exists(location, options):
+        return pa.array([], pa.string())
+    dataset = open_table(location, options).to_pyarrow_dataset()
+    flt = (pc.field(schema.MODEL_NAME) == model_name) & (pc.field(schema.MODEL_VERSION) == model_version)
+    ids = dataset.to_table(columns=[schema.FIGURE_ID], filter=flt).column(schema.FIGURE_ID)
+    return pc.unique(ids.combine_chunks())
+
+
+def _inflight_path(location: Location, name: str = "") -> str:
+    return f"{location.path.rstrip('/')}/{INFLIGHT_DIR}" + (f"/{name}" if name else "")
+
+
+def mark_inflight(location: Location, fs: pafs.FileSystem, run_id: str, chunk: int, ids: list[str]) -> str:
+    """Record the figure_ids a chunk is about to write; removed once its commit is done."""
+    name = f"{run_id}-{chunk:05d}.json"
+    fs.create_dir(_inflight_path(location), recursive=True)
+    with fs.open_output_stream(_inflight_path(location, name)) as fh:
+        fh.write(json.dumps({"run_id": run_id, "chunk": chunk, "figure_ids": ids}).encode())
+    return name
+
+
+def read_inflight(location: Location, fs: pafs.FileSystem) -> dict[str, list[str]]:
+    """Chunks that earlier runs started but never committed: marker name → figure_ids."""
+    selector = pafs.FileSelector(_inflight_path(location), allow_not_found=True)
+    found = {}
+    for info in fs.get_file_info(selector):
+        if info.type == pafs.FileType.File and info.base_name.endswith(".json"):
+            with fs.open_input_stream(info.path) as fh:
+                found[info.base_name] = json.loads(fh.read())["figure_ids"]
+    return found
+
+
+def clear_inflight(location: Location, fs: pafs.FileSystem, names: list[str]) -> None:
+    for name in names:
+        try:
+            fs.delete_file(_inflight_path(location, name))
+        except FileNotFoundError:
+            pass

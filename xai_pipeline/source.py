@@ -1,22 +1,32 @@
-"""Where figures come from: URI parsing, the pyarrow filesystem, listing, and URI normalisation.
+"""Where figures come from: URIs, listing (with sizes and ETags), and reading object bytes.
 
 Inputs are ``s3://bucket/prefix`` (AWS or any S3-compatible store through ``endpoint_url``) or a
 local folder. Credentials and region come from the standard AWS settings (environment, profile,
 instance role), never from flags, so they cannot leak into logs or the table.
 
-Objects are listed here rather than by Ray: Ray's directory expansion silently skips names that
-start with ``.`` or ``_``, and every object must yield a row. URIs are normalised in one place:
-``s3://bucket/key`` and ``file:///absolute/path``.
+The driver lists every object (Ray's directory expansion silently skips names starting with
+``.`` or ``_``), and a fetch stage reads each listed object by key with boto3, which, unlike
+pyarrow's S3 filesystem, can address keys with ``.``, ``..`` or empty path segments. An object
+that is gone or forbidden when read becomes a row (``missing`` / ``read_error``); transient
+faults are retried and, if they persist, fail the task so Ray retries it — they never become rows.
+URIs are normalised in one place: ``s3://bucket/key`` and ``file:///absolute/path``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
+
+from xai_pipeline.schema import Status
 
 
 class SourceError(ValueError):
@@ -105,25 +115,116 @@ def make_filesystem(location: Location, settings: S3Settings = S3Settings()) -> 
     return pafs.S3FileSystem(**kwargs)
 
 
-def list_files(location: Location, fs: pafs.FileSystem, flag: str = "--input") -> list[tuple[str, int]]:
-    """Every object under a location as ``(path, size)``, sorted; a single file lists itself.
+LISTING_SCHEMA = pa.schema([("path", pa.string()), ("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string())])
+PAGE_SIZE = 1000
+
+
+def _list_s3(location: Location, settings: S3Settings) -> Iterator[tuple[str, int, str]]:
+    bucket, _, prefix = location.path.partition("/")
+    paginator = s3_client(settings).get_paginator("list_objects_v2")  # type: ignore[attr-defined]
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": PAGE_SIZE}):
+        for obj in page.get("Contents", []):
+            key = obj["Key"]
+            if key.endswith("/") and obj["Size"] == 0:
+                continue  # a "folder" placeholder object
+            if prefix and not (key == prefix or key.startswith(prefix.rstrip("/") + "/")):
+                continue  # s3://b/figs must not pick up s3://b/figs-old/...
+            yield f"{bucket}/{key}", int(obj["Size"]), str(obj.get("ETag", ""))
+
+
+def _list_local(location: Location) -> Iterator[tuple[str, int, str]]:
+    root = Path(location.path)
+    if root.is_file():
+        yield str(root), root.stat().st_size, ""
+        return
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder) / name
+            if path.is_file():
+                yield str(path), path.stat().st_size, ""
+
+
+def list_objects(location: Location, settings: S3Settings = S3Settings(), flag: str = "--input") -> pa.Table:
+    """Every object under a location: ``path``, ``uri``, ``size``, ``etag`` (S3 only), by path.
 
     Raises :class:`SourceError` naming ``flag`` when the location does not exist or holds nothing.
     """
+    if location.scheme == "file" and not os.path.exists(location.path):
+        raise SourceError(f"{flag} {location.uri}: no such file or folder")
     try:
-        info = fs.get_file_info(location.path)
-        if info.type == pafs.FileType.File:
-            return [(info.path, int(info.size or 0))]
-        if info.type == pafs.FileType.NotFound and location.scheme == "file":
-            raise SourceError(f"{flag} {location.uri}: no such file or folder")
-        selector = pafs.FileSelector(location.path, recursive=True, allow_not_found=True)
-        files = [(f.path, int(f.size or 0)) for f in fs.get_file_info(selector) if f.type == pafs.FileType.File]
+        rows = list(_list_s3(location, settings) if location.scheme == "s3" else _list_local(location))
     except OSError as exc:
         raise SourceError(f"{flag} {location.uri}: cannot list objects ({exc})") from exc
-    if not files:
+    if not rows:
         raise SourceError(f"{flag} {location.uri}: no objects found")
-    files.sort()
-    return files
+    rows.sort()
+    paths, sizes, etags = zip(*rows)
+    return pa.table([list(paths), [location.to_uri(p) for p in paths], list(sizes), list(etags)], schema=LISTING_SCHEMA)
+
+
+def s3_client(settings: S3Settings, max_attempts: int = 10) -> Any:
+    """A boto3 S3 client with standard retries (throttling, 5xx, dropped connections), one per
+    process and setting."""
+    return _client(settings.resolved_endpoint, settings.resolved_region, max_attempts)
+
+
+@functools.lru_cache(maxsize=16)
+def _client(endpoint: str | None, region: str | None, max_attempts: int) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": max_attempts, "mode": "standard"}, connect_timeout=10, read_timeout=60, max_pool_connections=32)
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    data: bytes
+    status: str = ""  # "" when read; else a Status value
+    error: str = ""
+
+
+def read_object(location: Location, path: str, settings: S3Settings = S3Settings(), size: int | None = None, max_bytes: int | None = None) -> Fetched:
+    """Bytes of one listed object, or a ``missing`` / ``read_error`` / ``too_large`` outcome.
+
+    Transient errors are retried by boto3 and raised if they persist.
+    """
+    if max_bytes is not None and size is not None and size > max_bytes:
+        return Fetched(b"", Status.TOO_LARGE.value, f"{size} bytes exceeds max_bytes={max_bytes}")
+    if location.scheme == "file":
+        try:
+            with open(path, "rb") as fh:
+                return Fetched(fh.read())
+        except FileNotFoundError:
+            return Fetched(b"", Status.MISSING.value, "listed but no longer there when read")
+        except (PermissionError, IsADirectoryError) as exc:
+            return Fetched(b"", Status.READ_ERROR.value, f"cannot read: {exc.strerror}")
+    from botocore.exceptions import ClientError
+
+    bucket, _, key = path.partition("/")
+    try:
+        return Fetched(s3_client(settings).get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("NoSuchKey", "404"):
+            return Fetched(b"", Status.MISSING.value, "listed but no longer there when read")
+        if code in ("AccessDenied", "403", "InvalidObjectState"):
+            return Fetched(b"", Status.READ_ERROR.value, f"cannot read: {code}")
+        raise
+
+
+def fetch_batch(batch: dict[str, np.ndarray], location: Location, settings: S3Settings, max_bytes: int) -> dict[str, np.ndarray]:
+    """The fetch stage: listing rows → plus ``bytes``, and a read ``status``/``error`` where it failed."""
+    results = [
+        read_object(location, str(path), settings, int(size), max_bytes)
+        for path, size in zip(batch["path"], batch["size"])
+    ]
+    out = dict(batch)
+    out["bytes"] = np.array([r.data for r in results], dtype=object)
+    out["read_status"] = np.array([r.status for r in results], dtype=object)
+    out["read_error"] = np.array([r.error for r in results], dtype=object)
+    return out
 
 
 def check_output(location: Location, flag: str = "--output") -> None:
@@ -132,3 +233,42 @@ def check_output(location: Location, flag: str = "--output") -> None:
         path = Path(location.path)
         if path.exists() and not path.is_dir():
             raise SourceError(f"{flag} {location.uri}: exists and is not a folder")
+
+
+def preflight_s3(location: Location, settings: S3Settings, flag: str) -> None:
+    """Check before any work that a bucket is reachable with the current credentials.
+
+    Raises :class:`SourceError` with the fix: a missing bucket, an endpoint that does not answer,
+    missing or rejected credentials. Never includes credential values in the message.
+    """
+    if location.scheme != "s3":
+        return
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    endpoint = settings.resolved_endpoint
+    where = f"endpoint {endpoint}" if endpoint else "AWS S3"
+    bucket = location.bucket
+    try:
+        s3_client(settings, max_attempts=5).head_bucket(Bucket=bucket)
+    except NoCredentialsError as exc:
+        raise SourceError(
+            f"{flag} {location.uri}: no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE, or run with an instance role"
+        ) from exc
+    except EndpointConnectionError as exc:
+        raise SourceError(
+            f"{flag} {location.uri}: cannot connect to {where}; check --endpoint-url / AWS_ENDPOINT_URL and that the server is up"
+        ) from exc
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            raise SourceError(f"{flag} {location.uri}: bucket '{bucket}' does not exist on {where}; create it or fix the URI") from exc
+        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId", "ExpiredToken") or status == 403:
+            raise SourceError(
+                f"{flag} {location.uri}: {where} rejected the credentials for bucket '{bucket}' ({code or status}); "
+                "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE and the bucket policy"
+            ) from exc
+        raise SourceError(f"{flag} {location.uri}: {where} answered {code or status} for bucket '{bucket}'") from exc
+    except ValueError as exc:  # botocore rejects malformed endpoint URLs with ValueError
+        raise SourceError(f"{flag} {location.uri}: bad endpoint {endpoint!r}: {exc}") from exc

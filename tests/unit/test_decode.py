@@ -121,9 +121,18 @@ def test_extreme_aspect_and_single_pixel() -> None:
 
 def test_batch_has_one_row_per_input_with_zero_pixels_for_errors() -> None:
     good = image_bytes(gradient(), "PNG")
-    out = decode_batch([good, b"", b"nope"], ["file:///a.png", "file:///b.png", "file:///c.png"], ["", "", ""], SIZE)
-    assert list(out["status"]) == ["ok", "empty", "not_an_image"]
-    assert out["pixels"].shape == (3, 3, SIZE, SIZE)
+    batch = {
+        "uri": np.array(["file:///a.png", "file:///b.png", "file:///c.png", "file:///d.png"], dtype=object),
+        "size": np.array([len(good), 0, 4, 99]),
+        "etag": np.array(["", "", "", ""], dtype=object),
+        "bytes": np.array([good, b"", b"nope", b""], dtype=object),
+        "read_status": np.array(["", "", "", "missing"], dtype=object),
+        "read_error": np.array(["", "", "", "gone"], dtype=object),
+    }
+    out = decode_batch(batch, SIZE)
+    assert list(out["status"]) == ["ok", "empty", "not_an_image", "missing"]
+    assert out["error"][3] == "gone"
+    assert out["pixels"].shape == (4, 3, SIZE, SIZE)
     assert out["pixels"][1:].max() == 0
-    assert len(set(out["figure_id"])) == 3
-    assert list(out["size"]) == [len(good), 0, 4]
+    assert len(set(out["figure_id"])) == 4
+    assert list(out["size"]) == [len(good), 0, 4, 99]

@@ -1,0 +1,239 @@
+"""Reliability report: every figure accounted for under bad input, crashes, restarts and faults.
+
+    python -m bench.reliability [--smoke] [--dataset DIR]
+
+Scenarios (each runs the real ``xai-pipeline index`` command in its own process and Ray):
+
+* ``bad_inputs``      real figures plus the generated corpus of bad and unusual files, via S3
+* ``driver_sigkill``  SIGKILL the driver after its first commit, then run the same command again
+* ``actor_kill``      a classification actor dies mid-batch (test hook); Ray restarts it
+* ``storage_faults``  10% of S3 requests answered 503 SlowDown, 500 or a dropped connection
+
+One line per scenario: inputs, rows, ok, errors by kind, duplicates, lost. Duplicates and lost
+must be 0. Results go to ``bench/results/reliability.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.corpus import bad_inputs
+from bench.services import MOTO_ENV, fault_proxy, moto_server
+from xai_pipeline.classify import KILL_ONCE_ENV
+from xai_pipeline.schema import figure_id
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+CLASSES = ("chest_xray", "ct", "mri", "ultrasound", "fundus", "histology")
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    inputs: int
+    rows: int
+    ok: int
+    errors_by_kind: dict[str, int]
+    duplicates: int
+    lost: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        errors = ",".join(f"{k}={v}" for k, v in sorted(self.errors_by_kind.items())) or "-"
+        return (f"{self.scenario:<15} inputs={self.inputs:<4} rows={self.rows:<4} ok={self.ok:<4} errors[{errors}] "
+                f"duplicates={self.duplicates} lost={self.lost}")
+
+
+def real_figures(dataset: Path, count: int) -> list[Path]:
+    per_class = max(1, -(-count // len(CLASSES)))
+    chosen = [p for label in CLASSES for p in sorted((dataset / label).iterdir())[:per_class]]
+    return chosen[:count]
+
+
+def run_cli(args: list[str], env: dict[str, str], *, wait: bool = True, timeout: float = 900) -> subprocess.Popen[str] | subprocess.CompletedProcess[str]:
+    """``xai-pipeline index ARGS`` in a new process group with its own Ray temp dir."""
+    command = [sys.executable, "-m", "xai_pipeline.cli", "index", *args]
+    full_env = {**os.environ, **env}
+    if not wait:
+        return subprocess.Popen(command, env=full_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.run(command, env=full_env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def kill_ray(ray_tmp: str) -> None:
+    """Kill every process of a Ray started under ``ray_tmp`` (left behind by a SIGKILLed driver)."""
+    subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)
+
+
+def summary_of(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    if proc.returncode != 0:
+        raise RuntimeError(f"index failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def account(name: str, table: str, options: dict[str, str] | None, expected: dict[str, str], **details: Any) -> Outcome:
+    """Compare the table with the expected ``figure_id → source_uri``."""
+    from deltalake import DeltaTable
+
+    rows = DeltaTable(table, storage_options=options).to_pyarrow_table(columns=["figure_id", "status"]).to_pylist()
+    ids = Counter(r["figure_id"] for r in rows)
+    statuses = Counter(r["status"] for r in rows)
+    return Outcome(
+        scenario=name,
+        inputs=len(expected),
+        rows=len(rows),
+        ok=statuses.pop("ok", 0),
+        errors_by_kind=dict(statuses),
+        duplicates=sum(n - 1 for n in ids.values() if n > 1),
+        lost=len(set(expected) - set(ids)),
+        details=details,
+    )
+
+
+def _ray_env(work: Path) -> tuple[dict[str, str], str]:
+    ray_tmp = tempfile.mkdtemp(prefix="xr", dir="/tmp")  # short: Ray's socket paths have a length limit
+    return {"RAY_TMPDIR": ray_tmp}, ray_tmp
+
+
+def _s3_env(endpoint: str) -> dict[str, str]:
+    return {**MOTO_ENV, "AWS_ENDPOINT_URL": endpoint}
+
+
+def _upload(endpoint: str, bucket: str, files: dict[str, bytes]) -> dict[str, str]:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket=bucket)
+    expected = {}
+    for key, body in files.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+        expected[figure_id(f"s3://{bucket}/{key}")] = f"s3://{bucket}/{key}"
+    return expected
+
+
+def _s3_options(endpoint: str) -> dict[str, str]:
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def scenario_bad_inputs(work: Path, dataset: Path, n_real: int, endpoint: str) -> Outcome:
+    cases = bad_inputs()
+    files = {f"in/real/{p.name}": p.read_bytes() for p in real_figures(dataset, n_real)}
+    files.update({f"in/bad/{c.name}": c.data for c in cases})
+    expected = _upload(endpoint, "bad-inputs", files)
+    env, ray_tmp = _ray_env(work)
+    try:
+        summary = summary_of(run_cli(["--input", "s3://bad-inputs/in/", "--output", "s3://bad-inputs/table", "--batch-size", "8"],
+                                     {**env, **_s3_env(endpoint)}))
+    finally:
+        kill_ray(ray_tmp)
+    from deltalake import DeltaTable
+
+    got = {r["source_uri"]: r["status"] for r in DeltaTable("s3://bad-inputs/table", storage_options=_s3_options(endpoint)).to_pyarrow_table(columns=["source_uri", "status"]).to_pylist()}
+    wrong = {c.name: got.get(f"s3://bad-inputs/in/bad/{c.name}") for c in cases if got.get(f"s3://bad-inputs/in/bad/{c.name}") != c.status}
+    return account("bad_inputs", "s3://bad-inputs/table", _s3_options(endpoint), expected, wrong_status=wrong, seconds=summary["seconds"])
+
+
+def scenario_driver_sigkill(work: Path, dataset: Path, n_real: int) -> Outcome:
+    folder = work / "sigkill" / "in"
+    folder.mkdir(parents=True)
+    for path in real_figures(dataset, n_real):
+        (folder / path.name).write_bytes(path.read_bytes())
+    expected = {figure_id(f"file://{p}"): str(p) for p in folder.iterdir()}
+    table = work / "sigkill" / "table"
+    args = ["--input", str(folder), "--output", str(table), "--commit-every", "2", "--batch-size", "2"]
+    env, ray_tmp = _ray_env(work)
+    proc = run_cli(args, env, wait=False)
+    # Kill after the first commit, while the second chunk is in flight.
+    first_commit = table / "_delta_log" / "00000000000000000000.json"
+    inflight = table / "_xai_pipeline" / "inflight"
+    deadline = time.time() + 600
+    while proc.poll() is None and time.time() < deadline:
+        if first_commit.exists() and any(p.name.endswith("-00001.json") for p in inflight.glob("*.json")):
+            break
+        time.sleep(0.05)
+    killed = proc.poll() is None
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kill_ray(ray_tmp)
+    from deltalake import DeltaTable
+
+    after_kill = DeltaTable(str(table)).to_pyarrow_table(columns=["figure_id"]).num_rows
+    env, ray_tmp = _ray_env(work)
+    try:
+        summary = summary_of(run_cli(args, env))
+    finally:
+        kill_ray(ray_tmp)
+    return account("driver_sigkill", str(table), None, expected, killed_mid_run=killed, rows_after_kill=after_kill,
+                   skipped=summary["skipped"], processed=summary["processed"], redone=summary["redone"])
+
+
+def scenario_actor_kill(work: Path, dataset: Path, n_real: int) -> Outcome:
+    folder = work / "actor" / "in"
+    folder.mkdir(parents=True)
+    for path in real_figures(dataset, n_real):
+        (folder / path.name).write_bytes(path.read_bytes())
+    expected = {figure_id(f"file://{p}"): str(p) for p in folder.iterdir()}
+    marker = work / "actor" / "killed"
+    env, ray_tmp = _ray_env(work)
+    try:
+        summary = summary_of(run_cli(["--input", str(folder), "--output", str(work / "actor" / "table"), "--batch-size", "4"],
+                                     {**env, KILL_ONCE_ENV: str(marker)}))
+    finally:
+        kill_ray(ray_tmp)
+    return account("actor_kill", str(work / "actor" / "table"), None, expected, actor_killed=marker.exists(), seconds=summary["seconds"])
+
+
+def scenario_storage_faults(work: Path, dataset: Path, n_real: int, endpoint: str, rate: float = 0.1) -> Outcome:
+    files = {f"in/{p.name}": p.read_bytes() for p in real_figures(dataset, n_real)}
+    expected = _upload(endpoint, "faults", files)
+    env, ray_tmp = _ray_env(work)
+    with fault_proxy(endpoint, work / "logs", rate=rate, seed=7) as proxy:
+        try:
+            summary = summary_of(run_cli(["--input", "s3://faults/in/", "--output", "s3://faults/table", "--batch-size", "4",
+                                          "--commit-every", str(max(2, n_real // 3)), "--endpoint-url", proxy],
+                                         {**env, **_s3_env(proxy)}))
+        finally:
+            kill_ray(ray_tmp)
+    return account("storage_faults", "s3://faults/table", _s3_options(endpoint), expected, fault_rate=rate, commits=summary["commits"])
+
+
+def run_all(work: Path, dataset: Path, n_real: int) -> list[Outcome]:
+    outcomes = []
+    with moto_server(work / "logs") as endpoint:
+        outcomes.append(scenario_bad_inputs(work, dataset, n_real, endpoint))
+        outcomes.append(scenario_storage_faults(work, dataset, n_real, endpoint))
+    outcomes.append(scenario_driver_sigkill(work, dataset, n_real))
+    outcomes.append(scenario_actor_kill(work, dataset, n_real))
+    return outcomes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a dozen figures per scenario (CI scale)")
+    parser.add_argument("--figures", type=int, default=120, help="real figures per scenario without --smoke")
+    parser.add_argument("--dataset", default=os.environ.get("XAI_DATASET_DIR", str(REPO.parent / "shared" / "datasets" / "modality-v1")))
+    args = parser.parse_args(argv)
+    n_real = 12 if args.smoke else args.figures
+    with tempfile.TemporaryDirectory(prefix="xai-reliability-") as tmp:
+        outcomes = run_all(Path(tmp), Path(args.dataset), n_real)
+    for outcome in outcomes:
+        print(outcome.line(), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "reliability-smoke.json" if args.smoke else "reliability.json"
+    (RESULTS / name).write_text(json.dumps([asdict(o) for o in outcomes], indent=2) + "\n")
+    return 0 if all(o.duplicates == 0 and o.lost == 0 for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
