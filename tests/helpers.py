@@ -23,10 +23,11 @@ def gradient(width: int = 64, height: int = 48, mode: str = "RGB") -> Image.Imag
     return Image.fromarray(rgb).convert(mode)
 
 
-def tiny_model_file(path: Path, class_names: tuple[str, ...] = ("chest_xray", "ct", "mri"), size: int = 64, seed: int = 0, head: str = "linear") -> Path:
+def tiny_model_file(path: Path, class_names: tuple[str, ...] = ("chest_xray", "ct", "mri"), size: int = 64, seed: int = 0,
+                    head: str = "linear", version: str = "test") -> Path:
     import torch
 
     torch.manual_seed(seed)
-    model = ModalityNet(ModelSpec(name="tiny-test", architecture="tiny_cnn", class_names=class_names, version="test", input_size=size, head=head))
+    model = ModalityNet(ModelSpec(name="tiny-test", architecture="tiny_cnn", class_names=class_names, version=version, input_size=size, head=head))
     save_model(model, path)
     return path

@@ -14,6 +14,10 @@ from xai_pipeline.config import (
     DemoConfig,
     EvaluateConfig,
     IndexConfig,
+    ReindexConfig,
+    RunsConfig,
+    SubmitConfig,
+    TableConfig,
     TrainConfig,
     add_arguments,
     from_namespace,
@@ -27,15 +31,23 @@ Class-selective Relevance Map (Kim, Rajaraman & Antani, Diagnostics 2019).
 
 commands:
   index      classify figures from S3 or a folder into a Delta table
+  reindex    process new and changed figures, mark deleted ones (one commit)
   demo       index the bundled sample figures with the bundled model
   train      train a modality classifier; writes model, metrics and model card
   evaluate   metrics, confusion matrix, calibration and class-mean CRM maps
+  table      optimize | vacuum | history of a table
+  runs       list the runs recorded beside a table
+  submit     run one of these commands as a Ray job on a cluster
 """
 
 EXAMPLES = {
     "index": "example:\n  xai-pipeline index --input s3://figures/pmc/ --output s3://tables/figures "
     "--batch-size 64 --concurrency 4\n  xai-pipeline index --input ./figures --output ./table",
+    "reindex": "example:\n  xai-pipeline reindex --input s3://figures/pmc/ --output s3://tables/figures\n"
+    "  xai-pipeline reindex --input s3://figures/pmc/ --output s3://tables/figures --manifest s3://inventory/figures/pmc/2026-11-26T01-00Z/manifest.json",
     "demo": "example:\n  xai-pipeline demo --output demo-output/figures",
+    "table": "example:\n  xai-pipeline table history --table s3://tables/figures\n  xai-pipeline table vacuum --table s3://tables/figures --retention-hours 168",
+    "submit": "example:\n  xai-pipeline submit --address http://head:8265 -- index --input s3://figures/pmc/ --output s3://tables/figures",
     "train": "example:\n  xai-pipeline train --data ../shared/datasets/modality-v1/manifest.jsonl --out build/model",
     "evaluate": "example:\n  xai-pipeline evaluate --data ../shared/datasets/modality-v1/manifest.jsonl --out evaluation",
 }
@@ -51,6 +63,72 @@ def cmd_index(args: argparse.Namespace) -> int:
     summary = run_index(from_namespace(IndexConfig, args))
     _print_summary_json(summary.to_json())
     return 0 if summary.processed == summary.inputs - summary.skipped else 1
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from xai_pipeline.pipeline import run_reindex
+
+    summary = run_reindex(from_namespace(ReindexConfig, args))
+    _print_summary_json(summary.to_json())
+    return 0
+
+
+def _table_location(args: argparse.Namespace) -> tuple[object, dict[str, str] | None]:
+    from xai_pipeline import sink
+    from xai_pipeline.source import S3Settings, parse_location
+
+    location = parse_location(args.table, "--table")
+    options = sink.storage_options(location, S3Settings(args.endpoint_url, args.region))
+    if not sink.table_exists(location, options):
+        raise SourceError(f"--table {location.uri}: no Delta table there")
+    return location, options
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from xai_pipeline import sink
+
+    cfg = from_namespace(TableConfig, args)
+    location, options = _table_location(args)
+    if cfg.action == "optimize":
+        print(json.dumps(sink.optimize(location, options), default=str))
+    elif cfg.action == "vacuum":
+        files = sink.vacuum(location, options, cfg.retention_hours, cfg.dry_run)
+        print(f"{'would delete' if cfg.dry_run else 'deleted'} {len(files)} files")
+        for name in files:
+            print(f"  {name}")
+    else:
+        for entry in sink.history(location, options):
+            when = entry.get("timestamp")
+            print(f"{entry.get('version'):>6}  {when}  {entry.get('operation'):<14} "
+                  f"{json.dumps(entry.get('operationMetrics', {}), default=str)[:150]}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from xai_pipeline import records
+    from xai_pipeline.source import S3Settings, make_filesystem
+
+    cfg = from_namespace(RunsConfig, args)
+    location, _ = _table_location(args)
+    runs = records.list_runs(location, make_filesystem(location, S3Settings(cfg.endpoint_url, cfg.region)))  # type: ignore[arg-type]
+    if cfg.json:
+        for run in runs:
+            print(json.dumps(run))
+        return 0
+    print(f"{'run_id':<27}{'kind':<9}{'inputs':>8}{'processed':>10}{'skipped':>9}{'deleted':>8}{'ok':>7}{'errors':>7}"
+          f"{'fig/s':>9}{'seconds':>9}{'version':>8}  model")
+    for r in runs:
+        print(f"{r['run_id']:<27}{r['kind']:<9}{r['inputs']:>8}{r['processed']:>10}{r['skipped']:>9}{r.get('deleted', 0):>8}"
+              f"{r['ok']:>7}{r['errors']:>7}{r['figures_per_second']:>9.2f}{r['seconds']:>9.1f}{str(r['table_version']):>8}  "
+              f"{r['model_name']} {r['model_version']}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from xai_pipeline.submit import job_command, submit
+
+    cfg = from_namespace(SubmitConfig, args)
+    return submit(cfg, job_command(args.job, build_parser()))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -89,9 +167,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int]]] = {
     "index": (IndexConfig, cmd_index),
+    "reindex": (ReindexConfig, cmd_reindex),
     "demo": (DemoConfig, cmd_demo),
     "train": (TrainConfig, cmd_train),
     "evaluate": (EvaluateConfig, cmd_evaluate),
+    "table": (TableConfig, cmd_table),
+    "runs": (RunsConfig, cmd_runs),
+    "submit": (SubmitConfig, cmd_submit),
 }
 
 
@@ -104,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=doc, description=doc, epilog=EXAMPLES.get(name),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         add_arguments(p, config_cls)
+        if name == "submit":
+            p.add_argument("job", nargs=argparse.REMAINDER, help="-- COMMAND [FLAGS]: the xai-pipeline command to run as a job")
     return parser
 
 

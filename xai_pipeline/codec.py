@@ -110,6 +110,7 @@ def encode_batch(
         schema.CRM_SCALE: crm_scale,
         schema.MODEL_NAME: [str(v) for v in batch[schema.MODEL_NAME]],
         schema.MODEL_VERSION: [str(v) for v in batch[schema.MODEL_VERSION]],
+        schema.DELETED_AT: [None] * n,
         schema.RUN_ID: [run_id] * n,
         schema.PROCESSED_AT: [processed_at] * n,
         schema.STATUS: [str(v) for v in batch[schema.STATUS]],

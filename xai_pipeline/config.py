@@ -13,15 +13,16 @@ from xai_pipeline.backbones import BACKBONES
 from xai_pipeline.crm import SCORES
 from xai_pipeline.decode import DecodeLimits
 from xai_pipeline.sink import WriteMode
+from xai_pipeline.summary import RUN_ID_PATTERN
 
 
 class ConfigError(ValueError):
     """A bad flag value; the message names the flag."""
 
 
-def opt(help: str, *, required: bool = False, choices: tuple[str, ...] | None = None, metavar: str | None = None) -> dict[str, Any]:
-    """Field metadata for a CLI option."""
-    return {"help": help, "required": required, "choices": choices, "metavar": metavar}
+def opt(help: str, *, required: bool = False, choices: tuple[str, ...] | None = None, metavar: str | None = None, positional: bool = False) -> dict[str, Any]:
+    """Field metadata for a CLI option (``positional=True``: an argument, not a flag)."""
+    return {"help": help, "required": required, "choices": choices, "metavar": metavar, "positional": positional}
 
 
 def flag_name(field_name: str) -> str:
@@ -29,8 +30,8 @@ def flag_name(field_name: str) -> str:
 
 
 @dataclass(frozen=True)
-class IndexConfig:
-    """``xai-pipeline index``: classify figures and write modality + CRM rows to a Delta table."""
+class JobConfig:
+    """Fields shared by ``index`` and ``reindex``."""
 
     input: str = field(default="", metadata=opt("figures: s3://bucket/prefix or a local folder", required=True, metavar="URI"))
     output: str = field(default="", metadata=opt("Delta table: s3://bucket/prefix or a local folder", required=True, metavar="URI"))
@@ -41,8 +42,6 @@ class IndexConfig:
     concurrency: int = field(default=1, metadata=opt("classifier actors (one GPU each when GPUs are used)", metavar="N"))
     num_gpus: float | None = field(default=None, metadata=opt("GPUs per classifier actor (default: 1 if the cluster has GPUs, else 0)", metavar="N"))
     torch_threads: int = field(default=2, metadata=opt("torch threads per classifier actor on the CPU", metavar="N"))
-    commit_every: int = field(default=100_000, metadata=opt("figures per Delta commit; a rerun after a crash skips committed figures", metavar="N"))
-    mode: str = field(default=WriteMode.APPEND.value, metadata=opt("append: add rows for figures this model version has not committed yet; overwrite: replace the table's rows", choices=tuple(m.value for m in WriteMode)))
     crm_score: str = field(default="logit", metadata=opt("score that CRM perturbs: logits (paper) or softmax probabilities", choices=SCORES))
     max_bytes: int = field(default=DecodeLimits.max_bytes, metadata=opt("largest object decoded, in bytes; larger ones become too_large rows", metavar="N"))
     max_pixels: int = field(default=DecodeLimits.max_pixels, metadata=opt("largest width×height decoded; larger ones become too_large rows", metavar="N"))
@@ -51,17 +50,76 @@ class IndexConfig:
     ray_address: str | None = field(default=None, metadata=opt("Ray cluster to join (default: RAY_ADDRESS, else a local Ray)", metavar="ADDRESS"))
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "concurrency", "torch_threads", "max_bytes", "max_pixels", "commit_every"):
+        for name in ("batch_size", "concurrency", "torch_threads", "max_bytes", "max_pixels"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
         if self.num_gpus is not None and self.num_gpus < 0:
             raise ConfigError(f"--num-gpus must be >= 0, got {self.num_gpus}")
-        check_choice(self, "mode")
+        if self.run_id is not None and not RUN_ID_PATTERN.match(self.run_id):
+            raise ConfigError(f"--run-id must be letters, digits, '.', '_' or '-' (at most 128), got {self.run_id!r}")
         check_choice(self, "crm_score")
 
     @property
     def limits(self) -> DecodeLimits:
         return DecodeLimits(max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+
+
+@dataclass(frozen=True)
+class IndexConfig(JobConfig):
+    """``xai-pipeline index``: classify figures and write modality + CRM rows to a Delta table."""
+
+    commit_every: int = field(default=100_000, metadata=opt("figures per Delta commit; a rerun after a crash skips committed figures", metavar="N"))
+    mode: str = field(default=WriteMode.APPEND.value, metadata=opt("append: add rows for figures this model version has not committed yet; overwrite: replace the table's rows", choices=tuple(m.value for m in WriteMode)))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.commit_every <= 0:
+            raise ConfigError(f"--commit-every must be positive, got {self.commit_every}")
+        check_choice(self, "mode")
+
+
+@dataclass(frozen=True)
+class ReindexConfig(JobConfig):
+    """``xai-pipeline reindex``: process new and changed figures, mark deleted ones, in one atomic merge."""
+
+    manifest: str | None = field(default=None, metadata=opt("list the collection from an S3 Inventory manifest.json or a Parquet file with a key column instead of listing", metavar="URI"))
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """``xai-pipeline table``: compaction, removal of unreferenced files, version history."""
+
+    action: str = field(default="history", metadata=opt("optimize: compact small files; vacuum: delete files no version needs after the retention; history: list versions", choices=("optimize", "vacuum", "history"), positional=True))
+    table: str = field(default="", metadata=opt("Delta table: s3://bucket/prefix or a local folder", required=True, metavar="URI"))
+    retention_hours: int = field(default=168, metadata=opt("vacuum keeps files that versions of the last N hours need (time travel window)", metavar="N"))
+    dry_run: bool = field(default=False, metadata=opt("vacuum: list the files it would delete, delete nothing"))
+    endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint", metavar="URL"))
+    region: str | None = field(default=None, metadata=opt("S3 region"))
+
+    def __post_init__(self) -> None:
+        check_choice(self, "action")
+        if self.retention_hours < 0:
+            raise ConfigError(f"--retention-hours must be >= 0, got {self.retention_hours}")
+
+
+@dataclass(frozen=True)
+class RunsConfig:
+    """``xai-pipeline runs``: list the run records stored beside a table."""
+
+    table: str = field(default="", metadata=opt("Delta table: s3://bucket/prefix or a local folder", required=True, metavar="URI"))
+    endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint", metavar="URL"))
+    region: str | None = field(default=None, metadata=opt("S3 region"))
+    json: bool = field(default=False, metadata=opt("print the records as JSON lines"))
+
+
+@dataclass(frozen=True)
+class SubmitConfig:
+    """``xai-pipeline submit``: run a command as a Ray job on a cluster (``submit --address URL -- index ...``)."""
+
+    address: str = field(default="", metadata=opt("Ray dashboard address, e.g. http://head:8265", required=True, metavar="URL"))
+    working_dir: str | None = field(default=None, metadata=opt("ship this folder with the job (default: use the package installed on the cluster)", metavar="DIR"))
+    wait: bool = field(default=True, metadata=opt("wait for the job to finish and exit with its outcome"))
+    timeout: int = field(default=86_400, metadata=opt("seconds to wait", metavar="S"))
 
 
 @dataclass(frozen=True)
@@ -150,6 +208,9 @@ def add_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
         help_text = meta.get("help", "")
         if not meta.get("required") and default not in (None, ""):
             help_text += f" (default: {default})"
+        if meta.get("positional"):
+            parser.add_argument(f.name, choices=meta.get("choices"), help=help_text)
+            continue
         if kind is bool:
             parser.add_argument(flag_name(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue

@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from xai_pipeline.decode import DecodeLimits, open_rgb
-from xai_pipeline.source import Location, S3Settings, SourceError, list_objects, parse_location, read_object
+from xai_pipeline.listing import list_objects
+from xai_pipeline.source import Location, S3Settings, SourceError, parse_location, read_object
 
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
 _MEDPIX_CASE = re.compile(r"(MPX\d+)_")

@@ -1,76 +1,42 @@
 """Chains the stages and sets Ray resources: source → decode → classify (+CRM) → encode → sink.
 
 The only module that imports ``ray.data``. Each stage is a plain function or callable class from
-its own module; this file decides batch sizes, CPUs, GPUs and actor-pool sizes.
+its own module; this file decides batch sizes, CPUs, GPUs and actor-pool sizes, and the order of
+listing, planning, processing and committing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
-import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from xai_pipeline import codec, decode, schema, sink
+from xai_pipeline import codec, decode, plan, records, schema, sink
 from xai_pipeline import source as source_stage
 from xai_pipeline.classify import FigureClassifier
-from xai_pipeline.config import DemoConfig, IndexConfig
+from xai_pipeline.config import DemoConfig, IndexConfig, JobConfig, ReindexConfig
 from xai_pipeline.decode import DecodeLimits
-from xai_pipeline.model import DEFAULT_MODEL_PATH, ModelFileError, read_spec
+from xai_pipeline.listing import list_objects, read_manifest
+from xai_pipeline.model import DEFAULT_MODEL_PATH, ModelFileError, ModelSpec, read_spec
 from xai_pipeline.schema import Status
 from xai_pipeline.source import Location, S3Settings, check_output, make_filesystem, parse_location, preflight_s3
+from xai_pipeline.summary import RunSummary, new_run_id
 
 log = logging.getLogger(__name__)
 
 SAMPLES_DIR = Path(__file__).parent / "samples" / "figures"
 DECODE_BATCH_SIZE = 16
 READ_BLOCK_ROWS = 64  # listing rows per input block: the unit of parallel fetch + decode tasks
-# Memory reserved per decode task. Besides bounding memory, it keeps Ray from fusing decode into
-# the classifier actors (fusion needs equal remote args), so decode runs in its own CPU tasks,
-# in parallel with inference, as many as the CPUs allow.
+# Memory reserved per fetch/decode task. Besides bounding memory, it keeps Ray from fusing decode
+# into the classifier actors (fusion needs equal remote args), so decode runs in its own CPU
+# tasks, in parallel with inference, as many as the CPUs allow.
 DECODE_TASK_MEMORY = 512 * 1024 * 1024
-
-
-@dataclass
-class RunSummary:
-    """What one run did; printed as one JSON line and stored by ``--summary-json``.
-
-    ``inputs``: objects listed. ``skipped``: already committed by this model version, not
-    processed again. ``processed``: rows written by this run (``ok`` + ``errors``). ``redone``:
-    processed figures that an interrupted earlier run had in flight but never committed.
-    """
-
-    run_id: str
-    inputs: int
-    skipped: int
-    processed: int
-    ok: int
-    errors: int
-    redone: int
-    commits: int
-    seconds: float
-    figures_per_second: float
-    table_version: int | None
-    output: str
-    model_name: str
-    model_version: str
-    mode: str
-    errors_by_kind: dict[str, int] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=False)
-
-
-def new_run_id() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
 def _fetch_stage(batch: dict[str, np.ndarray], *, location: Location, settings: S3Settings, max_bytes: int) -> dict[str, np.ndarray]:
@@ -85,27 +51,22 @@ def _encode_stage(batch: dict[str, np.ndarray], *, run_id: str) -> pa.Table:
     return codec.encode_batch(batch, run_id=run_id)
 
 
-def _init_ray(address: str | None) -> Any:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-    return ray
-
-
 @dataclass(frozen=True)
-class _Plan:
+class _Job:
+    """A checked configuration: locations, model, filesystems, and the collection's listing."""
+
+    cfg: JobConfig
     source: Location
     target: Location
     settings: S3Settings
     out_fs: Any
     options: dict[str, str] | None
-    spec: Any
-    listing: pa.Table  # path, uri, size, etag, figure_id of every listed object
+    spec: ModelSpec
+    listing: pa.Table  # path, uri, size, etag, figure_id
 
 
-def _plan(cfg: IndexConfig) -> _Plan:
-    """Every check that can fail on configuration, before any Ray work."""
+def _prepare(cfg: JobConfig, manifest: str | None = None) -> _Job:
+    """Every check that can fail on configuration, then the listing; no Ray work yet."""
     settings = S3Settings(cfg.endpoint_url, cfg.region)
     source = parse_location(cfg.input, "--input")
     target = parse_location(cfg.output, "--output")
@@ -116,116 +77,128 @@ def _plan(cfg: IndexConfig) -> _Plan:
         raise ModelFileError(f"--model: {exc}") from exc
     preflight_s3(source, settings, "--input")
     preflight_s3(target, settings, "--output")
-    listing = source_stage.list_objects(source, settings)
-    ids = pa.array([schema.figure_id(u) for u in listing.column("uri").to_pylist()], pa.string())
-    listing = listing.append_column(schema.FIGURE_ID, ids)
-    return _Plan(source, target, settings, make_filesystem(target, settings), sink.storage_options(target, settings), spec, listing)
+    listing = read_manifest(manifest, source, settings) if manifest else list_objects(source, settings)
+    return _Job(cfg, source, target, settings, make_filesystem(target, settings), sink.storage_options(target, settings), spec, listing)
 
 
-def _write_chunk(ray: Any, plan: _Plan, cfg: IndexConfig, part: pa.Table, run_id: str, mode: sink.WriteMode, num_gpus: float) -> None:
-    """source → decode → classify (+CRM) → encode → sink for one chunk: one Delta commit."""
+def _init_ray(address: str | None) -> Any:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    return ray
+
+
+def _rows(job: _Job, part: pa.Table, run_id: str) -> Any:
+    """The Ray dataset of table rows for listing rows ``part``: fetch → decode → classify → encode."""
+    ray = _init_ray(job.cfg.ray_address)
     from ray.data import ActorPoolStrategy
 
+    cfg = job.cfg
+    num_gpus = cfg.num_gpus
+    if num_gpus is None:
+        num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     blocks = [part.slice(i, READ_BLOCK_ROWS) for i in range(0, part.num_rows, READ_BLOCK_ROWS)]
     ds = ray.data.from_arrow(blocks)
-    ds = ds.map_batches(
-        _fetch_stage,
-        fn_kwargs={"location": plan.source, "settings": plan.settings, "max_bytes": cfg.max_bytes},
-        batch_size=DECODE_BATCH_SIZE,
-        batch_format="numpy",
-        num_cpus=1,
-        memory=DECODE_TASK_MEMORY,
-    )
-    ds = ds.map_batches(
-        _decode_stage,
-        fn_kwargs={"size": plan.spec.input_size, "limits": cfg.limits},
-        batch_size=DECODE_BATCH_SIZE,
-        batch_format="numpy",
-        num_cpus=1,
-        memory=DECODE_TASK_MEMORY,
-    )
+    ds = ds.map_batches(_fetch_stage, fn_kwargs={"location": job.source, "settings": job.settings, "max_bytes": cfg.max_bytes},
+                        batch_size=DECODE_BATCH_SIZE, batch_format="numpy", num_cpus=1, memory=DECODE_TASK_MEMORY)
+    ds = ds.map_batches(_decode_stage, fn_kwargs={"size": job.spec.input_size, "limits": cfg.limits},
+                        batch_size=DECODE_BATCH_SIZE, batch_format="numpy", num_cpus=1, memory=DECODE_TASK_MEMORY)
     ds = ds.map_batches(
         FigureClassifier,
-        fn_constructor_kwargs={
-            "model_path": str(cfg.model) if cfg.model else None,
-            "device": "cuda" if num_gpus > 0 else "cpu",
-            "crm_score": cfg.crm_score,
-            "torch_threads": cfg.torch_threads,
-        },
+        fn_constructor_kwargs={"model_path": str(cfg.model) if cfg.model else None, "device": "cuda" if num_gpus > 0 else "cpu",
+                               "crm_score": cfg.crm_score, "torch_threads": cfg.torch_threads},
         batch_size=cfg.batch_size,
         batch_format="numpy",
+        # A fixed pool (no slow autoscaling ramp), no larger than the work needs.
         compute=ActorPoolStrategy(size=min(cfg.concurrency, max(1, part.num_rows // cfg.batch_size))),
         num_gpus=num_gpus,
         num_cpus=1,
     )
-    ds = ds.map_batches(_encode_stage, fn_kwargs={"run_id": run_id}, batch_format="numpy", num_cpus=1)
-    sink.write_dataset(ds, plan.target, mode, plan.options, plan.out_fs)
+    return ds.map_batches(_encode_stage, fn_kwargs={"run_id": run_id}, batch_format="numpy", num_cpus=1)
 
 
-def run_index(cfg: IndexConfig) -> RunSummary:
-    """Run the index job; configuration errors are raised before any Ray work starts.
-
-    Figures already committed by the same model name and version are skipped, so rerunning a
-    command (after a crash, say) finishes the work without duplicates. The rest is written in
-    chunks of ``--commit-every`` figures, each one atomic Delta commit.
-    """
-    started = time.perf_counter()
-    plan = _plan(cfg)
-    run_id = cfg.run_id or new_run_id()
-    overwrite = cfg.mode == sink.WriteMode.OVERWRITE.value
-    listing = plan.listing
-    if not overwrite:
-        done = sink.committed_ids(plan.target, plan.options, plan.spec.name, plan.spec.version)
-        listing = listing.filter(pc.invert(pc.is_in(listing.column(schema.FIGURE_ID), value_set=done)))
-    leftovers = sink.read_inflight(plan.target, plan.out_fs)
-    interrupted = pa.array(sorted({i for ids in leftovers.values() for i in ids}), pa.string())
-    redone = int(pc.sum(pc.is_in(listing.column(schema.FIGURE_ID), value_set=interrupted)).as_py() or 0)
-    log.info("run %s: %d objects under %s, %d to process → %s", run_id, plan.listing.num_rows, plan.source.uri, listing.num_rows, plan.target.uri)
-
-    commits = 0
-    if listing.num_rows:
-        ray = _init_ray(cfg.ray_address)
-        num_gpus = cfg.num_gpus
-        if num_gpus is None:
-            num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        for chunk, start in enumerate(range(0, listing.num_rows, cfg.commit_every)):
-            part = listing.slice(start, cfg.commit_every)
-            marker = sink.mark_inflight(plan.target, plan.out_fs, run_id, chunk, part.column(schema.FIGURE_ID).to_pylist())
-            mode = sink.WriteMode.OVERWRITE if overwrite and chunk == 0 else sink.WriteMode.APPEND
-            _write_chunk(ray, plan, cfg, part, run_id, mode, num_gpus)
-            sink.clear_inflight(plan.target, plan.out_fs, [marker])
-            commits += 1
-    sink.clear_inflight(plan.target, plan.out_fs, list(leftovers))
-
-    version, counts = sink.status_counts(plan.target, plan.options, run_id)
+def _finish(job: _Job, run_id: str, kind: str, started: float, started_at: str, **counts: Any) -> RunSummary:
+    """Count this run's rows in the table, build the summary, store it beside the table."""
+    version, statuses = sink.status_counts(job.target, job.options, run_id)
     seconds = time.perf_counter() - started
-    ok = counts.get(Status.OK.value, 0)
-    processed = sum(counts.values())
-    if processed != listing.num_rows:
-        log.error("run %s wrote %d rows for %d objects to process", run_id, processed, listing.num_rows)
+    processed = sum(statuses.values())
+    ok = statuses.get(Status.OK.value, 0)
     summary = RunSummary(
-        run_id=run_id,
-        inputs=plan.listing.num_rows,
-        skipped=plan.listing.num_rows - listing.num_rows,
-        processed=processed,
-        ok=ok,
-        errors=processed - ok,
-        redone=redone,
-        commits=commits,
-        seconds=round(seconds, 3),
-        figures_per_second=round(processed / seconds, 3) if seconds > 0 else 0.0,
-        table_version=version,
-        output=plan.target.uri,
-        model_name=plan.spec.name,
-        model_version=plan.spec.version,
-        mode=cfg.mode,
-        errors_by_kind={k: v for k, v in sorted(counts.items()) if k != Status.OK.value},
+        run_id=run_id, kind=kind, inputs=job.listing.num_rows, processed=processed, ok=ok, errors=processed - ok,
+        seconds=round(seconds, 3), figures_per_second=round(processed / seconds, 3) if seconds > 0 else 0.0,
+        table_version=version, output=job.target.uri, model_name=job.spec.name, model_version=job.spec.version,
+        started_at=started_at, errors_by_kind={k: v for k, v in sorted(statuses.items()) if k != Status.OK.value}, **counts,
     )
-    if cfg.summary_json:
-        path = Path(cfg.summary_json)
+    records.write_run(job.target, job.out_fs, summary.to_dict())
+    if job.cfg.summary_json:
+        path = Path(job.cfg.summary_json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(summary.to_json() + "\n")
     return summary
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_index(cfg: IndexConfig) -> RunSummary:
+    """Index a collection. Figures this model name and version already committed are skipped, so
+    rerunning a command (after a crash, say) finishes the work without duplicates. The rest is
+    written in chunks of ``--commit-every`` figures, each one atomic Delta commit."""
+    started, started_at = time.perf_counter(), _now()
+    job = _prepare(cfg)
+    run_id = cfg.run_id or new_run_id()
+    overwrite = cfg.mode == sink.WriteMode.OVERWRITE.value
+    todo = job.listing
+    if not overwrite:
+        todo = plan.not_in(todo, sink.committed_ids(job.target, job.options, job.spec.name, job.spec.version))
+    leftovers = records.read_inflight(job.target, job.out_fs)
+    redone = plan.count_in(todo, pa.array(sorted({i for ids in leftovers.values() for i in ids}), pa.string()))
+    log.info("run %s: %d objects under %s, %d to process → %s", run_id, job.listing.num_rows, job.source.uri, todo.num_rows, job.target.uri)
+    commits = 0
+    for chunk, start in enumerate(range(0, todo.num_rows, cfg.commit_every)):
+        part = todo.slice(start, cfg.commit_every)
+        marker = records.mark_inflight(job.target, job.out_fs, run_id, chunk, part.column(schema.FIGURE_ID).to_pylist())
+        mode = sink.WriteMode.OVERWRITE if overwrite and chunk == 0 else sink.WriteMode.APPEND
+        sink.write_dataset(_rows(job, part, run_id), job.target, mode, job.options, job.out_fs)
+        records.clear_inflight(job.target, job.out_fs, [marker])
+        commits += 1
+    records.clear_inflight(job.target, job.out_fs, list(leftovers))
+    summary = _finish(job, run_id, "index", started, started_at, skipped=job.listing.num_rows - todo.num_rows,
+                      redone=redone, commits=commits, mode=cfg.mode)
+    if summary.processed != todo.num_rows:
+        log.error("run %s wrote %d rows for %d objects to process", run_id, summary.processed, todo.num_rows)
+    return summary
+
+
+def run_reindex(cfg: ReindexConfig) -> RunSummary:
+    """Process new and changed figures and mark deleted ones, in one atomic Delta merge.
+
+    Rows are first written as Parquet to the run's staging folder beside the table; the merge
+    then upserts them by figure_id and sets ``deleted_at`` on figures gone from the collection.
+    Readers see the previous version until the merge commits. A new model version reprocesses
+    everything.
+    """
+    started, started_at = time.perf_counter(), _now()
+    job = _prepare(cfg, cfg.manifest)
+    run_id = cfg.run_id or new_run_id()
+    state = sink.table_state(job.target, job.options, plan.STATE_COLUMNS)
+    todo = plan.reindex_plan(job.listing, state, job.spec.name, job.spec.version, job.source.uri)
+    timings = {"plan": round(time.perf_counter() - started, 3)}
+    log.info("reindex %s: %d listed, %d new, %d changed, %d unchanged, %d deleted", run_id, job.listing.num_rows,
+             todo.new, todo.changed, todo.skipped, len(todo.deleted_ids))
+    staging = records.staging_location(job.target, run_id)
+    if todo.todo.num_rows:
+        sink.write_staging(_rows(job, todo.todo, run_id), staging, job.out_fs)
+    timings["process"] = round(time.perf_counter() - started - timings["plan"], 3)
+    upserts = sink.read_staging(staging, job.out_fs)
+    deleted_at = dt.datetime.now(dt.timezone.utc)
+    merged = sink.merge_run(job.target, job.options, upserts, todo.deleted_ids, deleted_at, run_id)
+    records.remove_staging(job.target, job.out_fs, run_id)
+    timings["commit"] = round(time.perf_counter() - started - timings["plan"] - timings["process"], 3)
+    return _finish(job, run_id, "reindex", started, started_at, skipped=todo.skipped,
+                   new=todo.new, changed=todo.changed, deleted=len(todo.deleted_ids), commits=int(merged is not None), durations=timings)
 
 
 def run_demo(cfg: DemoConfig) -> tuple[RunSummary, dict[str, int]]:

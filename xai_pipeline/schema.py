@@ -4,7 +4,8 @@ Every input object yields exactly one row. A row whose ``status`` is not ``ok`` 
 ``error`` message and nulls in the prediction columns.
 
 Bump :data:`SCHEMA_VERSION` whenever a column is added, removed or changes meaning; the version is
-written into every row so readers can tell tables apart.
+written into every row so readers can tell tables apart. History: 1 first release; 2 adds
+``deleted_at`` (older rows read it as null: present).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from enum import Enum
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Status(str, Enum):
@@ -45,6 +46,7 @@ CRM_SHAPE = "crm_shape"
 CRM_SCALE = "crm_scale"
 MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
+DELETED_AT = "deleted_at"
 RUN_ID = "run_id"
 PROCESSED_AT = "processed_at"
 STATUS = "status"
@@ -71,6 +73,7 @@ TABLE_SCHEMA = pa.schema(
         pa.field(CRM_SCALE, pa.float32()),
         pa.field(MODEL_NAME, pa.string()),
         pa.field(MODEL_VERSION, pa.string()),
+        pa.field(DELETED_AT, pa.timestamp("us", tz="UTC")),
         pa.field(RUN_ID, pa.string(), nullable=False),
         pa.field(PROCESSED_AT, pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field(STATUS, pa.string(), nullable=False),
@@ -95,6 +98,7 @@ COLUMN_DOCS: dict[str, str] = {
     CRM_SCALE: "the map's maximum: value = byte / 255 * crm_scale",
     MODEL_NAME: "model name from the model description",
     MODEL_VERSION: "model version from the model description",
+    DELETED_AT: "when a reindex found the object gone from the collection (null while it exists)",
     RUN_ID: "identifier of the job run that wrote the row",
     PROCESSED_AT: "UTC time the row was produced",
     STATUS: "'ok' or an error kind: " + ", ".join(s.value for s in Status if s is not Status.OK),

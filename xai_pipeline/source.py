@@ -4,8 +4,8 @@ Inputs are ``s3://bucket/prefix`` (AWS or any S3-compatible store through ``endp
 local folder. Credentials and region come from the standard AWS settings (environment, profile,
 instance role), never from flags, so they cannot leak into logs or the table.
 
-The driver lists every object (Ray's directory expansion silently skips names starting with
-``.`` or ``_``), and a fetch stage reads each listed object by key with boto3, which, unlike
+The driver lists every object (:mod:`xai_pipeline.listing`), and a fetch stage reads each listed
+object by key with boto3, which, unlike
 pyarrow's S3 filesystem, can address keys with ``.``, ``..`` or empty path segments. An object
 that is gone or forbidden when read becomes a row (``missing`` / ``read_error``); transient
 faults are retried and, if they persist, fail the task so Ray retries it — they never become rows.
@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.fs as pafs
 
 from xai_pipeline.schema import Status
@@ -113,54 +111,6 @@ def make_filesystem(location: Location, settings: S3Settings = S3Settings()) -> 
         kwargs["endpoint_override"] = parsed.netloc
         kwargs["scheme"] = parsed.scheme
     return pafs.S3FileSystem(**kwargs)
-
-
-LISTING_SCHEMA = pa.schema([("path", pa.string()), ("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string())])
-PAGE_SIZE = 1000
-
-
-def _list_s3(location: Location, settings: S3Settings) -> Iterator[tuple[str, int, str]]:
-    bucket, _, prefix = location.path.partition("/")
-    paginator = s3_client(settings).get_paginator("list_objects_v2")  # type: ignore[attr-defined]
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": PAGE_SIZE}):
-        for obj in page.get("Contents", []):
-            key = obj["Key"]
-            if key.endswith("/") and obj["Size"] == 0:
-                continue  # a "folder" placeholder object
-            if prefix and not (key == prefix or key.startswith(prefix.rstrip("/") + "/")):
-                continue  # s3://b/figs must not pick up s3://b/figs-old/...
-            yield f"{bucket}/{key}", int(obj["Size"]), str(obj.get("ETag", ""))
-
-
-def _list_local(location: Location) -> Iterator[tuple[str, int, str]]:
-    root = Path(location.path)
-    if root.is_file():
-        yield str(root), root.stat().st_size, ""
-        return
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(folder) / name
-            if path.is_file():
-                yield str(path), path.stat().st_size, ""
-
-
-def list_objects(location: Location, settings: S3Settings = S3Settings(), flag: str = "--input") -> pa.Table:
-    """Every object under a location: ``path``, ``uri``, ``size``, ``etag`` (S3 only), by path.
-
-    Raises :class:`SourceError` naming ``flag`` when the location does not exist or holds nothing.
-    """
-    if location.scheme == "file" and not os.path.exists(location.path):
-        raise SourceError(f"{flag} {location.uri}: no such file or folder")
-    try:
-        rows = list(_list_s3(location, settings) if location.scheme == "s3" else _list_local(location))
-    except OSError as exc:
-        raise SourceError(f"{flag} {location.uri}: cannot list objects ({exc})") from exc
-    if not rows:
-        raise SourceError(f"{flag} {location.uri}: no objects found")
-    rows.sort()
-    paths, sizes, etags = zip(*rows)
-    return pa.table([list(paths), [location.to_uri(p) for p in paths], list(sizes), list(etags)], schema=LISTING_SCHEMA)
 
 
 def s3_client(settings: S3Settings, max_attempts: int = 10) -> Any:

@@ -1,0 +1,62 @@
+"""Which figures reindex processes, skips and marks deleted."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+
+from xai_pipeline import schema
+from xai_pipeline.listing import LISTING_SCHEMA
+from xai_pipeline.plan import STATE_COLUMNS, count_in, not_in, reindex_plan
+
+
+def _listing(rows: list[tuple[str, int, str | None]]) -> pa.Table:
+    paths = [f"b/in/{k}" for k, _, _ in rows]
+    table = pa.table([paths, [f"s3://{p}" for p in paths], [r[1] for r in rows], [r[2] for r in rows]], schema=LISTING_SCHEMA)
+    return table.append_column(schema.FIGURE_ID, pa.array([schema.figure_id(u) for u in table.column("uri").to_pylist()]))
+
+
+def _state(rows: list[tuple[str, int, str | None, str, bool]]) -> pa.Table:
+    uris = [k if k.startswith("s3://") else f"s3://b/in/{k}" for k, *_ in rows]
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    data = {
+        schema.FIGURE_ID: [schema.figure_id(u) for u in uris],
+        schema.SOURCE_URI: uris,
+        schema.ETAG: [r[2] for r in rows],
+        schema.SIZE: [r[1] for r in rows],
+        schema.MODEL_NAME: ["m"] * len(rows),
+        schema.MODEL_VERSION: [r[3] for r in rows],
+        schema.DELETED_AT: [when if r[4] else None for r in rows],
+    }
+    return pa.table(data, schema=pa.schema([schema.TABLE_SCHEMA.field(c) for c in STATE_COLUMNS]))
+
+
+def test_new_changed_unchanged_deleted_and_reappeared() -> None:
+    listing = _listing([("same", 10, '"e1"'), ("etag", 10, '"new"'), ("size", 11, None), ("model", 10, '"e4"'),
+                        ("back", 10, '"e5"'), ("new", 10, '"e6"')])
+    state = _state([("same", 10, '"e1"', "1", False), ("etag", 10, '"old"', "1", False), ("size", 10, None, "1", False),
+                    ("model", 10, '"e4"', "0", False), ("back", 10, '"e5"', "1", True), ("gone", 10, '"e7"', "1", False),
+                    ("gone-before", 10, '"e8"', "1", True), ("s3://b/other/x", 10, '"e9"', "1", False)])
+    plan = reindex_plan(listing, state, "m", "1", "s3://b/in")
+    todo = {u.rsplit("/", 1)[1] for u in plan.todo.column("uri").to_pylist()}
+    assert todo == {"etag", "size", "model", "back", "new"}
+    assert (plan.new, plan.changed, plan.skipped) == (1, 4, 1)
+    # Only rows of this collection that are still alive are marked; other prefixes are untouched.
+    assert plan.deleted_ids.to_pylist() == [schema.figure_id("s3://b/in/gone")]
+
+
+def test_a_new_model_version_reprocesses_everything() -> None:
+    listing = _listing([("a", 1, '"x"'), ("b", 2, '"y"')])
+    state = _state([("a", 1, '"x"', "1", False), ("b", 2, '"y"', "1", False)])
+    plan = reindex_plan(listing, state, "m", "2", "s3://b/in")
+    assert plan.todo.num_rows == 2 and plan.skipped == 0 and len(plan.deleted_ids) == 0
+
+
+def test_empty_table_processes_all_and_index_helpers() -> None:
+    listing = _listing([("a", 1, None), ("b", 2, None)])
+    empty = pa.schema([schema.TABLE_SCHEMA.field(c) for c in STATE_COLUMNS]).empty_table()
+    plan = reindex_plan(listing, empty, "m", "1", "s3://b/in")
+    assert plan.new == 2 and plan.todo.num_rows == 2
+    done = pa.array([listing.column(schema.FIGURE_ID)[0].as_py()])
+    assert not_in(listing, done).num_rows == 1 and count_in(listing, done) == 1

@@ -1,0 +1,184 @@
+"""The collection's contents: every object's path, URI, size and ETag, from a listing or a manifest.
+
+Listing is paginated (``PAGE_SIZE`` keys a request) and, on S3, parallel across the prefixes one
+level below the input prefix. Each page becomes an Arrow record batch as soon as it arrives, so
+Python objects never exceed a page per worker; the listing itself is compact Arrow columns (about
+100 bytes a key). The driver lists instead of Ray because Ray's directory expansion silently
+skips names starting with ``.`` or ``_``, and every object must yield a row.
+
+Manifests: an S3 Inventory report (its ``manifest.json``; CSV or Parquet data files), or any
+Parquet file with a ``key`` column (optional ``bucket``, ``size``, ``etag``).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import unquote_plus
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from xai_pipeline import schema
+from xai_pipeline.source import Location, S3Settings, SourceError, parse_location, read_object, s3_client
+
+LISTING_SCHEMA = pa.schema([("path", pa.string()), ("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string())])
+PAGE_SIZE = 1000
+LIST_THREADS = 8
+
+
+def _batch(location: Location, rows: list[tuple[str, int | None, str | None]]) -> pa.RecordBatch:
+    paths = [r[0] for r in rows]
+    return pa.record_batch(
+        [paths, [location.to_uri(p) for p in paths], [r[1] for r in rows], [r[2] for r in rows]], schema=LISTING_SCHEMA
+    )
+
+
+def _pages_s3(location: Location, settings: S3Settings, prefix: str, page_size: int) -> Iterator[pa.RecordBatch]:
+    bucket = location.bucket
+    paginator = s3_client(settings).get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}):
+        rows = [(f"{bucket}/{o['Key']}", int(o["Size"]), str(o.get("ETag", "")))
+                for o in page.get("Contents", []) if not (o["Key"].endswith("/") and o["Size"] == 0)]
+        if rows:
+            yield _batch(location, rows)
+
+
+def _split_prefixes(location: Location, settings: S3Settings, prefix: str, page_size: int) -> tuple[list[str], list[pa.RecordBatch]]:
+    """The prefixes one level below ``prefix`` and the objects directly in it."""
+    bucket = location.bucket
+    paginator = s3_client(settings).get_paginator("list_objects_v2")
+    prefixes: list[str] = []
+    batches: list[pa.RecordBatch] = []
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/", PaginationConfig={"PageSize": page_size}):
+        prefixes += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+        rows = [(f"{bucket}/{o['Key']}", int(o["Size"]), str(o.get("ETag", "")))
+                for o in page.get("Contents", []) if not (o["Key"].endswith("/") and o["Size"] == 0)]
+        if rows:
+            batches.append(_batch(location, rows))
+    return prefixes, batches
+
+
+def _list_s3(location: Location, settings: S3Settings, page_size: int) -> list[pa.RecordBatch]:
+    _, _, key = location.path.partition("/")
+    # "s3://b/figs" means the folder figs/ (not figs-old/), unless figs is itself an object.
+    prefix = key.rstrip("/") + "/" if key else ""
+    prefixes, batches = _split_prefixes(location, settings, prefix, page_size)
+    if key and not prefixes and not batches:
+        batches = [b for b in _pages_s3(location, settings, key, page_size)]
+        batches = [b.filter(pc.equal(b.column("path"), location.path)) for b in batches]
+    with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
+        for pages in pool.map(lambda p: list(_pages_s3(location, settings, p, page_size)), prefixes):
+            batches += pages
+    return batches
+
+
+def _list_local(location: Location, page_size: int) -> Iterator[pa.RecordBatch]:
+    root = Path(location.path)
+    if root.is_file():
+        yield _batch(location, [(str(root), root.stat().st_size, None)])
+        return
+    rows: list[tuple[str, int | None, str | None]] = []
+    for folder, dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                rows.append((path, os.path.getsize(path), None))
+                if len(rows) == page_size:
+                    yield _batch(location, rows)
+                    rows = []
+    if rows:
+        yield _batch(location, rows)
+
+
+def _finish(batches: list[pa.RecordBatch], location: Location, flag: str) -> pa.Table:
+    table = pa.Table.from_batches(batches, schema=LISTING_SCHEMA)
+    if table.num_rows == 0:
+        raise SourceError(f"{flag} {location.uri}: no objects found")
+    table = table.sort_by("path").combine_chunks()
+    ids = pa.array([schema.figure_id(u) for u in table.column("uri").to_pylist()], pa.string())
+    return table.append_column(schema.FIGURE_ID, ids)
+
+
+def list_objects(location: Location, settings: S3Settings = S3Settings(), flag: str = "--input", page_size: int = PAGE_SIZE) -> pa.Table:
+    """Every object under a location: ``path``, ``uri``, ``size``, ``etag`` (S3), ``figure_id``."""
+    if location.scheme == "file" and not os.path.exists(location.path):
+        raise SourceError(f"{flag} {location.uri}: no such file or folder")
+    try:
+        batches = _list_s3(location, settings, page_size) if location.scheme == "s3" else list(_list_local(location, page_size))
+    except OSError as exc:
+        raise SourceError(f"{flag} {location.uri}: cannot list objects ({exc})") from exc
+    return _finish(batches, location, flag)
+
+
+def _inventory_rows(location: Location, settings: S3Settings, manifest: dict) -> Iterator[tuple[str, str, int | None, str | None]]:
+    """(bucket, key, size, etag) of an S3 Inventory report's data files."""
+    columns = [c.strip() for c in manifest.get("fileSchema", "").split(",")]
+    fmt = manifest.get("fileFormat", "CSV").upper()
+    dest_bucket = manifest.get("destinationBucket", "").split(":::")[-1] or location.bucket
+    for entry in manifest.get("files", []):
+        fetched = read_object(parse_location(f"s3://{dest_bucket}/{entry['key']}", "--manifest"), f"{dest_bucket}/{entry['key']}", settings)
+        if fetched.status:
+            raise SourceError(f"--manifest: inventory file s3://{dest_bucket}/{entry['key']}: {fetched.error}")
+        if fmt == "CSV":
+            text = gzip.decompress(fetched.data).decode() if fetched.data[:2] == b"\x1f\x8b" else fetched.data.decode()
+            for values in csv.reader(io.StringIO(text)):
+                row = dict(zip(columns, values))
+                size = row.get("Size")
+                yield row["Bucket"], unquote_plus(row["Key"]), int(size) if size else None, row.get("ETag") or None
+        elif fmt == "PARQUET":
+            import pyarrow.parquet as pq
+
+            for row in pq.read_table(io.BytesIO(fetched.data)).to_pylist():
+                lowered = {k.lower(): v for k, v in row.items()}
+                yield lowered["bucket"], lowered["key"], lowered.get("size"), lowered.get("etag")
+        else:
+            raise SourceError(f"--manifest: inventory format {fmt} is not supported (use CSV or Parquet)")
+
+
+def _parquet_rows(location: Location, data: bytes) -> Iterator[tuple[str, str, int | None, str | None]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(data))
+    names = {n.lower(): n for n in table.column_names}
+    if "key" not in names:
+        raise SourceError("--manifest: a Parquet manifest needs a 'key' column")
+    for row in table.to_pylist():
+        bucket = row.get(names["bucket"]) if "bucket" in names else location.bucket
+        size = row.get(names["size"]) if "size" in names else None
+        etag = row.get(names["etag"]) if "etag" in names else None
+        yield bucket, row[names["key"]], size, etag
+
+
+def read_manifest(manifest_uri: str, location: Location, settings: S3Settings = S3Settings()) -> pa.Table:
+    """The objects a manifest names under ``location`` (an S3 input), as :func:`list_objects` returns them."""
+    if location.scheme != "s3":
+        raise SourceError("--manifest needs an s3:// --input")
+    manifest = parse_location(manifest_uri, "--manifest")
+    fetched = read_object(manifest, manifest.path, settings)
+    if fetched.status:
+        raise SourceError(f"--manifest {manifest_uri}: {fetched.error}")
+    if manifest.path.endswith(".json"):
+        rows = _inventory_rows(location, settings, json.loads(fetched.data))
+    elif manifest.path.endswith(".parquet"):
+        rows = _parquet_rows(location, fetched.data)
+    else:
+        raise SourceError(f"--manifest {manifest_uri}: expected an S3 Inventory manifest.json or a .parquet file")
+    _, _, prefix = location.path.partition("/")
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    batches, page = [], []
+    for bucket, key, size, etag in rows:
+        if bucket == location.bucket and key.startswith(prefix) and not key.endswith("/"):
+            page.append((f"{bucket}/{key}", size, etag))
+            if len(page) == PAGE_SIZE:
+                batches.append(_batch(location, page))
+                page = []
+    if page:
+        batches.append(_batch(location, page))
+    return _finish(batches, location, "--manifest")

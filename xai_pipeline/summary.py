@@ -1,0 +1,57 @@
+"""The summary of a run: printed as one JSON line, stored beside the table, listed by ``runs``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def new_run_id() -> str:
+    """``YYYYMMDDTHHMMSSZ-xxxxxxxx``: sorts by start time."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+@dataclass
+class RunSummary:
+    """What one run did.
+
+    ``inputs``: objects listed. ``skipped``: not processed (already committed by this model
+    version; for reindex: unchanged). ``processed``: rows written (``ok`` + ``errors``).
+    ``redone``: processed figures that an interrupted earlier run had in flight but never
+    committed. ``new`` / ``changed`` / ``deleted``: reindex's comparison with the table.
+    """
+
+    run_id: str
+    kind: str
+    inputs: int
+    skipped: int
+    processed: int
+    ok: int
+    errors: int
+    seconds: float
+    figures_per_second: float
+    table_version: int | None
+    output: str
+    model_name: str
+    model_version: str
+    started_at: str
+    redone: int = 0
+    commits: int = 0
+    new: int = 0
+    changed: int = 0
+    deleted: int = 0
+    mode: str = ""
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+    durations: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=False)
