@@ -62,8 +62,9 @@ def real_figures(dataset: Path, count: int) -> list[Path]:
 
 
 def run_cli(args: list[str], env: dict[str, str], *, wait: bool = True, timeout: float = 900) -> subprocess.Popen[str] | subprocess.CompletedProcess[str]:
-    """``xai-pipeline index ARGS`` in a new process group with its own Ray temp dir."""
-    command = [sys.executable, "-m", "xai_pipeline.cli", "index", *args]
+    """``xai-pipeline index ARGS`` in a new process group with its own Ray temp dir; the summary
+    goes to ``$RAY_TMPDIR/summary.json``."""
+    command = [sys.executable, "-m", "xai_pipeline.cli", "index", *args, "--summary-json", str(Path(env["RAY_TMPDIR"]) / "summary.json")]
     full_env = {**os.environ, **env}
     if not wait:
         return subprocess.Popen(command, env=full_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -75,10 +76,16 @@ def kill_ray(ray_tmp: str) -> None:
     subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)
 
 
-def summary_of(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    if proc.returncode != 0:
-        raise RuntimeError(f"index failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def index(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``xai-pipeline index ARGS`` to completion with its own Ray; returns its summary."""
+    ray_env, ray_tmp = _ray_env()
+    try:
+        proc = run_cli(args, {**ray_env, **(env or {})})
+        if proc.returncode != 0:
+            raise RuntimeError(f"index failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        return json.loads((Path(ray_tmp) / "summary.json").read_text())
+    finally:
+        kill_ray(ray_tmp)
 
 
 def account(name: str, table: str, options: dict[str, str] | None, expected: dict[str, str], **details: Any) -> Outcome:
@@ -100,7 +107,7 @@ def account(name: str, table: str, options: dict[str, str] | None, expected: dic
     )
 
 
-def _ray_env(work: Path) -> tuple[dict[str, str], str]:
+def _ray_env() -> tuple[dict[str, str], str]:
     ray_tmp = tempfile.mkdtemp(prefix="xr", dir="/tmp")  # short: Ray's socket paths have a length limit
     return {"RAY_TMPDIR": ray_tmp}, ray_tmp
 
@@ -131,12 +138,7 @@ def scenario_bad_inputs(work: Path, dataset: Path, n_real: int, endpoint: str) -
     files = {f"in/real/{p.name}": p.read_bytes() for p in real_figures(dataset, n_real)}
     files.update({f"in/bad/{c.name}": c.data for c in cases})
     expected = _upload(endpoint, "bad-inputs", files)
-    env, ray_tmp = _ray_env(work)
-    try:
-        summary = summary_of(run_cli(["--input", "s3://bad-inputs/in/", "--output", "s3://bad-inputs/table", "--batch-size", "8"],
-                                     {**env, **_s3_env(endpoint)}))
-    finally:
-        kill_ray(ray_tmp)
+    summary = index(["--input", "s3://bad-inputs/in/", "--output", "s3://bad-inputs/table", "--batch-size", "8"], _s3_env(endpoint))
     from deltalake import DeltaTable
 
     got = {r["source_uri"]: r["status"] for r in DeltaTable("s3://bad-inputs/table", storage_options=_s3_options(endpoint)).to_pyarrow_table(columns=["source_uri", "status"]).to_pylist()}
@@ -152,7 +154,7 @@ def scenario_driver_sigkill(work: Path, dataset: Path, n_real: int) -> Outcome:
     expected = {figure_id(f"file://{p}"): str(p) for p in folder.iterdir()}
     table = work / "sigkill" / "table"
     args = ["--input", str(folder), "--output", str(table), "--commit-every", "2", "--batch-size", "2"]
-    env, ray_tmp = _ray_env(work)
+    env, ray_tmp = _ray_env()
     proc = run_cli(args, env, wait=False)
     # Kill after the first commit, while the second chunk is in flight.
     first_commit = table / "_delta_log" / "00000000000000000000.json"
@@ -169,11 +171,7 @@ def scenario_driver_sigkill(work: Path, dataset: Path, n_real: int) -> Outcome:
     from deltalake import DeltaTable
 
     after_kill = DeltaTable(str(table)).to_pyarrow_table(columns=["figure_id"]).num_rows
-    env, ray_tmp = _ray_env(work)
-    try:
-        summary = summary_of(run_cli(args, env))
-    finally:
-        kill_ray(ray_tmp)
+    summary = index(args)
     return account("driver_sigkill", str(table), None, expected, killed_mid_run=killed, rows_after_kill=after_kill,
                    skipped=summary["skipped"], processed=summary["processed"], redone=summary["redone"])
 
@@ -185,26 +183,16 @@ def scenario_actor_kill(work: Path, dataset: Path, n_real: int) -> Outcome:
         (folder / path.name).write_bytes(path.read_bytes())
     expected = {figure_id(f"file://{p}"): str(p) for p in folder.iterdir()}
     marker = work / "actor" / "killed"
-    env, ray_tmp = _ray_env(work)
-    try:
-        summary = summary_of(run_cli(["--input", str(folder), "--output", str(work / "actor" / "table"), "--batch-size", "4"],
-                                     {**env, KILL_ONCE_ENV: str(marker)}))
-    finally:
-        kill_ray(ray_tmp)
+    summary = index(["--input", str(folder), "--output", str(work / "actor" / "table"), "--batch-size", "4"], {KILL_ONCE_ENV: str(marker)})
     return account("actor_kill", str(work / "actor" / "table"), None, expected, actor_killed=marker.exists(), seconds=summary["seconds"])
 
 
 def scenario_storage_faults(work: Path, dataset: Path, n_real: int, endpoint: str, rate: float = 0.1) -> Outcome:
     files = {f"in/{p.name}": p.read_bytes() for p in real_figures(dataset, n_real)}
     expected = _upload(endpoint, "faults", files)
-    env, ray_tmp = _ray_env(work)
     with fault_proxy(endpoint, work / "logs", rate=rate, seed=7) as proxy:
-        try:
-            summary = summary_of(run_cli(["--input", "s3://faults/in/", "--output", "s3://faults/table", "--batch-size", "4",
-                                          "--commit-every", str(max(2, n_real // 3)), "--endpoint-url", proxy],
-                                         {**env, **_s3_env(proxy)}))
-        finally:
-            kill_ray(ray_tmp)
+        summary = index(["--input", "s3://faults/in/", "--output", "s3://faults/table", "--batch-size", "4",
+                         "--commit-every", str(max(2, n_real // 3)), "--endpoint-url", proxy], _s3_env(proxy))
     return account("storage_faults", "s3://faults/table", _s3_options(endpoint), expected, fault_rate=rate, commits=summary["commits"])
 
 

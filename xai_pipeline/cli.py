@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import sys
@@ -14,8 +15,12 @@ from xai_pipeline.config import (
     DemoConfig,
     EvaluateConfig,
     IndexConfig,
+    ExportConfig,
+    QueryConfig,
     ReindexConfig,
+    ReportConfig,
     RunsConfig,
+    ShowConfig,
     SubmitConfig,
     TableConfig,
     TrainConfig,
@@ -35,6 +40,10 @@ commands:
   demo       index the bundled sample figures with the bundled model
   train      train a modality classifier; writes model, metrics and model card
   evaluate   metrics, confusion matrix, calibration and class-mean CRM maps
+  query      SQL or filters over the current snapshot of a table
+  show       one figure with its CRM overlaid (and CAM, Grad-CAM)
+  report     a self-contained HTML report of a table
+  export     one document per figure for OpenSearch bulk or JSON lines
   table      optimize | vacuum | history of a table
   runs       list the runs recorded beside a table
   submit     run one of these commands as a Ray job on a cluster
@@ -47,6 +56,11 @@ EXAMPLES = {
     "  xai-pipeline reindex --input s3://figures/pmc/ --output s3://tables/figures --manifest s3://inventory/figures/pmc/2026-11-26T01-00Z/manifest.json",
     "demo": "example:\n  xai-pipeline demo --output demo-output/figures",
     "table": "example:\n  xai-pipeline table history --table s3://tables/figures\n  xai-pipeline table vacuum --table s3://tables/figures --retention-hours 168",
+    "query": "examples:\n  xai-pipeline query --table s3://tables/figures --modality ct,mri --min-confidence 0.9 --limit 20\n"
+    "  xai-pipeline query --table ./table --sql \"SELECT modality, COUNT(*) AS n FROM figures GROUP BY modality\" --format csv",
+    "show": "example:\n  xai-pipeline show 3f2a... --table ./table --out fig.png --compare",
+    "report": "example:\n  xai-pipeline report --table s3://tables/figures --out report.html",
+    "export": "example:\n  xai-pipeline export --table s3://tables/figures --format opensearch-bulk --out figures.ndjson",
     "submit": "example:\n  xai-pipeline submit --address http://head:8265 -- index --input s3://figures/pmc/ --output s3://tables/figures",
     "train": "example:\n  xai-pipeline train --data ../shared/datasets/modality-v1/manifest.jsonl --out build/model",
     "evaluate": "example:\n  xai-pipeline evaluate --data ../shared/datasets/modality-v1/manifest.jsonl --out evaluation",
@@ -54,6 +68,11 @@ EXAMPLES = {
 
 
 def _print_summary_json(summary_json: str) -> None:
+    """The summary is the last line: stop Ray first, so no worker log lands after it."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
     print(summary_json, flush=True)
 
 
@@ -124,6 +143,86 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace) -> object:
+    from xai_pipeline.source import S3Settings
+
+    return S3Settings(args.endpoint_url, args.region)
+
+
+def _printable(table: object) -> object:
+    """Binary columns (maps) as their length in bytes, for text output."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for i, f in enumerate(table.schema):  # type: ignore[attr-defined]
+        if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type):
+            table = table.set_column(i, f.name, pc.binary_length(table.column(i)))  # type: ignore[attr-defined]
+    return table
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from xai_pipeline.query import query
+
+    cfg = from_namespace(QueryConfig, args)
+    _table_location(args)
+    result = query(cfg.table, cfg.sql, version=cfg.version, settings=_settings(args), **({} if cfg.sql else cfg.filters()))
+    if cfg.format == "parquet":
+        pq.write_table(result, cfg.out)
+        print(f"{result.num_rows} rows → {cfg.out}", file=sys.stderr)
+        return 0
+    out = open(cfg.out, "w", encoding="utf-8") if cfg.out else sys.stdout
+    try:
+        if cfg.format == "csv":
+            buf = io.BytesIO()
+            pacsv.write_csv(_printable(result), buf)
+            out.write(buf.getvalue().decode())
+        elif cfg.format == "json":
+            for row in _printable(result).to_pylist():
+                out.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+        else:
+            import pandas as pd
+
+            with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200, "display.max_colwidth", 60):
+                out.write(_printable(result).to_pandas().to_string(index=False) + f"\n({result.num_rows} rows)\n")
+    finally:
+        if cfg.out:
+            out.close()
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from xai_pipeline.show import show
+
+    cfg = from_namespace(ShowConfig, args)
+    shown = show(cfg.table, cfg.figure_id, cfg.out or f"{cfg.figure_id}.png", compare=cfg.compare, model=cfg.model,
+                 threshold=cfg.threshold, settings=_settings(args))
+    print(f"{shown.path}: {shown.modality} ({shown.confidence:.3f}); panels: {', '.join(shown.panels)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from xai_pipeline.report import build_report
+
+    cfg = from_namespace(ReportConfig, args)
+    _table_location(args)
+    path = build_report(cfg.table, cfg.out, samples=cfg.samples, threshold=cfg.threshold, settings=_settings(args))
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from xai_pipeline.export import export
+
+    cfg = from_namespace(ExportConfig, args)
+    _table_location(args)
+    written = export(cfg.table, cfg.format, cfg.out, index_name=cfg.index_name, settings=_settings(args))
+    print(f"{written} figures → {cfg.out} ({cfg.format})")
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from xai_pipeline.submit import job_command, submit
 
@@ -171,6 +270,10 @@ COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int]]] = {
     "demo": (DemoConfig, cmd_demo),
     "train": (TrainConfig, cmd_train),
     "evaluate": (EvaluateConfig, cmd_evaluate),
+    "query": (QueryConfig, cmd_query),
+    "show": (ShowConfig, cmd_show),
+    "report": (ReportConfig, cmd_report),
+    "export": (ExportConfig, cmd_export),
     "table": (TableConfig, cmd_table),
     "runs": (RunsConfig, cmd_runs),
     "submit": (SubmitConfig, cmd_submit),

@@ -62,12 +62,15 @@ def _null_if_empty(values: np.ndarray) -> list[str | None]:
 
 
 def encode_batch(
-    batch: dict[str, np.ndarray], *, run_id: str, processed_at: dt.datetime | None = None
+    batch: dict[str, np.ndarray], *, run_id: str, processed_at: dt.datetime | None = None, roi_threshold: float = 0.2
 ) -> pa.Table:
     """The encode stage: a classified batch (numpy columns) → rows of :data:`schema.TABLE_SCHEMA`.
 
-    Rows whose status is not ``ok`` get nulls in the image and prediction columns.
+    Rows whose status is not ``ok`` get nulls in the image and prediction columns. ROI boxes are
+    the regions of each map at or above ``roi_threshold`` of its maximum (:mod:`xai_pipeline.roi`).
     """
+    from xai_pipeline.roi import roi_boxes  # here, not at the top: roi uses this module's upsample
+
     n = len(batch[schema.FIGURE_ID])
     ok = np.asarray(batch[schema.STATUS]) == Status.OK.value
     processed_at = processed_at or dt.datetime.now(dt.timezone.utc)
@@ -75,6 +78,7 @@ def encode_batch(
     crm_shape: list[list[int] | None] = []
     crm_scale: list[float | None] = []
     probabilities: list[Any] = []
+    boxes: list[Any] = []
     for i in range(n):
         if ok[i]:
             data, shape, scale = encode_map(batch[schema.CRM_MAP][i])
@@ -82,11 +86,14 @@ def encode_batch(
             crm_shape.append(list(shape))
             crm_scale.append(scale)
             probabilities.append(np.asarray(batch[schema.PROBABILITIES][i], dtype=np.float32))
+            found = roi_boxes(batch[schema.CRM_MAP][i], int(batch[schema.WIDTH][i]), int(batch[schema.HEIGHT][i]), roi_threshold)
+            boxes.append([b.as_dict() for b in found])
         else:
             crm_bytes.append(None)
             crm_shape.append(None)
             crm_scale.append(None)
             probabilities.append(None)
+            boxes.append(None)
 
     def masked(name: str) -> list[Any]:
         return [v.item() if ok[i] else None for i, v in enumerate(np.asarray(batch[name]))]
@@ -108,6 +115,7 @@ def encode_batch(
         schema.CRM: crm_bytes,
         schema.CRM_SHAPE: crm_shape,
         schema.CRM_SCALE: crm_scale,
+        schema.ROI_BOXES: boxes,
         schema.MODEL_NAME: [str(v) for v in batch[schema.MODEL_NAME]],
         schema.MODEL_VERSION: [str(v) for v in batch[schema.MODEL_VERSION]],
         schema.DELETED_AT: [None] * n,

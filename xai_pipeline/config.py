@@ -43,6 +43,7 @@ class JobConfig:
     num_gpus: float | None = field(default=None, metadata=opt("GPUs per classifier actor (default: 1 if the cluster has GPUs, else 0)", metavar="N"))
     torch_threads: int = field(default=2, metadata=opt("torch threads per classifier actor on the CPU", metavar="N"))
     crm_score: str = field(default="logit", metadata=opt("score that CRM perturbs: logits (paper) or softmax probabilities", choices=SCORES))
+    roi_threshold: float = field(default=0.2, metadata=opt("ROI boxes enclose map regions at or above this share of the map's maximum (the paper shows 20%)", metavar="F"))
     max_bytes: int = field(default=DecodeLimits.max_bytes, metadata=opt("largest object decoded, in bytes; larger ones become too_large rows", metavar="N"))
     max_pixels: int = field(default=DecodeLimits.max_pixels, metadata=opt("largest width×height decoded; larger ones become too_large rows", metavar="N"))
     summary_json: str | None = field(default=None, metadata=opt("also write the run summary JSON to this local file", metavar="PATH"))
@@ -55,6 +56,8 @@ class JobConfig:
                 raise ConfigError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
         if self.num_gpus is not None and self.num_gpus < 0:
             raise ConfigError(f"--num-gpus must be >= 0, got {self.num_gpus}")
+        if not 0 < self.roi_threshold <= 1:
+            raise ConfigError(f"--roi-threshold must be in (0, 1], got {self.roi_threshold}")
         if self.run_id is not None and not RUN_ID_PATTERN.match(self.run_id):
             raise ConfigError(f"--run-id must be letters, digits, '.', '_' or '-' (at most 128), got {self.run_id!r}")
         check_choice(self, "crm_score")
@@ -110,6 +113,91 @@ class RunsConfig:
     endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint", metavar="URL"))
     region: str | None = field(default=None, metadata=opt("S3 region"))
     json: bool = field(default=False, metadata=opt("print the records as JSON lines"))
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    """``xai-pipeline query``: SQL or filters over the current snapshot of a table."""
+
+    table: str = field(default="", metadata=opt("Delta table: s3://bucket/prefix or a local folder", required=True, metavar="URI"))
+    sql: str | None = field(default=None, metadata=opt("SQL over the table named figures (instead of the filters)", metavar="SQL"))
+    modality: str | None = field(default=None, metadata=opt("comma-separated modalities, e.g. ct,mri", metavar="NAMES"))
+    min_confidence: float | None = field(default=None, metadata=opt("confidence at least this", metavar="P"))
+    status: str | None = field(default=None, metadata=opt("comma-separated statuses, e.g. ok or truncated,empty", metavar="KINDS"))
+    model_version: str | None = field(default=None, metadata=opt("rows of this model version", metavar="VERSION"))
+    run_id: str | None = field(default=None, metadata=opt("rows written by this run"))
+    source_prefix: str | None = field(default=None, metadata=opt("source_uri starts with this", metavar="URI"))
+    include_deleted: bool = field(default=False, metadata=opt("include figures marked deleted by a reindex"))
+    columns: str | None = field(default=None, metadata=opt("comma-separated columns (default: id, source, modality, confidence, status, size)", metavar="NAMES"))
+    limit: int | None = field(default=None, metadata=opt("at most this many rows", metavar="N"))
+    format: str = field(default="table", metadata=opt("output format", choices=("table", "csv", "json", "parquet")))
+    out: str | None = field(default=None, metadata=opt("write to this file instead of standard output (required for parquet)", metavar="PATH"))
+    version: int | None = field(default=None, metadata=opt("query this earlier table version (time travel)", metavar="N"))
+    endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint", metavar="URL"))
+    region: str | None = field(default=None, metadata=opt("S3 region"))
+
+    def __post_init__(self) -> None:
+        check_choice(self, "format")
+        if self.format == "parquet" and not self.out:
+            raise ConfigError("--format parquet needs --out PATH")
+        filters = (self.modality, self.min_confidence, self.status, self.model_version, self.run_id, self.source_prefix, self.columns, self.limit)
+        if self.sql and any(f is not None for f in filters):
+            raise ConfigError("--sql cannot be combined with filter flags")
+
+    def filters(self) -> dict[str, object]:
+        found: dict[str, object] = {"include_deleted": self.include_deleted}
+        for name in ("modality", "status", "columns"):
+            if getattr(self, name):
+                found[name] = _csv(getattr(self, name))
+        for name in ("min_confidence", "model_version", "run_id", "source_prefix", "limit"):
+            if getattr(self, name) is not None:
+                found[name] = getattr(self, name)
+        return found
+
+
+@dataclass(frozen=True)
+class ShowConfig:
+    """``xai-pipeline show``: one figure with its CRM overlaid (``--compare``: beside CAM and Grad-CAM)."""
+
+    figure_id: str = field(default="", metadata=opt("the figure's figure_id", positional=True))
+    table: str = field(default="", metadata=opt("Delta table: s3://bucket/prefix or a local folder", required=True, metavar="URI"))
+    out: str | None = field(default=None, metadata=opt("PNG to write (default: FIGURE_ID.png)", metavar="PNG"))
+    compare: bool = field(default=False, metadata=opt("add CRM, CAM and Grad-CAM recomputed with the model"))
+    model: str | None = field(default=None, metadata=opt("model for --compare (default: the bundled model)", metavar="PATH"))
+    threshold: float = field(default=0.2, metadata=opt("show relevance at or above this share of the map's maximum", metavar="F"))
+    endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint", metavar="URL"))
+    region: str | None = field(default=None, metadata=opt("S3 region"))
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """``xai-pipeline report``: a self-contained HTML report of a table."""
+
+    table: str = field(default="", metadata=opt("Delta table: s3://bucket/prefix or a local folder", required=True, metavar="URI"))
+    out: str = field(default="report.html", metadata=opt("HTML file to write", metavar="PATH"))
+    samples: int = field(default=3, metadata=opt("sample overlays per modality", metavar="N"))
+    threshold: float = field(default=0.2, metadata=opt("show relevance at or above this share of the map's maximum", metavar="F"))
+    endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint", metavar="URL"))
+    region: str | None = field(default=None, metadata=opt("S3 region"))
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """``xai-pipeline export``: one document per figure for search engines."""
+
+    table: str = field(default="", metadata=opt("Delta table: s3://bucket/prefix or a local folder", required=True, metavar="URI"))
+    format: str = field(default="opensearch-bulk", metadata=opt("output format", choices=("opensearch-bulk", "jsonl")))
+    out: str = field(default="", metadata=opt("file to write", required=True, metavar="PATH"))
+    index_name: str = field(default="figures", metadata=opt("OpenSearch index named in bulk actions", metavar="NAME"))
+    endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint", metavar="URL"))
+    region: str | None = field(default=None, metadata=opt("S3 region"))
+
+    def __post_init__(self) -> None:
+        check_choice(self, "format")
 
 
 @dataclass(frozen=True)
@@ -205,7 +293,7 @@ def add_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
         meta = f.metadata
         kind = _scalar_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = meta.get("help", "")
+        help_text = meta.get("help", "").replace("%", "%%")  # argparse formats help with %
         if not meta.get("required") and default not in (None, ""):
             help_text += f" (default: {default})"
         if meta.get("positional"):

@@ -47,8 +47,8 @@ def _decode_stage(batch: dict[str, np.ndarray], *, size: int, limits: DecodeLimi
     return decode.decode_batch(batch, size, limits)
 
 
-def _encode_stage(batch: dict[str, np.ndarray], *, run_id: str) -> pa.Table:
-    return codec.encode_batch(batch, run_id=run_id)
+def _encode_stage(batch: dict[str, np.ndarray], *, run_id: str, roi_threshold: float) -> pa.Table:
+    return codec.encode_batch(batch, run_id=run_id, roi_threshold=roi_threshold)
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def _rows(job: _Job, part: pa.Table, run_id: str) -> Any:
         num_gpus=num_gpus,
         num_cpus=1,
     )
-    return ds.map_batches(_encode_stage, fn_kwargs={"run_id": run_id}, batch_format="numpy", num_cpus=1)
+    return ds.map_batches(_encode_stage, fn_kwargs={"run_id": run_id, "roi_threshold": cfg.roi_threshold}, batch_format="numpy", num_cpus=1)
 
 
 def _finish(job: _Job, run_id: str, kind: str, started: float, started_at: str, **counts: Any) -> RunSummary:

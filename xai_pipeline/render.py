@@ -46,15 +46,40 @@ def overlay(figure: Image.Image, relevance: np.ndarray, threshold: float = 0.2, 
 
 
 def tile_grid(tiles: list[tuple[str, Image.Image]], tile: int = 224, columns: int = 3) -> Image.Image:
-    """Labelled tiles in a grid, white background."""
+    """Labelled tiles in a grid on white; each image fitted into its tile, aspect kept."""
+    columns = max(1, min(columns, len(tiles)))
     rows = max(1, (len(tiles) + columns - 1) // columns)
     sheet = Image.new("RGB", (columns * tile, rows * (tile + 18)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for i, (label, image) in enumerate(tiles):
         x, y = (i % columns) * tile, (i // columns) * (tile + 18)
         draw.text((x + 4, y + 3), label, fill=(0, 0, 0))
-        sheet.paste(image.resize((tile, tile)), (x, y + 18))
+        fitted = image.convert("RGB")
+        scale = min(tile / fitted.width, tile / fitted.height)
+        fitted = fitted.resize((max(1, int(fitted.width * scale)), max(1, int(fitted.height * scale))))
+        sheet.paste(fitted, (x + (tile - fitted.width) // 2, y + 18 + (tile - fitted.height) // 2))
     return sheet
+
+
+def bar_chart(labels: list[str], values: list[float], width: int = 720, height: int = 260) -> Image.Image:
+    """A labelled vertical bar chart."""
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    if not values:
+        return img
+    top = max(values) or 1
+    left, bottom = 40, height - 40
+    slot = (width - left - 10) / len(values)
+    draw.line([(left, 10), (left, bottom), (width - 5, bottom)], fill=(0, 0, 0))
+    draw.text((4, 10), str(int(top)) if float(top).is_integer() else f"{top:.2f}", fill=(0, 0, 0))
+    for i, (label, value) in enumerate(zip(labels, values)):
+        x0 = left + i * slot + slot * 0.15
+        x1 = left + (i + 1) * slot - slot * 0.15
+        y0 = bottom - (bottom - 20) * value / top
+        draw.rectangle([x0, y0, x1, bottom], fill=(70, 110, 190))
+        draw.text((x0, max(12, y0 - 12)), str(int(value)) if float(value).is_integer() else f"{value:.2f}", fill=(0, 0, 0))
+        draw.text((x0, bottom + 4 + (i % 2) * 12), str(label)[:12], fill=(0, 0, 0))
+    return img
 
 
 def confusion_png(confusion: np.ndarray, row_names: list[str], col_names: list[str], path: str | Path) -> None:

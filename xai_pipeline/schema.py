@@ -5,7 +5,7 @@ Every input object yields exactly one row. A row whose ``status`` is not ``ok`` 
 
 Bump :data:`SCHEMA_VERSION` whenever a column is added, removed or changes meaning; the version is
 written into every row so readers can tell tables apart. History: 1 first release; 2 adds
-``deleted_at`` (older rows read it as null: present).
+``deleted_at`` (older rows read it as null: present); 3 adds ``roi_boxes``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from enum import Enum
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Status(str, Enum):
@@ -44,6 +44,7 @@ PROBABILITIES = "probabilities"
 CRM = "crm"
 CRM_SHAPE = "crm_shape"
 CRM_SCALE = "crm_scale"
+ROI_BOXES = "roi_boxes"
 MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
 DELETED_AT = "deleted_at"
@@ -71,6 +72,7 @@ TABLE_SCHEMA = pa.schema(
         pa.field(CRM, pa.binary()),
         pa.field(CRM_SHAPE, pa.list_(pa.int32())),
         pa.field(CRM_SCALE, pa.float32()),
+        pa.field(ROI_BOXES, pa.list_(pa.struct([("x0", pa.int32()), ("y0", pa.int32()), ("x1", pa.int32()), ("y1", pa.int32()), ("score", pa.float32())]))),
         pa.field(MODEL_NAME, pa.string()),
         pa.field(MODEL_VERSION, pa.string()),
         pa.field(DELETED_AT, pa.timestamp("us", tz="UTC")),
@@ -96,6 +98,7 @@ COLUMN_DOCS: dict[str, str] = {
     CRM: "relevance map at feature-map resolution, uint8, row-major, normalised by its max",
     CRM_SHAPE: "[rows, cols] of the stored map",
     CRM_SCALE: "the map's maximum: value = byte / 255 * crm_scale",
+    ROI_BOXES: "regions of the map at or above the ROI threshold (20% of its max by default) as boxes in figure pixels: x0, y0, x1, y1 (exclusive), score (max relevance in the region / map max), best first",
     MODEL_NAME: "model name from the model description",
     MODEL_VERSION: "model version from the model description",
     DELETED_AT: "when a reindex found the object gone from the collection (null while it exists)",

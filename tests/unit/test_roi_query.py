@@ -1,0 +1,44 @@
+"""ROI boxes from maps, and the SQL that query filters become."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xai_pipeline.query import Filters
+from xai_pipeline.roi import roi_boxes
+
+
+def test_box_lies_over_the_peak_in_figure_pixels() -> None:
+    relevance = np.zeros((7, 7))
+    relevance[1, 5] = 1.0
+    (box,) = roi_boxes(relevance, width=700, height=350)
+    assert box.score == 1.0
+    # Feature cell (1, 5) covers x 500–600, y 50–100 of a 700×350 figure.
+    assert box.x0 <= 500 < 600 <= box.x1 and box.y0 <= 50 < 100 <= box.y1
+    assert 0 <= box.x0 and box.x1 <= 700 and 0 <= box.y0 and box.y1 <= 350
+
+
+def test_separate_regions_threshold_and_order() -> None:
+    relevance = np.zeros((7, 7))
+    relevance[0, 0], relevance[6, 6], relevance[3, 3] = 1.0, 0.5, 0.1
+    boxes = roi_boxes(relevance, 224, 224, threshold=0.2)
+    assert [b.score for b in boxes] == [1.0, 0.5]  # 0.1 is under 20% of the max
+    assert boxes[0].x0 == 0 and boxes[0].y0 == 0 and boxes[1].x1 == 224 and boxes[1].y1 == 224
+    assert len(roi_boxes(relevance, 224, 224, threshold=0.05)) == 3
+
+
+def test_no_boxes_for_zero_maps_or_unknown_size() -> None:
+    assert roi_boxes(np.zeros((7, 7)), 100, 100) == []
+    assert roi_boxes(np.ones((7, 7)), 0, 100) == []
+    (whole,) = roi_boxes(np.ones((7, 7)), 100, 50)
+    assert (whole.x0, whole.y0, whole.x1, whole.y1) == (0, 0, 100, 50)
+
+
+def test_filters_become_safe_sql() -> None:
+    sql = Filters(modality=("ct", "x' OR '1'='1"), min_confidence=0.9, limit=5).to_sql()
+    assert "modality IN ('ct', 'x'' OR ''1''=''1')" in sql
+    assert "confidence >= 0.9" in sql and "deleted_at IS NULL" in sql and sql.endswith("LIMIT 5")
+    assert "deleted_at" not in Filters(include_deleted=True).to_sql().split("FROM")[1]
+    with pytest.raises(ValueError, match="unknown columns"):
+        Filters(columns=("figure_id", "password")).to_sql()
