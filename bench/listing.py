@@ -9,7 +9,6 @@ Arrow bytes of the finished listing. Writes ``bench/results/listing.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -18,10 +17,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from bench.common import write_results
 from xai_pipeline.listing import PAGE_SIZE, _list_local, list_objects
 from xai_pipeline.source import parse_location
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def make_tree(root: Path, keys: int, prefixes: int = 100) -> None:
@@ -71,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['list_objects_seconds']:>9.2f}{r['listing_arrow_bytes'] / 1e6:>10.2f}{r['arrow_bytes_per_key']:>8.1f}")
     ratio = results[1]["peak_python_bytes_during_walk"] / results[0]["peak_python_bytes_during_walk"]
     print(f"peak Python memory ratio {results[1]['keys'] // results[0]['keys']}x keys: {ratio:.2f}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / ("listing-smoke.json" if args.smoke else "listing.json")).write_text(json.dumps({"results": results, "peak_ratio": ratio}, indent=2) + "\n")
+    write_results("listing", args.smoke, {"results": results, "peak_python_ratio": ratio})
     return 0
 
 

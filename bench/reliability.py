@@ -146,12 +146,17 @@ def scenario_bad_inputs(work: Path, dataset: Path, n_real: int, endpoint: str) -
     return account("bad_inputs", "s3://bad-inputs/table", _s3_options(endpoint), expected, wrong_status=wrong, seconds=summary["seconds"])
 
 
-def scenario_driver_sigkill(work: Path, dataset: Path, n_real: int) -> Outcome:
-    folder = work / "sigkill" / "in"
+def _local_collection(folder: Path, dataset: Path, n_real: int) -> dict[str, str]:
+    """Copy real figures into ``folder``; returns the expected figure_id → path."""
     folder.mkdir(parents=True)
     for path in real_figures(dataset, n_real):
         (folder / path.name).write_bytes(path.read_bytes())
-    expected = {figure_id(f"file://{p}"): str(p) for p in folder.iterdir()}
+    return {figure_id(f"file://{p}"): str(p) for p in folder.iterdir()}
+
+
+def scenario_driver_sigkill(work: Path, dataset: Path, n_real: int) -> Outcome:
+    folder = work / "sigkill" / "in"
+    expected = _local_collection(folder, dataset, n_real)
     table = work / "sigkill" / "table"
     args = ["--input", str(folder), "--output", str(table), "--commit-every", "2", "--batch-size", "2"]
     env, ray_tmp = _ray_env()
@@ -178,10 +183,7 @@ def scenario_driver_sigkill(work: Path, dataset: Path, n_real: int) -> Outcome:
 
 def scenario_actor_kill(work: Path, dataset: Path, n_real: int) -> Outcome:
     folder = work / "actor" / "in"
-    folder.mkdir(parents=True)
-    for path in real_figures(dataset, n_real):
-        (folder / path.name).write_bytes(path.read_bytes())
-    expected = {figure_id(f"file://{p}"): str(p) for p in folder.iterdir()}
+    expected = _local_collection(folder, dataset, n_real)
     marker = work / "actor" / "killed"
     summary = index(["--input", str(folder), "--output", str(work / "actor" / "table"), "--batch-size", "4"], {KILL_ONCE_ENV: str(marker)})
     return account("actor_kill", str(work / "actor" / "table"), None, expected, actor_killed=marker.exists(), seconds=summary["seconds"])

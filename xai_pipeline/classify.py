@@ -42,9 +42,14 @@ class Predictions:
 
 
 @torch.inference_mode()
-def predict(model: ModalityNet, pixels: torch.Tensor, score: crm_math.Score = "logit") -> Predictions:
-    """Logits, softmax probabilities and CRM maps of a uint8 ``B×3×S×S`` batch, on its device."""
-    feats = model.forward_features(model.normalize(pixels))
+def predict(model: ModalityNet, pixels: torch.Tensor, score: crm_math.Score = "logit", autocast: torch.dtype | None = None) -> Predictions:
+    """Logits, softmax probabilities and CRM maps of a uint8 ``B×3×S×S`` batch, on its device.
+
+    ``autocast`` (e.g. ``torch.bfloat16`` on a GPU) runs the backbone in lower precision; the
+    head and CRM always run in float32 on the feature map.
+    """
+    with torch.autocast(pixels.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        feats = model.forward_features(model.normalize(pixels))
     feats = feats.float()
     logits = model.head(feats.mean(dim=(2, 3)))
     relevance = crm_math.crm(feats, model.head, score, base_logits=logits)
@@ -81,6 +86,8 @@ class FigureClassifier:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         crm_score: ``"logit"`` (paper) or ``"softmax"``.
         torch_threads: intra-op threads on the CPU.
+        precision: ``"auto"`` (bfloat16 autocast on a GPU, float32 on the CPU), ``"fp32"`` or ``"bf16"``.
+        compile_model: ``torch.compile`` the backbone (pays off on long GPU runs).
     """
 
     def __init__(
@@ -89,18 +96,21 @@ class FigureClassifier:
         device: str = "auto",
         crm_score: crm_math.Score = "logit",
         torch_threads: int = 2,
+        precision: str = "auto",
+        compile_model: bool = False,
     ) -> None:
         torch.set_num_threads(max(1, torch_threads))
         self.device = resolve_device(device)
-        self.model = load_model(Path(model_path) if model_path else None, self.device)
-        if self.device.type == "cpu":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = load_model(Path(model_path) if model_path else None, self.device).to(memory_format=torch.channels_last)
+        if compile_model:
+            self.model.features = torch.compile(self.model.features)  # type: ignore[assignment]
+        self.autocast = torch.bfloat16 if precision == "bf16" or (precision == "auto" and self.device.type == "cuda") else None
         self.spec = self.model.spec
         self.crm_score = crm_score
         size = self.spec.input_size
         probe = torch.zeros((1, 3, size, size), dtype=torch.uint8, device=self.device)
-        self.map_shape = tuple(predict(self.model, probe, crm_score).relevance.shape[1:])
-        log.info("loaded model %s v%s on %s", self.spec.name, self.spec.version, self.device)
+        self.map_shape = tuple(predict(self.model, probe, crm_score, self.autocast).relevance.shape[1:])
+        log.info("loaded model %s v%s on %s (autocast %s)", self.spec.name, self.spec.version, self.device, self.autocast)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch[schema.STATUS])
@@ -114,12 +124,13 @@ class FigureClassifier:
             pixels = torch.from_numpy(np.ascontiguousarray(batch[schema.PIXELS][ok]))
             if self.device.type == "cuda":
                 pixels = pixels.pin_memory().to(self.device, non_blocking=True)
-            else:
-                pixels = pixels.contiguous(memory_format=torch.channels_last)
-            out = predict(self.model, pixels, self.crm_score)
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+            out = predict(self.model, pixels, self.crm_score, self.autocast)
             _maybe_die_for_test()
-            probs = out.probabilities.cpu().numpy()
-            relevance[ok] = out.relevance.cpu().numpy()
+            # One device-to-host copy per batch: probabilities and maps side by side.
+            host = torch.cat([out.probabilities, out.relevance.flatten(1)], dim=1).cpu().numpy()
+            probs = host[:, :num_classes]
+            relevance[ok] = host[:, num_classes:].reshape(-1, *self.map_shape)
             probabilities[ok] = probs
             confidence[ok] = probs.max(axis=1)
             modality[ok] = labels_for(probs, self.spec.class_names, self.spec.other_threshold)

@@ -42,11 +42,15 @@ class DecodeLimits:
 
 @dataclass(frozen=True)
 class Decoded:
+    """A decoded figure, or the error that stopped it. ``image``: RGB at full size (or JPEG-draft
+    reduced), from :func:`open_rgb`; ``pixels``: ``3×S×S`` uint8, from :func:`decode_image`."""
+
     status: Status
     error: str = ""
     width: int = 0
     height: int = 0
-    pixels: np.ndarray | None = None  # 3×S×S uint8 when ok
+    image: Image.Image | None = None
+    pixels: np.ndarray | None = None
 
 
 def _sniff_unsupported(data: bytes) -> str | None:
@@ -88,26 +92,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     raise ValueError(f"image mode {mode!r} cannot be converted to RGB")
 
 
-@dataclass(frozen=True)
-class Opened:
-    """An RGB image at full size (or JPEG-draft reduced), or the error that stopped it."""
-
-    status: Status
-    error: str = ""
-    width: int = 0
-    height: int = 0
-    image: Image.Image | None = None
-
-
-def open_rgb(data: bytes, limits: DecodeLimits = DecodeLimits(), draft: int | None = None) -> Opened:
+def open_rgb(data: bytes, limits: DecodeLimits = DecodeLimits(), draft: int | None = None) -> Decoded:
     """Decode one figure to RGB with EXIF orientation applied. Never raises for bad input.
 
     ``draft``: for JPEGs, let libjpeg downscale in the DCT domain to no less than this size.
     """
     if len(data) == 0:
-        return Opened(Status.EMPTY, "object has zero bytes")
+        return Decoded(Status.EMPTY, "object has zero bytes")
     if len(data) > limits.max_bytes:
-        return Opened(Status.TOO_LARGE, f"{len(data)} bytes exceeds max_bytes={limits.max_bytes}")
+        return Decoded(Status.TOO_LARGE, f"{len(data)} bytes exceeds max_bytes={limits.max_bytes}")
     width = height = 0
     try:
         with warnings.catch_warnings():
@@ -115,14 +108,14 @@ def open_rgb(data: bytes, limits: DecodeLimits = DecodeLimits(), draft: int | No
             with Image.open(io.BytesIO(data)) as img:
                 width, height = img.size
                 if width * height > limits.max_pixels:
-                    return Opened(
+                    return Decoded(
                         Status.TOO_LARGE,
                         f"{width}×{height} pixels exceeds max_pixels={limits.max_pixels}",
                         width,
                         height,
                     )
                 if img.format not in SUPPORTED_FORMATS:
-                    return Opened(Status.UNSUPPORTED, f"image format {img.format} is not supported", width, height)
+                    return Decoded(Status.UNSUPPORTED, f"image format {img.format} is not supported", width, height)
                 if draft and img.format in ("JPEG", "MPO"):
                     img.draft("RGB", (draft, draft))  # DCT-domain downscaling, never below draft
                 img.load()  # first frame only
@@ -132,20 +125,20 @@ def open_rgb(data: bytes, limits: DecodeLimits = DecodeLimits(), draft: int | No
                 rgb = _to_rgb(ImageOps.exif_transpose(img))
                 rgb.load()
     except Image.DecompressionBombError as exc:
-        return Opened(Status.TOO_LARGE, str(exc), width, height)
+        return Decoded(Status.TOO_LARGE, str(exc), width, height)
     except UnidentifiedImageError:
         reason = _sniff_unsupported(data)
         if reason:
-            return Opened(Status.UNSUPPORTED, reason)
-        return Opened(Status.NOT_AN_IMAGE, "no image format recognised in the object's bytes")
+            return Decoded(Status.UNSUPPORTED, reason)
+        return Decoded(Status.NOT_AN_IMAGE, "no image format recognised in the object's bytes")
     except ValueError as exc:
-        return Opened(Status.UNSUPPORTED, str(exc), width, height)
+        return Decoded(Status.UNSUPPORTED, str(exc), width, height)
     except (OSError, SyntaxError, EOFError) as exc:
         message = str(exc) or type(exc).__name__
         if "decoder" in message and "not available" in message:
-            return Opened(Status.UNSUPPORTED, message, width, height)
-        return Opened(Status.TRUNCATED, f"truncated or corrupt image data: {message}", width, height)
-    return Opened(Status.OK, "", width, height, rgb)
+            return Decoded(Status.UNSUPPORTED, message, width, height)
+        return Decoded(Status.TRUNCATED, f"truncated or corrupt image data: {message}", width, height)
+    return Decoded(Status.OK, "", width, height, image=rgb)
 
 
 def to_pixels(image: Image.Image, size: int) -> np.ndarray:
@@ -158,8 +151,8 @@ def decode_image(data: bytes, size: int, limits: DecodeLimits = DecodeLimits()) 
     """Decode one figure and resize it to ``size × size``. Never raises for bad input."""
     opened = open_rgb(data, limits, draft=size)
     if opened.image is None:
-        return Decoded(opened.status, opened.error, opened.width, opened.height)
-    return Decoded(Status.OK, "", opened.width, opened.height, to_pixels(opened.image, size))
+        return opened
+    return Decoded(Status.OK, "", opened.width, opened.height, pixels=to_pixels(opened.image, size))
 
 
 def decode_batch(batch: dict[str, np.ndarray], size: int, limits: DecodeLimits = DecodeLimits()) -> dict[str, np.ndarray]:

@@ -89,15 +89,36 @@ def _init_ray(address: str | None) -> Any:
     return ray
 
 
+def _actor_pool(concurrency: int, batches: int, num_gpus: float, resources: dict[str, float]) -> tuple[int, float]:
+    """Classifier actors and the CPUs each reserves.
+
+    A fixed pool (no slow autoscaling ramp), no larger than the work or the GPUs allow. Actors
+    must leave at least one CPU free, or fetch and decode tasks never get scheduled and the job
+    hangs (seen with two actors on a 2-CPU machine): past that, each actor reserves less than a
+    CPU (it still runs its torch threads).
+    """
+    pool = max(1, min(concurrency, batches))
+    if num_gpus > 0:
+        pool = max(1, min(pool, int(resources.get("GPU", 0) // num_gpus) or 1))
+    cpus = resources.get("CPU", 1.0)
+    actor_cpus = 1.0
+    if pool * actor_cpus > cpus - 1:
+        actor_cpus = max(0.0, (cpus - 1) / pool)
+        log.warning("%d classifier actors on %g CPUs: each reserves %.2f CPU so that fetch and decode can run", pool, cpus, actor_cpus)
+    return pool, actor_cpus
+
+
 def _rows(job: _Job, part: pa.Table, run_id: str) -> Any:
     """The Ray dataset of table rows for listing rows ``part``: fetch → decode → classify → encode."""
     ray = _init_ray(job.cfg.ray_address)
     from ray.data import ActorPoolStrategy
 
     cfg = job.cfg
+    resources = ray.cluster_resources()
     num_gpus = cfg.num_gpus
     if num_gpus is None:
-        num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        num_gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
+    pool, actor_cpus = _actor_pool(cfg.concurrency, max(1, part.num_rows // cfg.batch_size), num_gpus, resources)
     blocks = [part.slice(i, READ_BLOCK_ROWS) for i in range(0, part.num_rows, READ_BLOCK_ROWS)]
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(_fetch_stage, fn_kwargs={"location": job.source, "settings": job.settings, "max_bytes": cfg.max_bytes},
@@ -107,13 +128,13 @@ def _rows(job: _Job, part: pa.Table, run_id: str) -> Any:
     ds = ds.map_batches(
         FigureClassifier,
         fn_constructor_kwargs={"model_path": str(cfg.model) if cfg.model else None, "device": "cuda" if num_gpus > 0 else "cpu",
-                               "crm_score": cfg.crm_score, "torch_threads": cfg.torch_threads},
+                               "crm_score": cfg.crm_score, "torch_threads": cfg.torch_threads, "precision": cfg.precision,
+                               "compile_model": cfg.compile},
         batch_size=cfg.batch_size,
         batch_format="numpy",
-        # A fixed pool (no slow autoscaling ramp), no larger than the work needs.
-        compute=ActorPoolStrategy(size=min(cfg.concurrency, max(1, part.num_rows // cfg.batch_size))),
+        compute=ActorPoolStrategy(size=pool),
         num_gpus=num_gpus,
-        num_cpus=1,
+        num_cpus=actor_cpus,
     )
     return ds.map_batches(_encode_stage, fn_kwargs={"run_id": run_id, "roi_threshold": cfg.roi_threshold}, batch_format="numpy", num_cpus=1)
 
@@ -124,9 +145,11 @@ def _finish(job: _Job, run_id: str, kind: str, started: float, started_at: str, 
     seconds = time.perf_counter() - started
     processed = sum(statuses.values())
     ok = statuses.get(Status.OK.value, 0)
+    process_seconds = counts.get("durations", {}).get("process", 0.0)
     summary = RunSummary(
         run_id=run_id, kind=kind, inputs=job.listing.num_rows, processed=processed, ok=ok, errors=processed - ok,
         seconds=round(seconds, 3), figures_per_second=round(processed / seconds, 3) if seconds > 0 else 0.0,
+        process_figures_per_second=round(processed / process_seconds, 3) if process_seconds > 0 else 0.0,
         table_version=version, output=job.target.uri, model_name=job.spec.name, model_version=job.spec.version,
         started_at=started_at, errors_by_kind={k: v for k, v in sorted(statuses.items()) if k != Status.OK.value}, **counts,
     )
@@ -156,17 +179,24 @@ def run_index(cfg: IndexConfig) -> RunSummary:
     leftovers = records.read_inflight(job.target, job.out_fs)
     redone = plan.count_in(todo, pa.array(sorted({i for ids in leftovers.values() for i in ids}), pa.string()))
     log.info("run %s: %d objects under %s, %d to process → %s", run_id, job.listing.num_rows, job.source.uri, todo.num_rows, job.target.uri)
+    timings = {"prepare": time.perf_counter() - started, "ray_start": 0.0, "process": 0.0}
+    if todo.num_rows:
+        mark = time.perf_counter()
+        _init_ray(cfg.ray_address)
+        timings["ray_start"] = time.perf_counter() - mark
     commits = 0
     for chunk, start in enumerate(range(0, todo.num_rows, cfg.commit_every)):
+        mark = time.perf_counter()
         part = todo.slice(start, cfg.commit_every)
         marker = records.mark_inflight(job.target, job.out_fs, run_id, chunk, part.column(schema.FIGURE_ID).to_pylist())
         mode = sink.WriteMode.OVERWRITE if overwrite and chunk == 0 else sink.WriteMode.APPEND
         sink.write_dataset(_rows(job, part, run_id), job.target, mode, job.options, job.out_fs)
         records.clear_inflight(job.target, job.out_fs, [marker])
         commits += 1
+        timings["process"] += time.perf_counter() - mark
     records.clear_inflight(job.target, job.out_fs, list(leftovers))
     summary = _finish(job, run_id, "index", started, started_at, skipped=job.listing.num_rows - todo.num_rows,
-                      redone=redone, commits=commits, mode=cfg.mode)
+                      redone=redone, commits=commits, mode=cfg.mode, durations={k: round(v, 3) for k, v in timings.items()})
     if summary.processed != todo.num_rows:
         log.error("run %s wrote %d rows for %d objects to process", run_id, summary.processed, todo.num_rows)
     return summary

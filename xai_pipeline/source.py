@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,12 +165,18 @@ def read_object(location: Location, path: str, settings: S3Settings = S3Settings
         raise
 
 
+FETCH_THREADS = 16  # concurrent GETs per fetch task: object-store latency, not CPU, bounds a fetch
+
+
 def fetch_batch(batch: dict[str, np.ndarray], location: Location, settings: S3Settings, max_bytes: int) -> dict[str, np.ndarray]:
-    """The fetch stage: listing rows → plus ``bytes``, and a read ``status``/``error`` where it failed."""
-    results = [
-        read_object(location, str(path), settings, int(size), max_bytes)
-        for path, size in zip(batch["path"], batch["size"])
-    ]
+    """The fetch stage: listing rows → plus ``bytes``, and a read ``status``/``error`` where it
+    failed. Objects of a batch are read concurrently (threads), which hides S3 latency."""
+    jobs = list(zip((str(p) for p in batch["path"]), (int(s) for s in batch["size"])))
+    if location.scheme == "s3" and len(jobs) > 1:
+        with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, len(jobs))) as pool:
+            results = list(pool.map(lambda job: read_object(location, job[0], settings, job[1], max_bytes), jobs))
+    else:
+        results = [read_object(location, path, settings, size, max_bytes) for path, size in jobs]
     out = dict(batch)
     out["bytes"] = np.array([r.data for r in results], dtype=object)
     out["read_status"] = np.array([r.status for r in results], dtype=object)

@@ -35,7 +35,8 @@ class RunSummary:
     ok: int
     errors: int
     seconds: float
-    figures_per_second: float
+    figures_per_second: float  # end to end: listing, Ray start, processing and commits
+    process_figures_per_second: float  # while the Ray pipelines ran (what scales with the cluster)
     table_version: int | None
     output: str
     model_name: str

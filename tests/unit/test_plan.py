@@ -60,3 +60,14 @@ def test_empty_table_processes_all_and_index_helpers() -> None:
     assert plan.new == 2 and plan.todo.num_rows == 2
     done = pa.array([listing.column(schema.FIGURE_ID)[0].as_py()])
     assert not_in(listing, done).num_rows == 1 and count_in(listing, done) == 1
+
+
+def test_actor_pool_always_leaves_a_cpu_for_fetch_and_decode() -> None:
+    from xai_pipeline.pipeline import _actor_pool
+
+    assert _actor_pool(1, 100, 0.0, {"CPU": 2.0}) == (1, 1.0)
+    pool, cpus = _actor_pool(2, 100, 0.0, {"CPU": 2.0})  # two actors on two CPUs used to hang
+    assert pool == 2 and pool * cpus <= 1.0
+    assert _actor_pool(8, 3, 0.0, {"CPU": 16.0}) == (3, 1.0)  # no more actors than batches
+    assert _actor_pool(8, 100, 1.0, {"CPU": 32.0, "GPU": 4.0}) == (4, 1.0)  # no more than the GPUs
+    assert _actor_pool(1, 10, 0.0, {"CPU": 1.0}) == (1, 0.0)  # a 1-CPU machine: the actor reserves none
