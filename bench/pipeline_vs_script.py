@@ -14,12 +14,14 @@ which bounds every arm.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,18 @@ from xai_pipeline.codec import encode_batch
 from xai_pipeline.decode import decode_batch
 from xai_pipeline.listing import list_objects
 from xai_pipeline.source import S3Settings, fetch_batch, parse_location
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block only: callers (tests) may share this process."""
+    saved = dict(os.environ)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def plain_script(input_uri: str, out: Path, settings: S3Settings, batch: int = 32) -> float:
@@ -76,10 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory(prefix="xai-pvs-") as tmp:
         work = Path(tmp)
-        with moto_server(work / "logs") as endpoint:
+        with moto_server(work / "logs") as endpoint, _environment({**MOTO_ENV, "AWS_ENDPOINT_URL": endpoint}):
             import boto3
 
-            os.environ.update({**MOTO_ENV, "AWS_ENDPOINT_URL": endpoint})
             s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
             s3.create_bucket(Bucket="bench")
             files = sorted(Path(args.dataset).glob("*/*.jpg"))
