@@ -82,7 +82,7 @@ def _jpegs(count: int, side: int) -> list[bytes]:
     y, x = np.mgrid[0:side, 0:side]
     base = np.stack([x * 255 / side, y * 255 / side, (x + y) % 256], axis=2)
     out = []
-    for i in range(count):
+    for _ in range(count):
         buf = io.BytesIO()
         Image.fromarray((base + rng.normal(0, 20, base.shape)).clip(0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
         out.append(buf.getvalue())

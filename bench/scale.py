@@ -30,7 +30,7 @@ from bench.common import REPO, print_table, write_results
 def make_figures(folder: Path, count: int) -> None:
     rng = np.random.default_rng(0)
     variants = []
-    for i in range(64):
+    for _ in range(64):
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(buf, format="PNG")
         variants.append(buf.getvalue())

@@ -43,7 +43,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                raise RuntimeError(f"service at {url} did not start")
+                raise RuntimeError(f"service at {url} did not start") from None
             time.sleep(0.2)
 
 

@@ -85,7 +85,7 @@ def _list_local(location: Location, page_size: int) -> Iterator[pa.RecordBatch]:
         yield _batch(location, [(str(root), root.stat().st_size, None)])
         return
     rows: list[tuple[str, int | None, str | None]] = []
-    for folder, dirs, files in os.walk(root):
+    for folder, _dirs, files in os.walk(root):
         for name in files:
             path = os.path.join(folder, name)
             if os.path.isfile(path):

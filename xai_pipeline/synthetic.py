@@ -83,7 +83,7 @@ def flow_diagram(rng: np.random.Generator, size: int) -> Image.Image:
         boxes.append((x, y, w, h))
         draw.rounded_rectangle([x, y, x + w, y + h], radius=6, outline=(0, 0, 0), fill=_color(rng), width=2)
         draw.text((x + 4, y + h // 3), _label(rng), fill=(0, 0, 0))
-    for (x1, y1, w1, h1), (x2, y2, w2, h2) in zip(boxes, boxes[1:]):
+    for (x1, y1, w1, h1), (x2, y2, w2, _) in zip(boxes, boxes[1:]):
         draw.line([(x1 + w1 // 2, y1 + h1), (x2 + w2 // 2, y2)], fill=(0, 0, 0), width=2)
     return img
 
