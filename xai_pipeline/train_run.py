@@ -51,8 +51,11 @@ def load_split(cfg: TrainConfig) -> tuple[TrainData, list[int]]:
     return data, list(range(len(train_idx)))
 
 
-def _evaluate(model: ModalityNet, data: TrainData, out: Path, prefix: str) -> tuple[Metrics, dict[str, str]]:
-    probabilities, maps = predict_images(model, data.images)
+def _evaluate(
+    model: ModalityNet, data: TrainData, out: Path, prefix: str, predicted: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[Metrics, dict[str, str]]:
+    """Metrics and plots of ``data``; ``predicted`` = (probabilities, maps) if already computed."""
+    probabilities, maps = predicted if predicted is not None else predict_images(model, data.images)
     metrics = compute_metrics(data.labels, probabilities, list(data.class_names), model.spec.other_threshold)
     paths = write_reports(out, metrics, maps, data.labels, probabilities, prefix=prefix)
     return metrics, paths
@@ -101,9 +104,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                        "source_holdout": dict(Counter(examples[i].label for i in hold_idx))}
     if val_idx:
         val_data = _data(examples, val_idx, class_names, cfg)
-        val_probabilities, _ = predict_images(model, val_data.images)
-        with_threshold(model, choose_threshold(val_probabilities.max(axis=1), cfg.min_accept))
-        val_metrics, _ = _evaluate(model, val_data, out, "validation_")
+        val_predicted = predict_images(model, val_data.images)  # the threshold does not change them
+        with_threshold(model, choose_threshold(val_predicted[0].max(axis=1), cfg.min_accept))
+        val_metrics, _ = _evaluate(model, val_data, out, "validation_", val_predicted)
         report["validation"] = asdict(val_metrics)
     if hold_idx:
         hold_metrics, _ = _evaluate(model, _data(examples, hold_idx, class_names, cfg), out, "source_holdout_")
