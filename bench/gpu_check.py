@@ -5,7 +5,8 @@
 1. resnet50 at 224 px, batch 256: classification alone vs classification + CRM, bf16 autocast and
    channels_last, figures/s and ratio (CRM on the GPU, one host transfer per batch).
 2. The pipeline's own classifier stage (FigureClassifier, the bundled EfficientNet-Lite0) on
-   uint8 batches from pinned memory: figures/s end to end of the stage.
+   uint8 batches from pinned memory, and on JPEG bytes it decodes itself (``--jpeg-decoder
+   classifier``: nvjpeg + resize on the GPU) at 384 and 1024 px: figures/s of the stage.
 3. Decode: PIL on one CPU core vs nvjpeg (batched ``decode_jpeg(device="cuda")``), on generated
    JPEGs at 384 and 1024 px (the shared data set does not travel to the GPU machine).
 
@@ -77,6 +78,21 @@ def classifier_stage(device: torch.device, batch: int, repeats: int) -> dict[str
     return {"model": stage.spec.name, "batch": batch, "fig_s": batch / seconds}
 
 
+def classifier_stage_jpeg(device: torch.device, batch: int, repeats: int, side: int) -> dict[str, object]:
+    """The same stage fed JPEG bytes (``--jpeg-decoder classifier``): decode + resize on its device."""
+    from xai_pipeline.decode import decode_batch
+
+    stage = FigureClassifier(device=device.type, torch_threads=max(1, os.cpu_count() or 1))
+    datas = _jpegs(batch, side)
+    fetched = {"uri": np.array([f"s3://b/{i}.jpg" for i in range(batch)], dtype=object), "size": np.array([len(d) for d in datas]),
+               "etag": np.array(["e"] * batch, dtype=object), "bytes": np.array([*datas, b""], dtype=object)[:batch]}
+    data = decode_batch(fetched, stage.spec.input_size, defer_jpeg=True)
+    out = stage(data)
+    assert list(out[STATUS]) == ["ok"] * batch, set(out[STATUS])
+    seconds = timed(lambda: stage(data), repeats, warmup=2)
+    return {"model": stage.spec.name, "batch": batch, "side": side, "fig_s": batch / seconds}
+
+
 def _jpegs(count: int, side: int) -> list[bytes]:
     rng = np.random.default_rng(side)
     y, x = np.mgrid[0:side, 0:side]
@@ -115,12 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(model_vs_crm(device, 256, 224, 20, True))
     results["resnet50_model_vs_crm"] = runs
     results["classifier_stage"] = classifier_stage(device, 4 if smoke else 256, 2 if smoke else 10)
+    results["classifier_stage_jpeg"] = [classifier_stage_jpeg(device, 4 if smoke else 256, 2 if smoke else 10, side) for side in (384, 1024)]
     results["decode"] = decode_rates(8 if smoke else 512)
     results["seconds"] = time.perf_counter() - started
     print_table(["batch", "px", "compiled", "model fig/s", "+CRM fig/s", "ratio"],
                 [[r["batch"], r["size"], r["compiled"], r["model_fig_s"], r["model_crm_fig_s"], r["ratio"]] for r in runs])
     stage = results["classifier_stage"]
-    print(f"classifier stage ({stage['model']}, batch {stage['batch']}): {stage['fig_s']:.1f} fig/s")  # type: ignore[index]
+    print(f"classifier stage ({stage['model']}, batch {stage['batch']}): {stage['fig_s']:.1f} fig/s from pixels")  # type: ignore[index]
+    for row in results["classifier_stage_jpeg"]:  # type: ignore[attr-defined]
+        print(f"classifier stage decoding {row['side']} px JPEGs on {device.type}: {row['fig_s']:.1f} fig/s")
     print_table(["side", "PIL 1 core fig/s", "nvjpeg fig/s"],
                 [[r["side"], r["pil_1_core_fig_s"], r["nvjpeg_fig_s"] or "n/a"] for r in results["decode"]])  # type: ignore[union-attr]
     path = write_results("gpu_check", smoke, results)

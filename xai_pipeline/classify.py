@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from xai_pipeline import crm as crm_math
-from xai_pipeline import schema
+from xai_pipeline import decode, device_decode, schema
 from xai_pipeline.model import OTHER_LABEL, ModalityNet, load_model
 from xai_pipeline.schema import Status
 
@@ -88,6 +88,7 @@ class FigureClassifier:
         torch_threads: intra-op threads on the CPU.
         precision: ``"auto"`` (bfloat16 autocast on a GPU, float32 on the CPU), ``"fp32"`` or ``"bf16"``.
         compile_model: ``torch.compile`` the backbone (pays off on long GPU runs).
+        limits: decode limits for JPEGs the device decoder rejects (``--jpeg-decoder classifier``).
     """
 
     def __init__(
@@ -98,7 +99,9 @@ class FigureClassifier:
         torch_threads: int = 2,
         precision: str = "auto",
         compile_model: bool = False,
+        limits: decode.DecodeLimits | None = None,
     ) -> None:
+        self.limits = limits or decode.DecodeLimits()
         torch.set_num_threads(max(1, torch_threads))
         self.device = resolve_device(device)
         self.model = load_model(Path(model_path) if model_path else None, self.device).to(memory_format=torch.channels_last)
@@ -112,8 +115,46 @@ class FigureClassifier:
         self.map_shape = tuple(predict(self.model, probe, crm_score, self.autocast).relevance.shape[1:])
         log.info("loaded model %s v%s on %s (autocast %s)", self.spec.name, self.spec.version, self.device, self.autocast)
 
+    def _decode_deferred(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Decode the rows' ``jpeg_bytes`` on this actor's device. Rejected ones are decoded with
+        PIL, which sets their status (and pixels when PIL can read what the device could not).
+        Returns the row indices decoded on the device and their pixels there."""
+        if schema.JPEG_BYTES not in batch:
+            return np.zeros(0, dtype=np.int64), None
+        rows = np.flatnonzero([len(b) > 0 for b in batch[schema.JPEG_BYTES]])
+        if not len(rows):
+            return rows, None
+        datas = [bytes(batch[schema.JPEG_BYTES][i]) for i in rows]
+        out = device_decode.decode_resize(datas, self.spec.input_size, self.device)
+        if out.failed:  # writable copies: the rejected JPEGs' rows get PIL's status, error and pixels
+            for column in (schema.STATUS, schema.ERROR, schema.PIXELS):
+                batch[column] = np.array(batch[column], dtype=object if column != schema.PIXELS else None)
+        for j in out.failed:
+            again = decode.decode_image(datas[j], self.spec.input_size, self.limits)
+            row = rows[j]
+            batch[schema.STATUS][row], batch[schema.ERROR][row] = again.status.value, again.error
+            if again.pixels is not None:
+                batch[schema.PIXELS][row] = again.pixels
+        if out.failed:
+            log.warning("%d JPEGs rejected by the %s decoder were decoded with PIL", len(out.failed), self.device.type)
+        keep = np.setdiff1d(np.arange(len(rows)), out.failed)
+        return rows[keep], out.pixels[torch.from_numpy(keep).to(self.device)]
+
+    def _pixels(self, batch: dict[str, np.ndarray], ok: np.ndarray, on_device: np.ndarray, decoded: torch.Tensor | None) -> torch.Tensor:
+        """The ``ok`` rows' pixels on the device, channels_last: host pixels in one pinned,
+        non-blocking copy, device-decoded rows written in place."""
+        pixels = torch.from_numpy(np.ascontiguousarray(batch[schema.PIXELS][ok]))
+        if self.device.type == "cuda":
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        if decoded is not None and len(on_device):
+            position = np.cumsum(ok) - 1  # row index → index among the ok rows
+            pixels[torch.from_numpy(position[on_device]).to(self.device)] = decoded
+        return pixels.contiguous(memory_format=torch.channels_last)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch[schema.STATUS])
+        batch = dict(batch)
+        on_device, decoded = self._decode_deferred(batch)
         ok = np.asarray(batch[schema.STATUS]) == Status.OK.value
         num_classes = self.spec.num_classes
         probabilities = np.full((n, num_classes), np.nan, dtype=np.float32)
@@ -121,11 +162,7 @@ class FigureClassifier:
         modality = np.full(n, "", dtype=object)
         relevance = np.zeros((n, *self.map_shape), dtype=np.float32)
         if ok.any():
-            pixels = torch.from_numpy(np.ascontiguousarray(batch[schema.PIXELS][ok]))
-            if self.device.type == "cuda":
-                pixels = pixels.pin_memory().to(self.device, non_blocking=True)
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
-            out = predict(self.model, pixels, self.crm_score, self.autocast)
+            out = predict(self.model, self._pixels(batch, ok, on_device, decoded), self.crm_score, self.autocast)
             _maybe_die_for_test()
             # One device-to-host copy per batch: probabilities and maps side by side.
             host = torch.cat([out.probabilities, out.relevance.flatten(1)], dim=1).cpu().numpy()
@@ -134,7 +171,7 @@ class FigureClassifier:
             probabilities[ok] = probs
             confidence[ok] = probs.max(axis=1)
             modality[ok] = labels_for(probs, self.spec.class_names, self.spec.other_threshold)
-        result = {k: v for k, v in batch.items() if k != schema.PIXELS}
+        result = {k: v for k, v in batch.items() if k not in (schema.PIXELS, schema.JPEG_BYTES)}
         result.update(
             {
                 schema.MODALITY: modality,

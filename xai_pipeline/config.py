@@ -44,6 +44,7 @@ class JobConfig:
     torch_threads: int = field(default=2, metadata=opt("torch threads per classifier actor on the CPU", metavar="N"))
     precision: str = field(default="auto", metadata=opt("backbone precision: auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16", choices=("auto", "fp32", "bf16")))
     compile: bool = field(default=False, metadata=opt("torch.compile the backbone in each classifier actor (pays off on long GPU runs)"))
+    jpeg_decoder: str = field(default="pil", metadata=opt("pil: decode every figure with PIL in CPU tasks; classifier: plain JPEGs are decoded by the classifier actor on its device (nvjpeg on a GPU), the rest with PIL", choices=("pil", "classifier")))
     crm_score: str = field(default="logit", metadata=opt("score that CRM perturbs: logits (paper) or softmax probabilities", choices=SCORES))
     roi_threshold: float = field(default=0.2, metadata=opt("ROI boxes enclose map regions at or above this share of the map's maximum (the paper shows 20%)", metavar="F"))
     max_bytes: int = field(default=DecodeLimits.max_bytes, metadata=opt("largest object decoded, in bytes; larger ones become too_large rows", metavar="N"))
@@ -64,6 +65,7 @@ class JobConfig:
             raise ConfigError(f"--run-id must be letters, digits, '.', '_' or '-' (at most 128), got {self.run_id!r}")
         check_choice(self, "crm_score")
         check_choice(self, "precision")
+        check_choice(self, "jpeg_decoder")
 
     @property
     def limits(self) -> DecodeLimits:

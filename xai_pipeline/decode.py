@@ -147,6 +147,27 @@ def to_pixels(image: Image.Image, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1))
 
 
+def probe_plain_jpeg(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Decoded | None:
+    """Header-only check that a device JPEG decoder can take this figure as the CPU path would:
+    a complete baseline or progressive JPEG stream (ends with the EOI marker), RGB or grayscale,
+    no EXIF rotation, within the limits. Returns ``ok`` with the size, or ``None``: decode it
+    with :func:`decode_image` (which also gives bad inputs their status)."""
+    if not 0 < len(data) <= limits.max_bytes or data[:3] != b"\xff\xd8\xff" or not data[-64:].rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                if img.format != "JPEG" or img.mode not in ("RGB", "L") or width * height > limits.max_pixels:
+                    return None
+                if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+                    return None
+    except (Image.DecompressionBombError, UnidentifiedImageError, ValueError, OSError, SyntaxError, EOFError):
+        return None
+    return Decoded(Status.OK, "", width, height)
+
+
 def decode_image(data: bytes, size: int, limits: DecodeLimits = DecodeLimits()) -> Decoded:
     """Decode one figure and resize it to ``size × size``. Never raises for bad input."""
     opened = open_rgb(data, limits, draft=size)
@@ -155,10 +176,13 @@ def decode_image(data: bytes, size: int, limits: DecodeLimits = DecodeLimits()) 
     return Decoded(Status.OK, "", opened.width, opened.height, pixels=to_pixels(opened.image, size))
 
 
-def decode_batch(batch: dict[str, np.ndarray], size: int, limits: DecodeLimits = DecodeLimits()) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], size: int, limits: DecodeLimits = DecodeLimits(), defer_jpeg: bool = False) -> dict[str, np.ndarray]:
     """The decode stage: fetched rows (``uri``, ``size``, ``etag``, ``bytes``, ``read_status``,
     ``read_error``) → columns for the classifier, with ``pixels`` zero where not ok. A row that
-    failed to read keeps its read status."""
+    failed to read keeps its read status.
+
+    ``defer_jpeg``: plain JPEGs (:func:`probe_plain_jpeg`) are not decoded here; their bytes go
+    on in ``jpeg_bytes`` (empty for other rows) for the classifier to decode on its device."""
     uris = [str(u) for u in batch["uri"]]
     n = len(uris)
     pixels = np.zeros((n, 3, size, size), dtype=np.uint8)
@@ -168,16 +192,22 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, limits: DecodeLimits =
     height = np.zeros(n, dtype=np.int32)
     read_status = batch.get("read_status", np.full(n, "", dtype=object))
     read_error = batch.get("read_error", np.full(n, "", dtype=object))
+    deferred = np.full(n, b"", dtype=object)
     for i, data in enumerate(batch["bytes"]):
         if read_status[i]:
             status[i], error[i] = read_status[i], read_error[i]
             continue
-        result = decode_image(bytes(data), size, limits)
+        data = bytes(data)
+        result = probe_plain_jpeg(data, limits) if defer_jpeg else None
+        if result is not None:
+            deferred[i] = data
+        else:
+            result = decode_image(data, size, limits)
         status[i], error[i] = result.status.value, result.error
         width[i], height[i] = result.width, result.height
         if result.pixels is not None:
             pixels[i] = result.pixels
-    return {
+    columns = {
         schema.FIGURE_ID: np.array([schema.figure_id(u) for u in uris], dtype=object),
         schema.SOURCE_URI: np.array(uris, dtype=object),
         schema.ETAG: np.array([str(e) for e in batch["etag"]], dtype=object),
@@ -188,3 +218,6 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, limits: DecodeLimits =
         schema.ERROR: error,
         schema.PIXELS: pixels,
     }
+    if defer_jpeg:
+        columns[schema.JPEG_BYTES] = deferred
+    return columns

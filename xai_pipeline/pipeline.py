@@ -43,8 +43,8 @@ def _fetch_stage(batch: dict[str, np.ndarray], *, location: Location, settings: 
     return source_stage.fetch_batch(batch, location, settings, max_bytes)
 
 
-def _decode_stage(batch: dict[str, np.ndarray], *, size: int, limits: DecodeLimits) -> dict[str, np.ndarray]:
-    return decode.decode_batch(batch, size, limits)
+def _decode_stage(batch: dict[str, np.ndarray], *, size: int, limits: DecodeLimits, defer_jpeg: bool) -> dict[str, np.ndarray]:
+    return decode.decode_batch(batch, size, limits, defer_jpeg)
 
 
 def _encode_stage(batch: dict[str, np.ndarray], *, run_id: str, roi_threshold: float) -> pa.Table:
@@ -123,13 +123,13 @@ def _rows(job: _Job, part: pa.Table, run_id: str) -> Any:
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(_fetch_stage, fn_kwargs={"location": job.source, "settings": job.settings, "max_bytes": cfg.max_bytes},
                         batch_size=DECODE_BATCH_SIZE, batch_format="numpy", num_cpus=1, memory=DECODE_TASK_MEMORY)
-    ds = ds.map_batches(_decode_stage, fn_kwargs={"size": job.spec.input_size, "limits": cfg.limits},
+    ds = ds.map_batches(_decode_stage, fn_kwargs={"size": job.spec.input_size, "limits": cfg.limits, "defer_jpeg": cfg.jpeg_decoder == "classifier"},
                         batch_size=DECODE_BATCH_SIZE, batch_format="numpy", num_cpus=1, memory=DECODE_TASK_MEMORY)
     ds = ds.map_batches(
         FigureClassifier,
         fn_constructor_kwargs={"model_path": str(cfg.model) if cfg.model else None, "device": "cuda" if num_gpus > 0 else "cpu",
                                "crm_score": cfg.crm_score, "torch_threads": cfg.torch_threads, "precision": cfg.precision,
-                               "compile_model": cfg.compile},
+                               "compile_model": cfg.compile, "limits": cfg.limits},
         batch_size=cfg.batch_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(size=pool),

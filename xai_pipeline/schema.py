@@ -56,6 +56,7 @@ SCHEMA_VERSION_COL = "schema_version"
 
 # Intermediate columns passed between pipeline stages; never written to the table.
 PIXELS = "pixels"
+JPEG_BYTES = "jpeg_bytes"  # --jpeg-decoder classifier: plain JPEGs left for the classifier to decode
 CRM_MAP = "crm_map"
 
 TABLE_SCHEMA = pa.schema(

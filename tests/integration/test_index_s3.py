@@ -65,3 +65,39 @@ def test_index_s3_to_delta_with_corrupt_files(s3, s3_endpoint: str, ray_session:
         correct += row["modality"] == truth
     # The class order of the probabilities must match the model's names: real figures are mostly right.
     assert correct >= 10, Counter((expected[r["source_uri"]], r["modality"]) for r in rows)
+
+
+def test_jpeg_decoder_classifier_gives_the_rows_of_the_pil_path(s3, s3_endpoint: str, ray_session: None, dataset_dir: Path) -> None:
+    """``--jpeg-decoder classifier`` on the CPU (libjpeg-turbo in the actor; nvjpeg on a GPU):
+    the same statuses, sizes and labels as PIL, bad and non-plain JPEGs included."""
+    import io
+
+    from PIL import Image
+
+    from bench.corpus import bad_inputs
+    from xai_pipeline.sink import read_rows
+    from xai_pipeline.source import parse_location
+
+    s3.create_bucket(Bucket="jpegdec")
+    for label, path in real_figures(dataset_dir, per_class=2):
+        s3.put_object(Bucket="jpegdec", Key=f"in/{label}/{path.name}", Body=path.read_bytes())
+    png = io.BytesIO()
+    Image.open(path).save(png, format="PNG")
+    s3.put_object(Bucket="jpegdec", Key="in/other/as.png", Body=png.getvalue())
+    for case in bad_inputs():
+        s3.put_object(Bucket="jpegdec", Key=f"in/corpus/{case.name}", Body=case.data)
+    columns = ["source_uri", "status", "error", "width", "height", "modality", "probabilities"]
+    tables = {}
+    for decoder in ("pil", "classifier"):
+        summary = run_index(IndexConfig(input="s3://jpegdec/in/", output=f"s3://jpegdec/table-{decoder}", endpoint_url=s3_endpoint,
+                                        batch_size=8, jpeg_decoder=decoder))
+        assert summary.inputs == 12 + 1 + len(bad_inputs()) and summary.processed == summary.inputs
+        target = parse_location(f"s3://jpegdec/table-{decoder}", "--output")
+        tables[decoder] = {r["source_uri"]: r for r in read_rows(target, {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1"},
+                                                                 columns=columns).to_pylist()}
+    assert tables["pil"].keys() == tables["classifier"].keys()
+    for uri, pil in tables["pil"].items():
+        device = tables["classifier"][uri]
+        assert [pil[c] for c in columns[:-1]] == [device[c] for c in columns[:-1]], uri
+        if pil["status"] == "ok":
+            assert np.abs(np.array(pil["probabilities"]) - np.array(device["probabilities"])).max() < 0.05, uri

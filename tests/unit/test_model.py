@@ -86,7 +86,7 @@ def test_bundled_default_model_is_real_and_small() -> None:
 def test_pure_modules_do_not_import_ray_or_boto3() -> None:
     code = (
         "import sys; import xai_pipeline.schema, xai_pipeline.decode, xai_pipeline.model, xai_pipeline.crm, "
-        "xai_pipeline.codec, xai_pipeline.classify; "
+        "xai_pipeline.codec, xai_pipeline.classify, xai_pipeline.device_decode; "
         "bad = [m for m in ('ray', 'boto3') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
