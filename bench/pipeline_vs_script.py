@@ -1,21 +1,25 @@
 """The Ray job against a plain single-process PyTorch script doing the same work.
 
-    python -m bench.pipeline_vs_script [--smoke] [--figures N]
+    python -m bench.pipeline_vs_script [--smoke] [--figures N] [--small N]
 
 Both read the same figures from moto_server (S3 protocol), decode, classify with the bundled
-model, compute CRM, encode rows and write Parquet, on this machine. The script is the obvious
-alternative: list, then for each batch of 32 get → decode → predict → encode, one process, two
-torch threads. The job runs ``xai-pipeline index`` (its own process and local Ray) with 1 and 2
-classifier actors. Reported: figures/s end to end (the job's include starting Ray, ~10 s here) and
-the job's processing rate (its ``process_figures_per_second``). moto answers ~50–80 requests/s,
-which bounds every arm.
+model, compute CRM, encode rows (ROI boxes included) and write Parquet (the job: a Delta table),
+on this machine. The script is the obvious alternative: list, then for each batch of 32 get →
+decode → predict → encode, one process, two torch threads. The job is ``xai-pipeline index``
+with 1 classifier actor (2 torch threads) and with 2 actors (1 thread each).
+
+Each arm runs as its own command and is timed from outside, interpreter start to exit, at two
+collection sizes, ``small`` and ``figures``. Reported per arm: figures/s end to end at each size,
+and from the difference of the two runs the **marginal rate** (figures/s once running, what a
+collection of millions sees) and the **fixed cost** in seconds (Python, imports, Ray start,
+actor start, commit). moto answers ~50–80 requests/s per client, which bounds every arm.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import logging
 import os
 import subprocess
 import sys
@@ -36,6 +40,8 @@ from xai_pipeline.codec import encode_batch
 from xai_pipeline.decode import decode_batch
 from xai_pipeline.listing import list_objects
 from xai_pipeline.source import S3Settings, fetch_batch, parse_location
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -66,28 +72,49 @@ def plain_script(input_uri: str, out: Path, settings: S3Settings, batch: int = 3
     return listing.num_rows / (time.perf_counter() - started)
 
 
-def ray_job(input_uri: str, out: Path, endpoint: str, concurrency: int, work: Path) -> tuple[float, float]:
+ARMS = {
+    "script": [],
+    "job_1_actor": ["--concurrency", "1", "--torch-threads", "2"],
+    "job_2_actors": ["--concurrency", "2", "--torch-threads", "1"],
+}
+
+
+def run_arm(arm: str, input_uri: str, out: Path, endpoint: str) -> float:
+    """Seconds from starting the arm's command to its exit."""
     ray_tmp = tempfile.mkdtemp(prefix="xp", dir="/tmp")
-    summary = work / f"job-{concurrency}.json"
     env = {**os.environ, **MOTO_ENV, "AWS_ENDPOINT_URL": endpoint, "RAY_TMPDIR": ray_tmp}
+    if arm == "script":
+        command = [sys.executable, "-m", "bench.pipeline_vs_script", "--script", input_uri, str(out)]
+    else:
+        command = [sys.executable, "-m", "xai_pipeline.cli", "index", "--input", input_uri, "--output", str(out), "--batch-size", "32", *ARMS[arm]]
+    started = time.perf_counter()
     try:
-        subprocess.run([sys.executable, "-m", "xai_pipeline.cli", "index", "--input", input_uri, "--output", str(out), "--batch-size", "32",
-                        "--concurrency", str(concurrency), "--summary-json", str(summary)],
-                       cwd=REPO, env=env, check=True, capture_output=True, timeout=3600)
+        subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, timeout=3600)
     finally:
         subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)
-    result = json.loads(summary.read_text())
-    return float(result["figures_per_second"]), float(result["process_figures_per_second"])
+    return time.perf_counter() - started
+
+
+def rates(small: int, large: int, t_small: float, t_large: float) -> dict[str, float]:
+    """End-to-end figures/s at both sizes; marginal figures/s and fixed seconds from the two."""
+    marginal = (large - small) / (t_large - t_small) if t_large > t_small else float("inf")
+    return {"seconds_small": t_small, "seconds_large": t_large, "fig_s_small": small / t_small, "fig_s_large": large / t_large,
+            "marginal_fig_s": marginal, "fixed_seconds": t_large - large / marginal}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="24 figures")
-    parser.add_argument("--figures", type=int, default=600)
+    parser.add_argument("--smoke", action="store_true", help="12 and 24 figures")
+    parser.add_argument("--figures", type=int, default=1200, help="the larger collection")
+    parser.add_argument("--small", type=int, default=300, help="the smaller collection")
     parser.add_argument("--dataset", default=DEFAULT_DATASET)
+    parser.add_argument("--script", nargs=2, metavar=("INPUT", "OUT"), help=argparse.SUPPRESS)  # the script arm's command
     args = parser.parse_args(argv)
-    count = 24 if args.smoke else args.figures
-    torch.set_num_threads(2)
+    if args.script:
+        torch.set_num_threads(2)
+        plain_script(args.script[0], Path(args.script[1]), S3Settings())
+        return 0
+    small, large = (12, 24) if args.smoke else (args.small, args.figures)
     with tempfile.TemporaryDirectory(prefix="xai-pvs-") as tmp:
         work = Path(tmp)
         with moto_server(work / "logs") as endpoint, _environment({**MOTO_ENV, "AWS_ENDPOINT_URL": endpoint}):
@@ -96,18 +123,23 @@ def main(argv: list[str] | None = None) -> int:
             s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
             s3.create_bucket(Bucket="bench")
             files = sorted(Path(args.dataset).glob("*/*.jpg"))
-            for f in files[:: max(1, len(files) // count)][:count]:
-                s3.put_object(Bucket="bench", Key=f"figs/{f.name}", Body=f.read_bytes())
-            settings = S3Settings(endpoint_url=endpoint)
-            results = {"figures": count, "script": plain_script("s3://bench/figs", work / "script.parquet", settings)}
-            for concurrency in (1, 2):
-                end_to_end, processing = ray_job("s3://bench/figs", work / f"table{concurrency}", endpoint, concurrency, work)
-                results[f"job_{concurrency}_actor"] = end_to_end
-                results[f"job_{concurrency}_actor_processing"] = processing
-    print_table(["figures", "script", "job 1 actor", "(processing)", "job 2 actors", "(processing)"],
-                [[results["figures"], results["script"], results["job_1_actor"], results["job_1_actor_processing"],
-                  results["job_2_actor"], results["job_2_actor_processing"]]])
-    print("figures/s; a job's end-to-end rate includes listing and starting Ray, its processing rate does not")
+            if len(files) < large:
+                raise SystemExit(f"--figures {large}: the data set has {len(files)} JPEGs")
+            chosen = files[:: max(1, len(files) // large)][:large]
+            for i, f in enumerate(chosen):
+                body = f.read_bytes()
+                s3.put_object(Bucket="bench", Key=f"large/{f.name}", Body=body)
+                if i < small:
+                    s3.put_object(Bucket="bench", Key=f"small/{f.name}", Body=body)
+            results: dict[str, object] = {"small": small, "large": large}
+            for arm in ARMS:
+                seconds = [run_arm(arm, f"s3://bench/{size}", work / f"{arm}-{size}", endpoint) for size in ("small", "large")]
+                results[arm] = rates(small, large, *seconds)
+                log.info("%s: %s", arm, results[arm])
+    print_table(["arm", f"fig/s at {small}", f"fig/s at {large}", "marginal fig/s", "fixed s"],
+                [[arm, r["fig_s_small"], r["fig_s_large"], r["marginal_fig_s"], r["fixed_seconds"]]  # type: ignore[index]
+                 for arm, r in results.items() if arm in ARMS])
+    print("each arm is a command timed from start to exit; marginal = (large - small) / (t_large - t_small)")
     write_results("pipeline_vs_script", args.smoke, {"results": results, "goal": "job >= script on one machine; faster with more workers"})
     return 0
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import deque
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,3 +35,26 @@ def hirescam(features: torch.Tensor, head: nn.Linear, class_index: int) -> torch
     logits = head(feats.mean(dim=(2, 3)))
     (grad,) = torch.autograd.grad(logits[:, class_index].sum(), feats)
     return (grad * feats).sum(dim=1).detach()
+
+
+def components_bfs(mask: np.ndarray) -> list[set[tuple[int, int]]]:
+    """8-connected components by breadth-first search over cells: the literal definition."""
+    seen = np.zeros(mask.shape, dtype=bool)
+    rows, cols = mask.shape
+    found = []
+    for r0, c0 in zip(*np.nonzero(mask)):
+        if seen[r0, c0]:
+            continue
+        queue, cells = deque([(int(r0), int(c0))]), set()
+        seen[r0, c0] = True
+        while queue:
+            r, c = queue.popleft()
+            cells.add((r, c))
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    rr, cc = r + dr, c + dc
+                    if 0 <= rr < rows and 0 <= cc < cols and mask[rr, cc] and not seen[rr, cc]:
+                        seen[rr, cc] = True
+                        queue.append((rr, cc))
+        found.append(cells)
+    return found

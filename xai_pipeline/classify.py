@@ -96,7 +96,7 @@ class FigureClassifier:
         model_path: str | None = None,
         device: str = "auto",
         crm_score: crm_math.Score = "logit",
-        torch_threads: int = 2,
+        torch_threads: int = 1,
         precision: str = "auto",
         compile_model: bool = False,
         limits: decode.DecodeLimits | None = None,

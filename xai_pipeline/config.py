@@ -39,9 +39,9 @@ class JobConfig:
     endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL or AWS)", metavar="URL"))
     region: str | None = field(default=None, metadata=opt("S3 region (default: AWS_REGION / AWS_DEFAULT_REGION)"))
     batch_size: int = field(default=32, metadata=opt("figures per classifier batch", metavar="N"))
-    concurrency: int = field(default=1, metadata=opt("classifier actors (one GPU each when GPUs are used)", metavar="N"))
+    concurrency: int | None = field(default=None, metadata=opt("classifier actors (default: one per GPU when actors use GPUs, else one per --torch-threads CPUs)", metavar="N"))
     num_gpus: float | None = field(default=None, metadata=opt("GPUs per classifier actor (default: 1 if the cluster has GPUs, else 0)", metavar="N"))
-    torch_threads: int = field(default=2, metadata=opt("torch threads per classifier actor on the CPU", metavar="N"))
+    torch_threads: int = field(default=1, metadata=opt("torch threads per classifier actor on the CPU", metavar="N"))
     precision: str = field(default="auto", metadata=opt("backbone precision: auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16", choices=("auto", "fp32", "bf16")))
     compile: bool = field(default=False, metadata=opt("torch.compile the backbone in each classifier actor (pays off on long GPU runs)"))
     jpeg_decoder: str = field(default="pil", metadata=opt("pil: decode every figure with PIL in CPU tasks; classifier: plain JPEGs are decoded by the classifier actor on its device (nvjpeg on a GPU), the rest with PIL", choices=("pil", "classifier")))
@@ -55,7 +55,7 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "concurrency", "torch_threads", "max_bytes", "max_pixels"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
         if self.num_gpus is not None and self.num_gpus < 0:
             raise ConfigError(f"--num-gpus must be >= 0, got {self.num_gpus}")

@@ -10,7 +10,6 @@ Boxes are sorted by score; at most ``MAX_BOXES`` are kept.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,26 +33,51 @@ class Box:
         return {"x0": self.x0, "y0": self.y0, "x1": self.x1, "y1": self.y1, "score": self.score}
 
 
+def _runs(mask: np.ndarray) -> list[tuple[int, int, int]]:
+    """Horizontal runs of ``True`` as ``(row, start, stop)``, stop exclusive."""
+    padded = np.zeros((mask.shape[0], mask.shape[1] + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    edges = np.diff(padded, axis=1)
+    rows_s, starts = np.nonzero(edges == 1)
+    _, stops = np.nonzero(edges == -1)  # row-major order: pairs up with the starts
+    return list(zip(rows_s.tolist(), starts.tolist(), stops.tolist()))
+
+
 def _components(mask: np.ndarray) -> list[np.ndarray]:
-    """8-connected components of a boolean grid, as arrays of (row, col) indices."""
-    seen = np.zeros(mask.shape, dtype=bool)
-    rows, cols = mask.shape
+    """8-connected components of a boolean grid, as arrays of (row, col) indices.
+
+    Run-based labelling: runs in adjacent rows belong together when their column ranges
+    ``[s, e)`` and ``[s', e')`` touch, diagonals included (``s ≤ e'`` and ``s' ≤ e``); a
+    union-find joins them. Work grows with the number of runs, not of cells.
+    """
+    runs = _runs(mask)
+    parent = list(range(len(runs)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    previous: list[int] = []  # run indices of the row above
+    current: list[int] = []
+    row_of_current = -1
+    for index, (row, start, stop) in enumerate(runs):
+        if row != row_of_current:
+            previous = current if row == row_of_current + 1 else []
+            current, row_of_current = [], row
+        for above in previous:
+            _, a_start, a_stop = runs[above]
+            if start <= a_stop and a_start <= stop:
+                parent[root(index)] = root(above)
+        current.append(index)
+    groups: dict[int, list[int]] = {}
+    for index in range(len(runs)):
+        groups.setdefault(root(index), []).append(index)
     found = []
-    for r0, c0 in zip(*np.nonzero(mask)):
-        if seen[r0, c0]:
-            continue
-        queue, cells = deque([(r0, c0)]), []
-        seen[r0, c0] = True
-        while queue:
-            r, c = queue.popleft()
-            cells.append((r, c))
-            for dr in (-1, 0, 1):
-                for dc in (-1, 0, 1):
-                    rr, cc = r + dr, c + dc
-                    if 0 <= rr < rows and 0 <= cc < cols and mask[rr, cc] and not seen[rr, cc]:
-                        seen[rr, cc] = True
-                        queue.append((rr, cc))
-        found.append(np.array(cells))
+    for members in sorted(groups.values(), key=lambda m: (runs[m[0]][0], runs[m[0]][1])):
+        cells = [np.stack([np.full(runs[i][2] - runs[i][1], runs[i][0]), np.arange(runs[i][1], runs[i][2])], axis=1) for i in members]
+        found.append(np.concatenate(cells))
     return found
 
 

@@ -69,5 +69,16 @@ def test_actor_pool_always_leaves_a_cpu_for_fetch_and_decode() -> None:
     pool, cpus = _actor_pool(2, 100, 0.0, {"CPU": 2.0})  # two actors on two CPUs used to hang
     assert pool == 2 and pool * cpus <= 1.0
     assert _actor_pool(8, 3, 0.0, {"CPU": 16.0}) == (3, 1.0)  # no more actors than batches
-    assert _actor_pool(8, 100, 1.0, {"CPU": 32.0, "GPU": 4.0}) == (4, 1.0)  # no more than the GPUs
     assert _actor_pool(1, 10, 0.0, {"CPU": 1.0}) == (1, 0.0)  # a 1-CPU machine: the actor reserves none
+
+
+def test_actor_pool_size_by_default_and_on_autoscaling_clusters() -> None:
+    from xai_pipeline.pipeline import _actor_pool
+
+    assert _actor_pool(None, 100, 1.0, {"CPU": 32.0, "GPU": 4.0}) == (4, 1.0)  # one per GPU
+    assert _actor_pool(None, 100, 0.5, {"CPU": 32.0, "GPU": 4.0}) == (8, 1.0)  # half a GPU each
+    assert _actor_pool(None, 100, 0.0, {"CPU": 16.0}, torch_threads=4)[0] == 4  # one per torch_threads CPUs
+    assert _actor_pool(None, 100, 0.0, {"CPU": 2.0}, torch_threads=1)[0] == 2
+    assert _actor_pool(None, 2, 0.0, {"CPU": 16.0})[0] == 2  # still no more actors than batches
+    # An explicit count is kept though only 0 GPUs are up: the autoscaler adds nodes for the actors.
+    assert _actor_pool(8, 100, 1.0, {"CPU": 4.0, "GPU": 0.0}) == (8, 3 / 8)

@@ -42,3 +42,17 @@ def test_filters_become_safe_sql() -> None:
     assert "deleted_at" not in Filters(include_deleted=True).to_sql().split("FROM")[1]
     with pytest.raises(ValueError, match="unknown columns"):
         Filters(columns=("figure_id", "password")).to_sql()
+
+
+def test_run_based_components_match_the_cell_by_cell_search() -> None:
+    from oracles import components_bfs
+
+    from xai_pipeline.roi import _components
+
+    rng = np.random.default_rng(0)
+    masks = [rng.random((rows, cols)) < density for rows, cols, density in [(56, 56, 0.3), (56, 40, 0.55), (7, 7, 0.5), (1, 30, 0.5), (30, 1, 0.5)] * 8]
+    masks += [np.eye(20, dtype=bool), np.eye(20, dtype=bool)[::-1], np.zeros((5, 5), dtype=bool), np.ones((5, 9), dtype=bool)]
+    for mask in masks:
+        fast = {frozenset(map(tuple, cells.tolist())) for cells in _components(mask)}
+        assert fast == {frozenset(c) for c in components_bfs(mask)}
+        assert sum(len(c) for c in fast) == int(mask.sum())
