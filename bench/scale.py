@@ -4,8 +4,10 @@
 
 Runs ``xai-pipeline index`` as its own process on each collection and samples the driver's
 resident memory (/proc, every 0.2 s). Goals: peak driver memory of 100k / 10k ≤ 1.3, and
-figures/s within 20% (the rate while the pipeline runs; end to end, the fixed cost of starting Ray
-weighs more on the smaller run). The figures are 48×48 PNGs and the model a small CNN at 64 px (trained
+figures/s within 20%. The rate compared is the one at which each collection's figures go through
+once the job runs: a third, small run (1k figures) measures the fixed cost (Python, Ray and actor
+start, commit, shutdown), and the rate of an N-figure run is (N − 1k) / (t_N − t_1k), wall clock.
+Raw end-to-end rates are reported too; the fixed cost weighs more on the 10k run. The figures are 48×48 PNGs and the model a small CNN at 64 px (trained
 weights do not matter here), so the run measures the pipeline, not the classifier.
 """
 
@@ -83,9 +85,10 @@ def run(folder: Path, table: Path, model: Path, work: Path) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="1k and 10k figures")
+    parser.add_argument("--smoke", action="store_true", help="2k and 10k figures (base run: 500)")
     args = parser.parse_args(argv)
-    sizes = (1_000, 10_000) if args.smoke else (10_000, 100_000)
+    base_size = 500 if args.smoke else 1_000
+    sizes = (base_size, 2_000, 10_000) if args.smoke else (base_size, 10_000, 100_000)
     with tempfile.TemporaryDirectory(prefix="xai-scale-") as tmp:
         work = Path(tmp)
         model = tiny_model(work / "tiny.safetensors")
@@ -94,12 +97,15 @@ def main(argv: list[str] | None = None) -> int:
             folder = work / f"figs{n}"
             make_figures(folder, n)
             results.append(run(folder, work / f"table{n}", model, work))
-    small, large = results
+    base, small, large = results
+    for r in (small, large):
+        r["figures_per_second_past_base"] = (r["figures"] - base["figures"]) / (r["wall_seconds"] - base["wall_seconds"])
     memory_ratio = large["peak_driver_rss_mb"] / small["peak_driver_rss_mb"]
-    speed_ratio = large["process_figures_per_second"] / small["process_figures_per_second"]
-    print_table(["figures", "peak driver MB", "fig/s end to end", "fig/s processing", "job s"],
-                [[r["figures"], r["peak_driver_rss_mb"], r["figures_per_second"], r["process_figures_per_second"], r["job_seconds"]] for r in results])
-    print(f"peak memory ratio {memory_ratio:.2f} (goal <= 1.3); processing figures/s ratio {speed_ratio:.2f} (goal 0.8-1.2)")
+    speed_ratio = large["figures_per_second_past_base"] / small["figures_per_second_past_base"]
+    print_table(["figures", "peak driver MB", "fig/s end to end", "fig/s processing", "wall s", f"fig/s past the {base['figures']} run"],
+                [[r["figures"], r["peak_driver_rss_mb"], r["figures_per_second"], r["process_figures_per_second"], r["wall_seconds"],
+                  r.get("figures_per_second_past_base", "")] for r in results])
+    print(f"peak memory ratio {memory_ratio:.2f} (goal <= 1.3); figures/s ratio {speed_ratio:.2f} (goal 0.8-1.2)")
     write_results("scale", args.smoke, {"results": results, "memory_ratio": memory_ratio, "speed_ratio": speed_ratio,
                                         "goal": "memory ratio <= 1.3, figures/s within 20%"})
     return 0

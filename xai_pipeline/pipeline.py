@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SAMPLES_DIR = Path(__file__).parent / "samples" / "figures"
 DECODE_BATCH_SIZE = 16
-READ_BLOCK_ROWS = 64  # listing rows per input block: the unit of parallel fetch + decode tasks
+READ_BLOCK_ROWS = 64  # least listing rows per input block (the unit of fetch + decode tasks); at least a batch
 # Memory reserved per fetch/decode task. Besides bounding memory, it keeps Ray from fusing decode
 # into the classifier actors (fusion needs equal remote args), so decode runs in its own CPU
 # tasks, in parallel with inference, as many as the CPUs allow.
@@ -130,7 +130,8 @@ def _rows(job: _Job, part: pa.Table, run_id: str) -> Any:
     if num_gpus is None:
         num_gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
     pool, actor_cpus = _actor_pool(cfg.concurrency, max(1, part.num_rows // cfg.batch_size), num_gpus, resources, cfg.torch_threads)
-    blocks = [part.slice(i, READ_BLOCK_ROWS) for i in range(0, part.num_rows, READ_BLOCK_ROWS)]
+    rows = max(READ_BLOCK_ROWS, cfg.batch_size)  # fewer, fuller blocks: less per-task state in the driver
+    blocks = [part.slice(i, rows) for i in range(0, part.num_rows, rows)]
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(_fetch_stage, fn_kwargs={"location": job.source, "settings": job.settings, "max_bytes": cfg.max_bytes},
                         batch_size=DECODE_BATCH_SIZE, batch_format="numpy", num_cpus=1, memory=DECODE_TASK_MEMORY)

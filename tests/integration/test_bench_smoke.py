@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("name", ["crm_overhead", "crm_vs_bruteforce", "decode", "listing", "gpu_check", "table_bytes",
-                                  "pipeline_vs_script", "scale"])
+                                  "pipeline_vs_script", "scale", "encode"])
 def test_benchmark_smoke(name: str, dataset_dir: Path, ray_session: None, capsys) -> None:
     module = importlib.import_module(f"bench.{name}")
     args = ["--smoke"] + (["--dataset", str(dataset_dir)] if name in ("decode", "table_bytes", "pipeline_vs_script") else [])
