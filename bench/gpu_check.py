@@ -5,7 +5,7 @@
 1. resnet50 at 224 px, batch 256: classification alone vs classification + CRM, bf16 autocast and
    channels_last, figures/s and ratio (CRM on the GPU, one host transfer per batch).
 2. The pipeline's own classifier stage (FigureClassifier, the bundled EfficientNet-Lite0) on
-   uint8 batches from pinned memory, and on JPEG bytes it decodes itself (``--jpeg-decoder
+   uint8 batches from pinned memory (with the device batch it fits to the card), and on JPEG bytes it decodes itself (``--jpeg-decoder
    classifier``: nvjpeg + resize on the GPU) at 384 and 1024 px: figures/s of the stage.
 3. Decode: PIL on one CPU core vs nvjpeg (batched ``decode_jpeg(device="cuda")``), on generated
    JPEGs at 384 and 1024 px (the shared data set does not travel to the GPU machine).
@@ -75,7 +75,7 @@ def classifier_stage(device: torch.device, batch: int, repeats: int) -> dict[str
     rng = np.random.default_rng(0)
     data = {PIXELS: rng.integers(0, 255, (batch, 3, size, size), dtype=np.uint8), STATUS: np.array(["ok"] * batch, dtype=object)}
     seconds = timed(lambda: stage(data), repeats, warmup=2)
-    return {"model": stage.spec.name, "batch": batch, "fig_s": batch / seconds}
+    return {"model": stage.spec.name, "batch": batch, "fitted_device_batch": stage.device_batch, "fig_s": batch / seconds}
 
 
 def classifier_stage_jpeg(device: torch.device, batch: int, repeats: int, side: int) -> dict[str, object]:
@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(["batch", "px", "compiled", "model fig/s", "+CRM fig/s", "ratio"],
                 [[r["batch"], r["size"], r["compiled"], r["model_fig_s"], r["model_crm_fig_s"], r["ratio"]] for r in runs])
     stage = results["classifier_stage"]
-    print(f"classifier stage ({stage['model']}, batch {stage['batch']}): {stage['fig_s']:.1f} fig/s from pixels")  # type: ignore[index]
+    print(f"classifier stage ({stage['model']}, batch {stage['batch']}, fitted device batch {stage['fitted_device_batch']}): "  # type: ignore[index]
+          f"{stage['fig_s']:.1f} fig/s from pixels")  # type: ignore[index]
     for row in results["classifier_stage_jpeg"]:  # type: ignore[attr-defined]
         print(f"classifier stage decoding {row['side']} px JPEGs on {device.type}: {row['fig_s']:.1f} fig/s")
     print_table(["side", "PIL 1 core fig/s", "nvjpeg fig/s"],

@@ -89,7 +89,16 @@ class FigureClassifier:
         precision: ``"auto"`` (bfloat16 autocast on a GPU, float32 on the CPU), ``"fp32"`` or ``"bf16"``.
         compile_model: ``torch.compile`` the backbone (pays off on long GPU runs).
         limits: decode limits for JPEGs the device decoder rejects (``--jpeg-decoder classifier``).
+        memory_share: the share of the GPU's free memory this actor may size its batches to
+            (``--num-gpus`` when actors share a GPU).
+
+    On a GPU the actor sizes its device batches to the card: a probe batch measures the memory
+    one figure takes, and batches are cut to fit in ``0.7 × memory_share`` of the free memory
+    (``device_batch``); should a chunk still run out of memory, it is halved and run again.
     """
+
+    PROBE_BATCH = 16
+    MAX_DEVICE_BATCH = 4096
 
     def __init__(
         self,
@@ -100,6 +109,7 @@ class FigureClassifier:
         precision: str = "auto",
         compile_model: bool = False,
         limits: decode.DecodeLimits | None = None,
+        memory_share: float = 1.0,
     ) -> None:
         self.limits = limits or decode.DecodeLimits()
         torch.set_num_threads(max(1, torch_threads))
@@ -113,7 +123,45 @@ class FigureClassifier:
         size = self.spec.input_size
         probe = torch.zeros((1, 3, size, size), dtype=torch.uint8, device=self.device)
         self.map_shape = tuple(predict(self.model, probe, crm_score, self.autocast).relevance.shape[1:])
-        log.info("loaded model %s v%s on %s (autocast %s)", self.spec.name, self.spec.version, self.device, self.autocast)
+        self.device_batch: int | None = self._fit_batch(memory_share) if self.device.type == "cuda" else None
+        log.info("loaded model %s v%s on %s (autocast %s, device batch %s)", self.spec.name, self.spec.version, self.device,
+                 self.autocast, self.device_batch or "whole")
+
+    def _fit_batch(self, memory_share: float) -> int:
+        """The largest batch whose activations fit in ``0.7 × memory_share`` of the free GPU
+        memory, from the peak memory of a probe batch."""
+        size = self.spec.input_size
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        probe = torch.zeros((self.PROBE_BATCH, 3, size, size), dtype=torch.uint8, device=self.device)
+        predict(self.model, probe.contiguous(memory_format=torch.channels_last), self.crm_score, self.autocast)
+        torch.cuda.synchronize(self.device)
+        per_figure = max(1.0, (torch.cuda.max_memory_allocated(self.device) - before) / self.PROBE_BATCH)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return int(max(1, min(self.MAX_DEVICE_BATCH, 0.7 * min(1.0, memory_share) * free // per_figure)))
+
+    def _predict(self, pixels: torch.Tensor) -> Predictions:
+        """:func:`predict` in chunks of ``device_batch`` (all at once when ``None``); a chunk
+        that runs out of device memory is halved and run again."""
+        parts: list[Predictions] = []
+        start = 0
+        while start < len(pixels):
+            size = self.device_batch or len(pixels)
+            try:
+                parts.append(predict(self.model, pixels[start:start + size], self.crm_score, self.autocast))
+            except torch.OutOfMemoryError:
+                if size <= 1:
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.device_batch = max(1, min(size, len(pixels) - start) // 2)
+                log.warning("out of device memory at a batch of %d figures: now %d", size, self.device_batch)
+                continue
+            start += size
+        if len(parts) == 1:
+            return parts[0]
+        return Predictions(*(torch.cat([getattr(p, name) for p in parts]) for name in ("logits", "probabilities", "relevance")))
 
     def _decode_deferred(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, torch.Tensor | None]:
         """Decode the rows' ``jpeg_bytes`` on this actor's device. Rejected ones are decoded with
@@ -162,7 +210,7 @@ class FigureClassifier:
         modality = np.full(n, "", dtype=object)
         relevance = np.zeros((n, *self.map_shape), dtype=np.float32)
         if ok.any():
-            out = predict(self.model, self._pixels(batch, ok, on_device, decoded), self.crm_score, self.autocast)
+            out = self._predict(self._pixels(batch, ok, on_device, decoded))
             _maybe_die_for_test()
             # One device-to-host copy per batch: probabilities and maps side by side.
             host = torch.cat([out.probabilities, out.relevance.flatten(1)], dim=1).cpu().numpy()

@@ -38,7 +38,7 @@ class JobConfig:
     model: str | None = field(default=None, metadata=opt("model .safetensors file (default: the bundled model)", metavar="PATH"))
     endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL or AWS)", metavar="URL"))
     region: str | None = field(default=None, metadata=opt("S3 region (default: AWS_REGION / AWS_DEFAULT_REGION)"))
-    batch_size: int = field(default=32, metadata=opt("figures per classifier batch", metavar="N"))
+    batch_size: int | None = field(default=None, metadata=opt("figures per classifier batch (default: 256 when actors use GPUs, else 32); a GPU actor cuts it to what fits its memory", metavar="N"))
     concurrency: int | None = field(default=None, metadata=opt("classifier actors (default: one per GPU when actors use GPUs, else one per --torch-threads CPUs)", metavar="N"))
     num_gpus: float | None = field(default=None, metadata=opt("GPUs per classifier actor (default: 1 if the cluster has GPUs, else 0)", metavar="N"))
     torch_threads: int = field(default=1, metadata=opt("torch threads per classifier actor on the CPU", metavar="N"))

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SAMPLES_DIR = Path(__file__).parent / "samples" / "figures"
 DECODE_BATCH_SIZE = 16
+GPU_BATCH_SIZE, CPU_BATCH_SIZE = 256, 32  # default --batch-size
 READ_BLOCK_ROWS = 64  # least listing rows per input block (the unit of fetch + decode tasks); at least a batch
 # Memory reserved per fetch/decode task. Besides bounding memory, it keeps Ray from fusing decode
 # into the classifier actors (fusion needs equal remote args), so decode runs in its own CPU
@@ -129,8 +130,9 @@ def _rows(job: _Job, part: pa.Table, run_id: str) -> Any:
     num_gpus = cfg.num_gpus
     if num_gpus is None:
         num_gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
-    pool, actor_cpus = _actor_pool(cfg.concurrency, max(1, part.num_rows // cfg.batch_size), num_gpus, resources, cfg.torch_threads)
-    rows = max(READ_BLOCK_ROWS, cfg.batch_size)  # fewer, fuller blocks: less per-task state in the driver
+    batch_size = cfg.batch_size or (GPU_BATCH_SIZE if num_gpus > 0 else CPU_BATCH_SIZE)
+    pool, actor_cpus = _actor_pool(cfg.concurrency, max(1, part.num_rows // batch_size), num_gpus, resources, cfg.torch_threads)
+    rows = max(READ_BLOCK_ROWS, batch_size)  # fewer, fuller blocks: less per-task state in the driver
     blocks = [part.slice(i, rows) for i in range(0, part.num_rows, rows)]
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(_fetch_stage, fn_kwargs={"location": job.source, "settings": job.settings, "max_bytes": cfg.max_bytes},
@@ -141,8 +143,8 @@ def _rows(job: _Job, part: pa.Table, run_id: str) -> Any:
         FigureClassifier,
         fn_constructor_kwargs={"model_path": str(cfg.model) if cfg.model else None, "device": "cuda" if num_gpus > 0 else "cpu",
                                "crm_score": cfg.crm_score, "torch_threads": cfg.torch_threads, "precision": cfg.precision,
-                               "compile_model": cfg.compile, "limits": cfg.limits},
-        batch_size=cfg.batch_size,
+                               "compile_model": cfg.compile, "limits": cfg.limits, "memory_share": num_gpus},
+        batch_size=batch_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(size=pool),
         num_gpus=num_gpus,
