@@ -17,6 +17,7 @@ import gzip
 import io
 import json
 import os
+import stat
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -79,17 +80,28 @@ def _list_s3(location: Location, settings: S3Settings, page_size: int) -> list[p
     return batches
 
 
+def local_etag(info: os.stat_result) -> str:
+    """A local file's stand-in for an ETag: its modification time in nanoseconds, so that reindex
+    sees a file rewritten in place even at the same size (a copy with new times looks changed)."""
+    return f"mtime-ns:{info.st_mtime_ns}"
+
+
 def _list_local(location: Location, page_size: int) -> Iterator[pa.RecordBatch]:
     root = Path(location.path)
     if root.is_file():
-        yield _batch(location, [(str(root), root.stat().st_size, None)])
+        info = root.stat()
+        yield _batch(location, [(str(root), info.st_size, local_etag(info))])
         return
     rows: list[tuple[str, int | None, str | None]] = []
     for folder, _dirs, files in os.walk(root):
         for name in files:
             path = os.path.join(folder, name)
-            if os.path.isfile(path):
-                rows.append((path, os.path.getsize(path), None))
+            try:
+                info = os.stat(path)
+            except OSError:  # gone between the walk and the stat
+                continue
+            if stat.S_ISREG(info.st_mode):
+                rows.append((path, info.st_size, local_etag(info)))
                 if len(rows) == page_size:
                     yield _batch(location, rows)
                     rows = []

@@ -51,3 +51,29 @@ def test_python_memory_while_listing_does_not_grow_with_the_collection(tmp_path:
         tracemalloc.stop()
         assert pages == n_folders
     assert peaks[1] < 1.5 * peaks[0] + 2_000_000
+
+
+def test_a_local_file_rewritten_at_the_same_size_is_seen_as_changed(tmp_path: Path) -> None:
+    import os
+
+    import pyarrow as pa
+
+    from xai_pipeline import schema
+    from xai_pipeline.plan import STATE_COLUMNS, reindex_plan
+
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"12345")
+    location = parse_location(str(tmp_path), "--input")
+    first = list_objects(location)
+    assert all(e.startswith("mtime-ns:") for e in first.column("etag").to_pylist())
+    n = first.num_rows
+    state = pa.table({schema.FIGURE_ID: first.column(schema.FIGURE_ID), schema.SOURCE_URI: first.column("uri"),
+                      schema.ETAG: first.column("etag"), schema.SIZE: first.column("size"),
+                      schema.MODEL_NAME: ["m"] * n, schema.MODEL_VERSION: ["1"] * n,
+                      schema.DELETED_AT: pa.nulls(n, pa.timestamp("us", tz="UTC"))}).select(STATE_COLUMNS)
+    (tmp_path / "b.png").write_bytes(b"54321")  # same size, new content
+    later = (tmp_path / "a.png").stat().st_mtime_ns + 5_000_000_000
+    os.utime(tmp_path / "b.png", ns=(later, later))
+    plan = reindex_plan(list_objects(location), state, "m", "1", location.uri)
+    assert (plan.new, plan.changed, plan.skipped) == (0, 1, 1)
+    assert plan.todo.column("path").to_pylist() == [str(tmp_path / "b.png")]
