@@ -60,3 +60,21 @@ def test_out_of_memory_halves_the_chunk_and_loses_nothing(classifier: FigureClas
     monkeypatch.setattr(classifier, "device_batch", 1)
     with pytest.raises(torch.OutOfMemoryError):
         classifier(batch)
+
+
+def test_device_batch_fits_the_share_of_free_memory(classifier: FigureClassifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sizing arithmetic with the CUDA memory calls faked (the probe itself runs on the CPU)."""
+    per_figure, free = 3_000_000, 80_000_000_000  # bytes: one figure's activations; free on the card
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append("sync"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 50_000_000)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 50_000_000 + FigureClassifier.PROBE_BATCH * per_figure)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 2 * free))
+    assert classifier._fit_batch(1.0) == FigureClassifier.MAX_DEVICE_BATCH  # 0.7 × 80 GB / 3 MB ≈ 18667, capped
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2_000_000_000, 4_000_000_000))
+    assert classifier._fit_batch(1.0) == int(0.7 * 2_000_000_000 // per_figure) == 466
+    assert classifier._fit_batch(0.5) == 233  # two actors share the card
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1_000_000, 4_000_000_000))
+    assert classifier._fit_batch(1.0) == 1  # never zero
+    assert calls[:3] == ["sync", "reset", "sync"]
