@@ -175,16 +175,15 @@ class FigureClassifier:
         datas = [bytes(batch[schema.JPEG_BYTES][i]) for i in rows]
         out = device_decode.decode_resize(datas, self.spec.input_size, self.device)
         if out.failed:  # writable copies: the rejected JPEGs' rows get PIL's status, error and pixels
+            log.warning("%d JPEGs rejected by the %s decoder are decoded with PIL", len(out.failed), self.device.type)
             for column in (schema.STATUS, schema.ERROR, schema.PIXELS):
                 batch[column] = np.array(batch[column], dtype=object if column != schema.PIXELS else None)
-        for j in out.failed:
-            again = decode.decode_image(datas[j], self.spec.input_size, self.limits)
-            row = rows[j]
-            batch[schema.STATUS][row], batch[schema.ERROR][row] = again.status.value, again.error
-            if again.pixels is not None:
-                batch[schema.PIXELS][row] = again.pixels
-        if out.failed:
-            log.warning("%d JPEGs rejected by the %s decoder were decoded with PIL", len(out.failed), self.device.type)
+            for j in out.failed:
+                again = decode.decode_image(datas[j], self.spec.input_size, self.limits)
+                row = rows[j]
+                batch[schema.STATUS][row], batch[schema.ERROR][row] = again.status.value, again.error
+                if again.pixels is not None:
+                    batch[schema.PIXELS][row] = again.pixels
         keep = np.setdiff1d(np.arange(len(rows)), out.failed)
         return rows[keep], out.pixels[torch.from_numpy(keep).to(self.device)]
 

@@ -94,10 +94,10 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 def _table_location(args: argparse.Namespace) -> tuple[object, dict[str, str] | None]:
     from xai_pipeline import sink
-    from xai_pipeline.source import S3Settings, parse_location
+    from xai_pipeline.source import parse_location
 
     location = parse_location(args.table, "--table")
-    options = sink.storage_options(location, S3Settings(args.endpoint_url, args.region))
+    options = sink.storage_options(location, _settings(args))  # type: ignore[arg-type]
     if not sink.table_exists(location, options):
         raise SourceError(f"--table {location.uri}: no Delta table there")
     return location, options
@@ -125,11 +125,11 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from xai_pipeline import records
-    from xai_pipeline.source import S3Settings, make_filesystem
+    from xai_pipeline.source import make_filesystem
 
     cfg = from_namespace(RunsConfig, args)
     location, _ = _table_location(args)
-    runs = records.list_runs(location, make_filesystem(location, S3Settings(cfg.endpoint_url, cfg.region)))  # type: ignore[arg-type]
+    runs = records.list_runs(location, make_filesystem(location, _settings(args)))  # type: ignore[arg-type]
     if cfg.json:
         for run in runs:
             print(json.dumps(run))

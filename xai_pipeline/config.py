@@ -93,16 +93,29 @@ class ReindexConfig(JobConfig):
     manifest: str | None = field(default=None, metadata=opt("list the collection from an S3 Inventory manifest.json or a Parquet file with a key column instead of listing", metavar="URI"))
 
 
+def _table_field() -> Any:
+    """The ``--table`` flag of the commands that read a table."""
+    return field(default="", metadata=opt("Delta table: s3://bucket/prefix or a local folder", required=True, metavar="URI"))
+
+
+def _endpoint_field() -> Any:
+    return field(default=None, metadata=opt("S3-compatible endpoint", metavar="URL"))
+
+
+def _region_field() -> Any:
+    return field(default=None, metadata=opt("S3 region"))
+
+
 @dataclass(frozen=True)
 class TableConfig:
     """``xai-pipeline table``: compaction, removal of unreferenced files, version history."""
 
     action: str = field(default="history", metadata=opt("optimize: compact small files; vacuum: delete files no version needs after the retention; history: list versions", choices=("optimize", "vacuum", "history"), positional=True))
-    table: str = field(default="", metadata=opt("Delta table: s3://bucket/prefix or a local folder", required=True, metavar="URI"))
+    table: str = _table_field()
     retention_hours: int = field(default=168, metadata=opt("vacuum keeps files that versions of the last N hours need (time travel window)", metavar="N"))
     dry_run: bool = field(default=False, metadata=opt("vacuum: list the files it would delete, delete nothing"))
-    endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint", metavar="URL"))
-    region: str | None = field(default=None, metadata=opt("S3 region"))
+    endpoint_url: str | None = _endpoint_field()
+    region: str | None = _region_field()
 
     def __post_init__(self) -> None:
         check_choice(self, "action")
@@ -114,9 +127,9 @@ class TableConfig:
 class RunsConfig:
     """``xai-pipeline runs``: list the run records stored beside a table."""
 
-    table: str = field(default="", metadata=opt("Delta table: s3://bucket/prefix or a local folder", required=True, metavar="URI"))
-    endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint", metavar="URL"))
-    region: str | None = field(default=None, metadata=opt("S3 region"))
+    table: str = _table_field()
+    endpoint_url: str | None = _endpoint_field()
+    region: str | None = _region_field()
     json: bool = field(default=False, metadata=opt("print the records as JSON lines"))
 
 
@@ -128,7 +141,7 @@ def _csv(value: str | None) -> tuple[str, ...]:
 class QueryConfig:
     """``xai-pipeline query``: SQL or filters over the current snapshot of a table."""
 
-    table: str = field(default="", metadata=opt("Delta table: s3://bucket/prefix or a local folder", required=True, metavar="URI"))
+    table: str = _table_field()
     sql: str | None = field(default=None, metadata=opt("SQL over the table named figures (instead of the filters)", metavar="SQL"))
     modality: str | None = field(default=None, metadata=opt("comma-separated modalities, e.g. ct,mri", metavar="NAMES"))
     min_confidence: float | None = field(default=None, metadata=opt("confidence at least this", metavar="P"))
@@ -142,8 +155,8 @@ class QueryConfig:
     format: str = field(default="table", metadata=opt("output format", choices=("table", "csv", "json", "parquet")))
     out: str | None = field(default=None, metadata=opt("write to this file instead of standard output (required for parquet)", metavar="PATH"))
     version: int | None = field(default=None, metadata=opt("query this earlier table version (time travel)", metavar="N"))
-    endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint", metavar="URL"))
-    region: str | None = field(default=None, metadata=opt("S3 region"))
+    endpoint_url: str | None = _endpoint_field()
+    region: str | None = _region_field()
 
     def __post_init__(self) -> None:
         check_choice(self, "format")
@@ -169,37 +182,37 @@ class ShowConfig:
     """``xai-pipeline show``: one figure with its CRM overlaid (``--compare``: beside CAM and Grad-CAM)."""
 
     figure_id: str = field(default="", metadata=opt("the figure's figure_id", positional=True))
-    table: str = field(default="", metadata=opt("Delta table: s3://bucket/prefix or a local folder", required=True, metavar="URI"))
+    table: str = _table_field()
     out: str | None = field(default=None, metadata=opt("PNG to write (default: FIGURE_ID.png)", metavar="PNG"))
     compare: bool = field(default=False, metadata=opt("add CRM, CAM and Grad-CAM recomputed with the model"))
     model: str | None = field(default=None, metadata=opt("model for --compare (default: the bundled model)", metavar="PATH"))
     threshold: float = field(default=0.2, metadata=opt("show relevance at or above this share of the map's maximum", metavar="F"))
-    endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint", metavar="URL"))
-    region: str | None = field(default=None, metadata=opt("S3 region"))
+    endpoint_url: str | None = _endpoint_field()
+    region: str | None = _region_field()
 
 
 @dataclass(frozen=True)
 class ReportConfig:
     """``xai-pipeline report``: a self-contained HTML report of a table."""
 
-    table: str = field(default="", metadata=opt("Delta table: s3://bucket/prefix or a local folder", required=True, metavar="URI"))
+    table: str = _table_field()
     out: str = field(default="report.html", metadata=opt("HTML file to write", metavar="PATH"))
     samples: int = field(default=3, metadata=opt("sample overlays per modality", metavar="N"))
     threshold: float = field(default=0.2, metadata=opt("show relevance at or above this share of the map's maximum", metavar="F"))
-    endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint", metavar="URL"))
-    region: str | None = field(default=None, metadata=opt("S3 region"))
+    endpoint_url: str | None = _endpoint_field()
+    region: str | None = _region_field()
 
 
 @dataclass(frozen=True)
 class ExportConfig:
     """``xai-pipeline export``: one document per figure for search engines."""
 
-    table: str = field(default="", metadata=opt("Delta table: s3://bucket/prefix or a local folder", required=True, metavar="URI"))
+    table: str = _table_field()
     format: str = field(default="opensearch-bulk", metadata=opt("output format", choices=("opensearch-bulk", "jsonl")))
     out: str = field(default="", metadata=opt("file to write", required=True, metavar="PATH"))
     index_name: str = field(default="figures", metadata=opt("OpenSearch index named in bulk actions", metavar="NAME"))
-    endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint", metavar="URL"))
-    region: str | None = field(default=None, metadata=opt("S3 region"))
+    endpoint_url: str | None = _endpoint_field()
+    region: str | None = _region_field()
 
     def __post_init__(self) -> None:
         check_choice(self, "format")

@@ -75,7 +75,7 @@ def _components(mask: np.ndarray) -> list[np.ndarray]:
     for index in range(len(runs)):
         groups.setdefault(root(index), []).append(index)
     found = []
-    for members in sorted(groups.values(), key=lambda m: (runs[m[0]][0], runs[m[0]][1])):
+    for members in sorted(groups.values(), key=lambda m: m[0]):  # runs are row-major: by first cell
         cells = [np.stack([np.full(runs[i][2] - runs[i][1], runs[i][0]), np.arange(runs[i][1], runs[i][2])], axis=1) for i in members]
         found.append(np.concatenate(cells))
     return found
