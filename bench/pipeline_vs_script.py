@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import torch
 
 from bench.common import DEFAULT_DATASET, REPO, print_table, write_results
-from bench.services import MOTO_ENV, moto_server
+from bench.services import MOTO_ENV, moto_server, ray_tmpdir
 from xai_pipeline.classify import FigureClassifier
 from xai_pipeline.codec import encode_batch
 from xai_pipeline.decode import decode_batch
@@ -81,18 +81,15 @@ ARMS = {
 
 def run_arm(arm: str, input_uri: str, out: Path, endpoint: str) -> float:
     """Seconds from starting the arm's command to its exit."""
-    ray_tmp = tempfile.mkdtemp(prefix="xp", dir="/tmp")
-    env = {**os.environ, **MOTO_ENV, "AWS_ENDPOINT_URL": endpoint, "RAY_TMPDIR": ray_tmp}
     if arm == "script":
         command = [sys.executable, "-m", "bench.pipeline_vs_script", "--script", input_uri, str(out)]
     else:
         command = [sys.executable, "-m", "xai_pipeline.cli", "index", "--input", input_uri, "--output", str(out), "--batch-size", "32", *ARMS[arm]]
-    started = time.perf_counter()
-    try:
+    with ray_tmpdir() as ray_tmp:
+        env = {**os.environ, **MOTO_ENV, "AWS_ENDPOINT_URL": endpoint, "RAY_TMPDIR": ray_tmp}
+        started = time.perf_counter()
         subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, timeout=3600)
-    finally:
-        subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)
-    return time.perf_counter() - started
+        return time.perf_counter() - started
 
 
 def rates(small: int, large: int, t_small: float, t_large: float) -> dict[str, float]:

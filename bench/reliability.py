@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.corpus import bad_inputs
-from bench.services import MOTO_ENV, fault_proxy, moto_server
+from bench.services import MOTO_ENV, fault_proxy, moto_server, ray_tmpdir
 from xai_pipeline.classify import KILL_ONCE_ENV
 from xai_pipeline.schema import figure_id
 
@@ -71,21 +71,13 @@ def run_cli(args: list[str], env: dict[str, str], *, wait: bool = True, timeout:
     return subprocess.run(command, env=full_env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-def kill_ray(ray_tmp: str) -> None:
-    """Kill every process of a Ray started under ``ray_tmp`` (left behind by a SIGKILLed driver)."""
-    subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)
-
-
 def index(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``xai-pipeline index ARGS`` to completion with its own Ray; returns its summary."""
-    ray_env, ray_tmp = _ray_env()
-    try:
-        proc = run_cli(args, {**ray_env, **(env or {})})
+    with ray_tmpdir() as ray_tmp:
+        proc = run_cli(args, {"RAY_TMPDIR": ray_tmp, **(env or {})})
         if proc.returncode != 0:
             raise RuntimeError(f"index failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         return json.loads((Path(ray_tmp) / "summary.json").read_text())
-    finally:
-        kill_ray(ray_tmp)
 
 
 def account(name: str, table: str, options: dict[str, str] | None, expected: dict[str, str], **details: Any) -> Outcome:
@@ -105,11 +97,6 @@ def account(name: str, table: str, options: dict[str, str] | None, expected: dic
         lost=len(set(expected) - set(ids)),
         details=details,
     )
-
-
-def _ray_env() -> tuple[dict[str, str], str]:
-    ray_tmp = tempfile.mkdtemp(prefix="xr", dir="/tmp")  # short: Ray's socket paths have a length limit
-    return {"RAY_TMPDIR": ray_tmp}, ray_tmp
 
 
 def _s3_env(endpoint: str) -> dict[str, str]:
@@ -159,20 +146,19 @@ def scenario_driver_sigkill(work: Path, dataset: Path, n_real: int) -> Outcome:
     expected = _local_collection(folder, dataset, n_real)
     table = work / "sigkill" / "table"
     args = ["--input", str(folder), "--output", str(table), "--commit-every", "2", "--batch-size", "2"]
-    env, ray_tmp = _ray_env()
-    proc = run_cli(args, env, wait=False)
-    # Kill after the first commit, while the second chunk is in flight.
-    first_commit = table / "_delta_log" / "00000000000000000000.json"
-    inflight = table / "_xai_pipeline" / "inflight"
-    deadline = time.time() + 600
-    while proc.poll() is None and time.time() < deadline:
-        if first_commit.exists() and any(p.name.endswith("-00001.json") for p in inflight.glob("*.json")):
-            break
-        time.sleep(0.05)
-    killed = proc.poll() is None
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    kill_ray(ray_tmp)
+    with ray_tmpdir() as ray_tmp:  # its Ray is killed with the driver
+        proc = run_cli(args, {"RAY_TMPDIR": ray_tmp}, wait=False)
+        # Kill after the first commit, while the second chunk is in flight.
+        first_commit = table / "_delta_log" / "00000000000000000000.json"
+        inflight = table / "_xai_pipeline" / "inflight"
+        deadline = time.time() + 600
+        while proc.poll() is None and time.time() < deadline:
+            if first_commit.exists() and any(p.name.endswith("-00001.json") for p in inflight.glob("*.json")):
+                break
+            time.sleep(0.05)
+        killed = proc.poll() is None
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     from deltalake import DeltaTable
 
     after_kill = DeltaTable(str(table)).to_pyarrow_table(columns=["figure_id"]).num_rows

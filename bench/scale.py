@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from bench.common import REPO, print_table, write_results
+from bench.services import ray_tmpdir
 
 
 def make_figures(folder: Path, count: int) -> None:
@@ -64,18 +65,17 @@ def _rss(pid: int) -> int:
 
 
 def run(folder: Path, table: Path, model: Path, work: Path) -> dict[str, float]:
-    ray_tmp = tempfile.mkdtemp(prefix="xs", dir="/tmp")
     summary_path = work / f"{folder.name}.json"
     cmd = [sys.executable, "-m", "xai_pipeline.cli", "index", "--input", str(folder), "--output", str(table), "--model", str(model),
            "--batch-size", "256", "--summary-json", str(summary_path)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "RAY_TMPDIR": ray_tmp}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = 0
-    started = time.perf_counter()
-    while proc.poll() is None:
-        peak = max(peak, _rss(proc.pid))
-        time.sleep(0.2)
-    wall = time.perf_counter() - started
-    subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)
+    with ray_tmpdir() as ray_tmp:
+        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "RAY_TMPDIR": ray_tmp}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peak = 0
+        started = time.perf_counter()
+        while proc.poll() is None:
+            peak = max(peak, _rss(proc.pid))
+            time.sleep(0.2)
+        wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"index failed on {folder}")
     summary = json.loads(summary_path.read_text())

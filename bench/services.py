@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -93,3 +94,19 @@ def fault_proxy(target: str, log_dir: Path, rate: float = 0.1, seed: int = 0) ->
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+def kill_ray(ray_tmp: str) -> None:
+    """Kill every process of a Ray started under ``ray_tmp`` (left behind by a SIGKILLed driver)."""
+    subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)
+
+
+@contextlib.contextmanager
+def ray_tmpdir() -> Iterator[str]:
+    """A temp dir for a command's own ``RAY_TMPDIR``, short because Ray's socket paths have a
+    length limit; on exit every process of the Ray started under it is killed."""
+    path = tempfile.mkdtemp(prefix="xr", dir="/tmp")
+    try:
+        yield path
+    finally:
+        kill_ray(path)
