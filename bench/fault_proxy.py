@@ -3,9 +3,18 @@
     python -m bench.fault_proxy --target http://127.0.0.1:5000 --port 5100 --rate 0.1
 
 Forwards every request unchanged (the Host header too, so SigV4 signatures stay valid) and, with
-probability ``rate``, answers instead with one of: ``503 SlowDown``, ``500 InternalError``, or a
-dropped connection (closed without a response). Faults are drawn before the request is forwarded,
-so a failed request never reaches the server. Counts are printed to stderr on exit.
+probability ``rate``, injects one of the ``--kinds`` instead:
+
+* before forwarding (any request): ``slowdown`` (503 SlowDown), ``internal`` (500), ``drop`` (the
+  connection closed without a response);
+* in an object's body (GETs only; the object is fetched from the server first): ``reset`` (status
+  and the full Content-Length sent, then half the body, then a TCP reset), ``truncate`` (the same,
+  closed cleanly: a short body under the right Content-Length), ``stall`` (headers and a part of
+  the body, then nothing for ``--stall-seconds``, longer than the client's read timeout), and
+  ``burst`` (503 SlowDown for this GET and the next ``--burst-length`` - 1 eligible GETs).
+
+``--only-prefix /bucket/key-prefix`` limits faults to requests whose path starts with it (the
+collection's objects, not the table's log). Counts are printed to stderr on exit.
 """
 
 from __future__ import annotations
@@ -14,17 +23,21 @@ import argparse
 import http.client
 import random
 import signal
+import socket
+import struct
 import sys
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 _ERROR_BODY = (
     '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
     "<RequestId>fault-proxy</RequestId></Error>"
 )
 FAULTS = ("slowdown", "internal", "drop")
+BODY_FAULTS = ("reset", "truncate", "stall", "burst")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -66,12 +79,32 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _fail_body(self, fault: str, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+        """Send the status and the full Content-Length, then only part of the body."""
+        self.send_response(status)
+        for key, value in headers:
+            if key.lower() not in ("transfer-encoding", "content-length", "connection"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+        if fault == "stall":
+            time.sleep(self.server.stall_seconds)
+        elif fault == "reset":  # SO_LINGER 0: close() sends RST instead of FIN
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+
     def _forward(self) -> None:
         body = self._body()
-        fault = self.server.draw()
+        fault = self.server.draw(self.command, self.path)
         self.server.count(fault or "forwarded")
-        if fault:
+        if fault in FAULTS:
             self._fail(fault)
+            return
+        if fault == "burst":
+            self._fail("slowdown")
             return
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "content-length")}
         if body or self.command in ("PUT", "POST"):
@@ -83,6 +116,9 @@ class _Handler(BaseHTTPRequestHandler):
             data = resp.read()
         finally:
             conn.close()
+        if fault in BODY_FAULTS and resp.status == 200 and len(data) > 1:
+            self._fail_body(fault, resp.status, resp.getheaders(), data)
+            return
         self.send_response(resp.status, resp.reason)
         for key, value in resp.getheaders():
             if key.lower() not in ("transfer-encoding", "content-length", "connection"):
@@ -100,20 +136,39 @@ class _Handler(BaseHTTPRequestHandler):
 class FaultProxy(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, target: str, rate: float, seed: int) -> None:
+    def __init__(self, port: int, target: str, rate: float, seed: int, kinds: tuple[str, ...] = FAULTS,
+                 only_prefix: str = "", stall_seconds: float = 5.0, burst_length: int = 3) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         parsed = urlparse(target)
         self.target_host, self.target_port = parsed.hostname or "127.0.0.1", parsed.port or 80
-        self.rate = rate
+        unknown = set(kinds) - set(FAULTS) - set(BODY_FAULTS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; choose from {FAULTS + BODY_FAULTS}")
+        self.rate, self.kinds, self.only_prefix = rate, kinds, only_prefix
+        self.stall_seconds, self.burst_length = stall_seconds, burst_length
         self._random = random.Random(seed)
         self._lock = threading.Lock()
+        self._burst_left = 0
         self.counts: Counter[str] = Counter()
 
-    def draw(self) -> str | None:
-        with self._lock:
-            if self._random.random() < self.rate:
-                return self._random.choice(FAULTS)
+    def draw(self, method: str = "GET", path: str = "/") -> str | None:
+        """The fault for this request, or None to forward it untouched."""
+        if self.only_prefix and not unquote(path).startswith(self.only_prefix):
             return None
+        object_get = method == "GET" and "?" not in path
+        with self._lock:
+            if self._burst_left and object_get:
+                self._burst_left -= 1
+                return "burst"
+            if self._random.random() >= self.rate:
+                return None
+            allowed = [k for k in self.kinds if k in FAULTS or object_get]
+            if not allowed:
+                return None
+            fault = self._random.choice(allowed)
+            if fault == "burst":
+                self._burst_left = self.burst_length - 1
+            return fault
 
     def count(self, what: str) -> None:
         with self._lock:
@@ -126,8 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--rate", type=float, default=0.1, help="share of requests that fail")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kinds", default=",".join(FAULTS), help=f"comma-separated faults from {', '.join(FAULTS + BODY_FAULTS)}")
+    parser.add_argument("--only-prefix", default="", help="fault only requests whose path starts with this, e.g. /bucket/in/")
+    parser.add_argument("--stall-seconds", type=float, default=5.0, help="how long a stalled body waits")
+    parser.add_argument("--burst-length", type=int, default=3, help="GETs answered 503 in a row by one burst")
     args = parser.parse_args(argv)
-    proxy = FaultProxy(args.port, args.target, args.rate, args.seed)
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    proxy = FaultProxy(args.port, args.target, args.rate, args.seed, kinds, args.only_prefix, args.stall_seconds, args.burst_length)
 
     def stop(*_: object) -> None:
         threading.Thread(target=proxy.shutdown, daemon=True).start()

@@ -72,13 +72,17 @@ def moto_server(log_dir: Path, *, auth: bool = False) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def fault_proxy(target: str, log_dir: Path, rate: float = 0.1, seed: int = 0) -> Iterator[str]:
-    """The fault-injecting proxy (:mod:`bench.fault_proxy`) in front of ``target``."""
+def fault_proxy(target: str, log_dir: Path, rate: float = 0.1, seed: int = 0, kinds: str | None = None,
+                only_prefix: str = "", stall_seconds: float = 5.0) -> Iterator[str]:
+    """The fault-injecting proxy (:mod:`bench.fault_proxy`) in front of ``target``; ``kinds``,
+    ``only_prefix`` and ``stall_seconds`` as its flags (default: its pre-forward faults)."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
+    extra = (["--kinds", kinds] if kinds else []) + (["--only-prefix", only_prefix] if only_prefix else [])
     with (log_dir / f"fault-proxy-{port}.log").open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.fault_proxy", "--target", target, "--port", str(port), "--rate", str(rate), "--seed", str(seed)],
+            [sys.executable, "-m", "bench.fault_proxy", "--target", target, "--port", str(port), "--rate", str(rate), "--seed", str(seed),
+             "--stall-seconds", str(stall_seconds), *extra],
             stdout=log, stderr=subprocess.STDOUT, cwd=str(Path(__file__).parent.parent),
         )
         endpoint = f"http://127.0.0.1:{port}"

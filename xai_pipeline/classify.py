@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from xai_pipeline import crm as crm_math
-from xai_pipeline import decode, device_decode, schema
+from xai_pipeline import decode, device_decode, faults, schema
 from xai_pipeline.model import OTHER_LABEL, ModalityNet, load_model
 from xai_pipeline.schema import Status
 
@@ -173,18 +173,27 @@ class FigureClassifier:
         if not len(rows):
             return rows, None
         datas = [bytes(batch[schema.JPEG_BYTES][i]) for i in rows]
-        out = device_decode.decode_resize(datas, self.spec.input_size, self.device)
+        try:
+            out = device_decode.decode_resize(datas, self.spec.input_size, self.device)
+        except Exception as exc:  # noqa: BLE001 - fall back to PIL for the whole batch
+            if _device_fault(exc):
+                _end_actor(exc)
+            log.warning("the %s JPEG decoder failed on a batch (%s: %s); decoding it with PIL", self.device.type, type(exc).__name__, exc)
+            size = self.spec.input_size
+            out = device_decode.DeviceDecoded(torch.zeros((len(rows), 3, size, size), dtype=torch.uint8, device=self.device), list(range(len(rows))))
         if out.failed:  # writable copies: the rejected JPEGs' rows get PIL's status, error and pixels
             log.warning("%d JPEGs rejected by the %s decoder are decoded with PIL", len(out.failed), self.device.type)
             for column in (schema.STATUS, schema.ERROR, schema.PIXELS):
                 batch[column] = np.array(batch[column], dtype=object if column != schema.PIXELS else None)
             for j in out.failed:
-                again = decode.decode_image(datas[j], self.spec.input_size, self.limits)
+                again = _decode_or_error(datas[j], self.spec.input_size, self.limits)
                 row = rows[j]
                 batch[schema.STATUS][row], batch[schema.ERROR][row] = again.status.value, again.error
                 if again.pixels is not None:
                     batch[schema.PIXELS][row] = again.pixels
         keep = np.setdiff1d(np.arange(len(rows)), out.failed)
+        if not len(keep):
+            return keep, None
         return rows[keep], out.pixels[torch.from_numpy(keep).to(self.device)]
 
     def _pixels(self, batch: dict[str, np.ndarray], ok: np.ndarray, on_device: np.ndarray, decoded: torch.Tensor | None) -> torch.Tensor:
@@ -198,35 +207,104 @@ class FigureClassifier:
             pixels[torch.from_numpy(position[on_device]).to(self.device)] = decoded
         return pixels.contiguous(memory_format=torch.channels_last)
 
+    def _host(self, out: Predictions) -> np.ndarray:
+        """One device-to-host copy per batch: probabilities and flattened maps side by side."""
+        return torch.cat([out.probabilities, out.relevance.flatten(1)], dim=1).float().cpu().numpy()
+
+    def _run(self, pixels: torch.Tensor, uris: list[str]) -> tuple[np.ndarray, dict[int, str]]:
+        """Probabilities + maps of a batch of ``ok`` figures, and the figures that failed.
+
+        The batch runs whole; if that raises, each figure runs alone, so one figure's failure is
+        that figure's ``model_error`` and the rest of the batch goes on. Device faults (CUDA
+        errors, out of memory at one figure) end the actor's process instead: a device context
+        that has failed stays failed, so Ray Data starts a fresh actor and retries the batch."""
+        try:
+            for uri in uris:
+                faults.maybe_raise("classify", uri)
+            return self._host(self._predict(pixels)), {}
+        except Exception as exc:  # noqa: BLE001 - narrowed to one figure below
+            if _device_fault(exc):
+                _end_actor(exc)
+            log.warning("classifier failed on a batch of %d (%s: %s); running its figures one at a time", len(uris), type(exc).__name__, exc)
+        host = np.full((len(uris), self.spec.num_classes + int(np.prod(self.map_shape))), np.nan, dtype=np.float32)
+        failed: dict[int, str] = {}
+        for j, uri in enumerate(uris):
+            try:
+                faults.maybe_raise("classify", uri)
+                host[j] = self._host(self._predict(pixels[j:j + 1]))[0]
+            except Exception as exc:  # noqa: BLE001 - errors are data: one figure's failure is its row
+                if _device_fault(exc):
+                    _end_actor(exc)
+                failed[j] = f"{type(exc).__name__}: {exc}"[:1000]
+        return host, failed
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch[schema.STATUS])
         batch = dict(batch)
+        uris = [str(u) for u in batch.get(schema.SOURCE_URI, [""] * n)]
+        faults.maybe_raise_task("classify", uris)
         on_device, decoded = self._decode_deferred(batch)
-        ok = np.asarray(batch[schema.STATUS]) == Status.OK.value
+        status = np.array(batch[schema.STATUS], dtype=object)
+        error = np.array(batch.get(schema.ERROR, [""] * n), dtype=object)
+        ok = status == Status.OK.value
         num_classes = self.spec.num_classes
         probabilities = np.full((n, num_classes), np.nan, dtype=np.float32)
         confidence = np.full(n, np.nan, dtype=np.float32)
         modality = np.full(n, "", dtype=object)
         relevance = np.zeros((n, *self.map_shape), dtype=np.float32)
         if ok.any():
-            out = self._predict(self._pixels(batch, ok, on_device, decoded))
+            rows = np.flatnonzero(ok)
+            host, failed = self._run(self._pixels(batch, ok, on_device, decoded), [uris[i] for i in rows])
             _maybe_die_for_test()
-            # One device-to-host copy per batch: probabilities and maps side by side.
-            host = torch.cat([out.probabilities, out.relevance.flatten(1)], dim=1).cpu().numpy()
-            probs = host[:, :num_classes]
-            relevance[ok] = host[:, num_classes:].reshape(-1, *self.map_shape)
-            probabilities[ok] = probs
-            confidence[ok] = probs.max(axis=1)
-            modality[ok] = labels_for(probs, self.spec.class_names, self.spec.other_threshold)
+            for j in np.flatnonzero(~np.isfinite(host).all(axis=1)):
+                failed.setdefault(int(j), "the model gave non-finite values (NaN or infinity)")
+            good = np.ones(len(rows), dtype=bool)
+            for j, message in failed.items():
+                good[j] = False
+                status[rows[j]], error[rows[j]] = Status.MODEL_ERROR.value, message
+                log.warning("classify %s: %s", uris[rows[j]], message)
+            probs = host[good, :num_classes]
+            kept = rows[good]
+            relevance[kept] = host[good, num_classes:].reshape(-1, *self.map_shape)
+            probabilities[kept] = probs
+            confidence[kept] = probs.max(axis=1)
+            modality[kept] = labels_for(probs, self.spec.class_names, self.spec.other_threshold)
         result = {k: v for k, v in batch.items() if k not in (schema.PIXELS, schema.JPEG_BYTES)}
         result.update(
             {
+                schema.STATUS: status,
+                schema.ERROR: error,
                 schema.MODALITY: modality,
                 schema.CONFIDENCE: confidence,
                 schema.PROBABILITIES: probabilities,
                 schema.CRM_MAP: relevance,
                 schema.MODEL_NAME: np.full(n, self.spec.name, dtype=object),
                 schema.MODEL_VERSION: np.full(n, self.spec.version, dtype=object),
+                schema.CRM_SCORE: np.full(n, self.crm_score, dtype=object),
             }
         )
         return result
+
+
+def _device_fault(exc: BaseException) -> bool:
+    """Faults of the device rather than of a figure: every figure after them would fail too."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    return "CUDA error" in str(exc) or "CUDNN_STATUS" in str(exc)
+
+
+def _end_actor(exc: BaseException) -> None:
+    log.error("device fault in the classifier (%s: %s); ending this actor so that Ray starts a fresh one", type(exc).__name__, exc)
+    logging.shutdown()
+    os._exit(1)
+
+
+def _decode_or_error(data: bytes, size: int, limits: decode.DecodeLimits) -> decode.Decoded:
+    """:func:`decode.decode_image`, with any exception as a ``decode_error``."""
+    try:
+        return decode.decode_image(data, size, limits)
+    except Exception as exc:  # noqa: BLE001 - errors are data
+        return decode.Decoded(Status.DECODE_ERROR, f"{type(exc).__name__}: {exc}"[:1000])

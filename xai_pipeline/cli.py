@@ -76,12 +76,20 @@ def _print_summary_json(summary_json: str) -> None:
     print(summary_json, flush=True)
 
 
+EXIT_MISSING_ROWS = 3  # the run finished, but some listed objects have no row (summary: missing)
+
+
+def exit_code(missing: int) -> int:
+    """0 when every listed object has its row; :data:`EXIT_MISSING_ROWS` when some have none."""
+    return EXIT_MISSING_ROWS if missing else 0
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from xai_pipeline.pipeline import run_index
 
     summary = run_index(from_namespace(IndexConfig, args))
     _print_summary_json(summary.to_json())
-    return 0 if summary.processed == summary.inputs - summary.skipped else 1
+    return exit_code(summary.missing)
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
@@ -89,7 +97,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
     summary = run_reindex(from_namespace(ReindexConfig, args))
     _print_summary_json(summary.to_json())
-    return 0
+    return exit_code(summary.missing)
 
 
 def _table_location(args: argparse.Namespace) -> tuple[object, dict[str, str] | None]:
@@ -134,12 +142,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
         for run in runs:
             print(json.dumps(run))
         return 0
-    print(f"{'run_id':<27}{'kind':<9}{'inputs':>8}{'processed':>10}{'skipped':>9}{'deleted':>8}{'ok':>7}{'errors':>7}"
-          f"{'fig/s':>9}{'seconds':>9}{'version':>8}  model")
+    print(f"{'run_id':<27}{'kind':<9}{'state':<12}{'inputs':>8}{'processed':>10}{'skipped':>9}{'deleted':>8}{'missing':>8}"
+          f"{'ok':>7}{'errors':>7}{'fig/s':>9}{'seconds':>9}{'version':>8}  model")
     for r in runs:
-        print(f"{r['run_id']:<27}{r['kind']:<9}{r['inputs']:>8}{r['processed']:>10}{r['skipped']:>9}{r.get('deleted', 0):>8}"
-              f"{r['ok']:>7}{r['errors']:>7}{r['figures_per_second']:>9.2f}{r['seconds']:>9.1f}{str(r['table_version']):>8}  "
-              f"{r['model_name']} {r['model_version']}")
+        state = r.get("state") or "finished"  # records written before states were recorded
+        if state in ("running", "interrupted"):
+            print(f"{r['run_id']:<27}{r['kind']:<9}{state:<12}  started {r.get('started_at', '?')}"
+                  + (f", cleaned up by {r['cleaned_up_by']}" if r.get("cleaned_up_by") else ""))
+            continue
+        print(f"{r['run_id']:<27}{r['kind']:<9}{state:<12}{r['inputs']:>8}{r['processed']:>10}{r['skipped']:>9}{r.get('deleted', 0):>8}"
+              f"{r.get('missing', 0):>8}{r['ok']:>7}{r['errors']:>7}{r['figures_per_second']:>9.2f}{r['seconds']:>9.1f}"
+              f"{str(r['table_version']):>8}  {r['model_name']} {r['model_version']}")
     return 0
 
 

@@ -11,14 +11,17 @@ A map that is zero everywhere is stored with scale 0.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from xai_pipeline import schema
+from xai_pipeline import faults, schema
 from xai_pipeline.schema import Status
+
+log = logging.getLogger(__name__)
 
 
 def encode_map(relevance: np.ndarray) -> tuple[bytes, tuple[int, int], float]:
@@ -61,6 +64,18 @@ def _null_if_empty(values: np.ndarray) -> list[str | None]:
     return [str(v) if v not in ("", None) else None for v in values]
 
 
+def _encode_row(relevance: np.ndarray, probabilities: np.ndarray, width: int, height: int, roi_threshold: float) -> tuple[Any, ...]:
+    """``(crm bytes, shape, scale, probabilities, ROI boxes)`` of one classified figure."""
+    from xai_pipeline.roi import roi_boxes  # here, not at the top: roi uses this module's upsample
+
+    data, shape, scale = encode_map(relevance)
+    probs = np.asarray(probabilities, dtype=np.float32)
+    if not np.all(np.isfinite(probs)):
+        raise ValueError("probabilities have NaN or infinite values")
+    boxes = [b.as_dict() for b in roi_boxes(relevance, width, height, roi_threshold)]
+    return data, list(shape), scale, probs, boxes
+
+
 def encode_batch(
     batch: dict[str, np.ndarray], *, run_id: str, processed_at: dt.datetime | None = None, roi_threshold: float = 0.2
 ) -> pa.Table:
@@ -68,32 +83,32 @@ def encode_batch(
 
     Rows whose status is not ``ok`` get nulls in the image and prediction columns. ROI boxes are
     the regions of each map at or above ``roi_threshold`` of its maximum (:mod:`xai_pipeline.roi`).
+    A figure whose row cannot be built (a NaN map, say) becomes an ``encode_error`` row; the rest
+    of the batch goes on. Every row records the settings that made it (``crm_score``,
+    ``roi_threshold``), so a run with other settings can tell the row is stale.
     """
-    from xai_pipeline.roi import roi_boxes  # here, not at the top: roi uses this module's upsample
-
     n = len(batch[schema.FIGURE_ID])
-    ok = np.asarray(batch[schema.STATUS]) == Status.OK.value
+    faults.maybe_raise_task("encode", batch[schema.SOURCE_URI])
+    status = [str(v) for v in batch[schema.STATUS]]
+    errors = _null_if_empty(batch[schema.ERROR])
     processed_at = processed_at or dt.datetime.now(dt.timezone.utc)
-    crm_bytes: list[bytes | None] = []
-    crm_shape: list[list[int] | None] = []
-    crm_scale: list[float | None] = []
-    probabilities: list[Any] = []
-    boxes: list[Any] = []
+    encoded: list[tuple[Any, ...] | None] = []
     for i in range(n):
-        if ok[i]:
-            data, shape, scale = encode_map(batch[schema.CRM_MAP][i])
-            crm_bytes.append(data)
-            crm_shape.append(list(shape))
-            crm_scale.append(scale)
-            probabilities.append(np.asarray(batch[schema.PROBABILITIES][i], dtype=np.float32))
-            found = roi_boxes(batch[schema.CRM_MAP][i], int(batch[schema.WIDTH][i]), int(batch[schema.HEIGHT][i]), roi_threshold)
-            boxes.append([b.as_dict() for b in found])
-        else:
-            crm_bytes.append(None)
-            crm_shape.append(None)
-            crm_scale.append(None)
-            probabilities.append(None)
-            boxes.append(None)
+        if status[i] != Status.OK.value:
+            encoded.append(None)
+            continue
+        try:
+            faults.maybe_raise("encode", batch[schema.SOURCE_URI][i])
+            encoded.append(_encode_row(batch[schema.CRM_MAP][i], batch[schema.PROBABILITIES][i], int(batch[schema.WIDTH][i]),
+                                       int(batch[schema.HEIGHT][i]), roi_threshold))
+        except Exception as exc:  # noqa: BLE001 - errors are data: one figure's failure is its row
+            log.warning("encode %s: %s: %s", batch[schema.SOURCE_URI][i], type(exc).__name__, exc)
+            status[i], errors[i] = Status.ENCODE_ERROR.value, f"{type(exc).__name__}: {exc}"[:1000]
+            encoded.append(None)
+    ok = [e is not None for e in encoded]
+
+    def part(k: int) -> list[Any]:
+        return [e[k] if e is not None else None for e in encoded]
 
     def masked(name: str) -> list[Any]:
         return [v.item() if ok[i] else None for i, v in enumerate(np.asarray(batch[name]))]
@@ -102,27 +117,30 @@ def encode_batch(
         # Dimensions are kept for error rows too when the header gave them (e.g. too_large).
         return [int(v) if v > 0 else None for v in np.asarray(batch[name])]
 
+    crm_score = batch.get(schema.CRM_SCORE, np.full(n, schema.LEGACY_CRM_SCORE, dtype=object))
     columns = {
         schema.FIGURE_ID: [str(v) for v in batch[schema.FIGURE_ID]],
         schema.SOURCE_URI: [str(v) for v in batch[schema.SOURCE_URI]],
-        schema.ETAG: _null_if_empty(batch[schema.ETAG]),
-        schema.SIZE: [int(v) for v in batch[schema.SIZE]],
+        schema.ETAG: [schema.normalize_etag(v) for v in batch[schema.ETAG]],
+        schema.SIZE: [int(v) if v >= 0 else None for v in np.asarray(batch[schema.SIZE])],  # -1: unknown
         schema.WIDTH: known(schema.WIDTH),
         schema.HEIGHT: known(schema.HEIGHT),
         schema.MODALITY: [str(v) if ok[i] else None for i, v in enumerate(batch[schema.MODALITY])],
         schema.CONFIDENCE: masked(schema.CONFIDENCE),
-        schema.PROBABILITIES: probabilities,
-        schema.CRM: crm_bytes,
-        schema.CRM_SHAPE: crm_shape,
-        schema.CRM_SCALE: crm_scale,
-        schema.ROI_BOXES: boxes,
+        schema.PROBABILITIES: part(3),
+        schema.CRM: part(0),
+        schema.CRM_SHAPE: part(1),
+        schema.CRM_SCALE: part(2),
+        schema.ROI_BOXES: part(4),
         schema.MODEL_NAME: [str(v) for v in batch[schema.MODEL_NAME]],
         schema.MODEL_VERSION: [str(v) for v in batch[schema.MODEL_VERSION]],
+        schema.CRM_SCORE: [str(v) for v in crm_score],
+        schema.ROI_THRESHOLD: [float(roi_threshold)] * n,
         schema.DELETED_AT: [None] * n,
         schema.RUN_ID: [run_id] * n,
         schema.PROCESSED_AT: [processed_at] * n,
-        schema.STATUS: [str(v) for v in batch[schema.STATUS]],
-        schema.ERROR: _null_if_empty(batch[schema.ERROR]),
+        schema.STATUS: status,
+        schema.ERROR: [None if status[i] == Status.OK.value else errors[i] for i in range(n)],
         schema.SCHEMA_VERSION_COL: [schema.SCHEMA_VERSION] * n,
     }
     return pa.table(columns, schema=schema.TABLE_SCHEMA)

@@ -13,6 +13,7 @@ from xai_pipeline.backbones import BACKBONES
 from xai_pipeline.crm import SCORES
 from xai_pipeline.decode import DecodeLimits
 from xai_pipeline.sink import WriteMode
+from xai_pipeline.source import ReadPolicy
 from xai_pipeline.summary import RUN_ID_PATTERN
 
 
@@ -49,6 +50,9 @@ class JobConfig:
     roi_threshold: float = field(default=0.2, metadata=opt("ROI boxes enclose map regions at or above this share of the map's maximum (the paper shows 20%)", metavar="F"))
     max_bytes: int = field(default=DecodeLimits.max_bytes, metadata=opt("largest object decoded, in bytes; larger ones become too_large rows", metavar="N"))
     max_pixels: int = field(default=DecodeLimits.max_pixels, metadata=opt("largest width×height decoded; larger ones become too_large rows", metavar="N"))
+    read_retries: int = field(default=5, metadata=opt("further attempts to read an object after a fault (throttling, 5xx, a reset or stall mid-body, a truncated body), with backoff; then the figure becomes a read_error row", metavar="N"))
+    read_timeout: float = field(default=60.0, metadata=opt("seconds a read may wait for data before it is cut and retried", metavar="S"))
+    read_deadline: float = field(default=300.0, metadata=opt("seconds for all attempts to read one object together", metavar="S"))
     summary_json: str | None = field(default=None, metadata=opt("also write the run summary JSON to this local file", metavar="PATH"))
     run_id: str | None = field(default=None, metadata=opt("run identifier written to every row (default: generated)"))
     ray_address: str | None = field(default=None, metadata=opt("Ray cluster to join (default: RAY_ADDRESS, else a local Ray)", metavar="ADDRESS"))
@@ -56,6 +60,11 @@ class JobConfig:
     def __post_init__(self) -> None:
         for name in ("batch_size", "concurrency", "torch_threads", "max_bytes", "max_pixels"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
+        if self.read_retries < 0:
+            raise ConfigError(f"--read-retries must be >= 0, got {self.read_retries}")
+        for name in ("read_timeout", "read_deadline"):
+            if getattr(self, name) <= 0:
                 raise ConfigError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
         if self.num_gpus is not None and self.num_gpus < 0:
             raise ConfigError(f"--num-gpus must be >= 0, got {self.num_gpus}")
@@ -70,6 +79,10 @@ class JobConfig:
     @property
     def limits(self) -> DecodeLimits:
         return DecodeLimits(max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+
+    @property
+    def read_policy(self) -> ReadPolicy:
+        return ReadPolicy(retries=self.read_retries, timeout=self.read_timeout, deadline=self.read_deadline)
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,17 @@ kept), which is what the classifier was trained on.
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from xai_pipeline import schema
+from xai_pipeline import faults, schema
 from xai_pipeline.schema import Status
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "TIFF", "BMP", "WEBP", "PPM"})
 _EXIF_ORIENTATION = 0x0112
@@ -182,8 +185,13 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, limits: DecodeLimits =
     failed to read keeps its read status.
 
     ``defer_jpeg``: plain JPEGs (:func:`probe_plain_jpeg`) are not decoded here; their bytes go
-    on in ``jpeg_bytes`` (empty for other rows) for the classifier to decode on its device."""
+    on in ``jpeg_bytes`` (empty for other rows) for the classifier to decode on its device.
+
+    Bad inputs get their own statuses from :func:`decode_image`; any other exception while
+    decoding one figure (a decoder bug, say) becomes that figure's ``decode_error`` row and the
+    rest of the batch goes on."""
     uris = [str(u) for u in batch["uri"]]
+    faults.maybe_raise_task("decode", uris)
     n = len(uris)
     pixels = np.zeros((n, 3, size, size), dtype=np.uint8)
     status = np.empty(n, dtype=object)
@@ -198,11 +206,16 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, limits: DecodeLimits =
             status[i], error[i] = read_status[i], read_error[i]
             continue
         data = bytes(data)
-        result = probe_plain_jpeg(data, limits) if defer_jpeg else None
-        if result is not None:
-            deferred[i] = data
-        else:
-            result = decode_image(data, size, limits)
+        try:
+            faults.maybe_raise("decode", uris[i])
+            result = probe_plain_jpeg(data, limits) if defer_jpeg else None
+            if result is not None:
+                deferred[i] = data
+            else:
+                result = decode_image(data, size, limits)
+        except Exception as exc:  # noqa: BLE001 - errors are data: one figure's failure is its row
+            log.warning("decode %s: %s: %s", uris[i], type(exc).__name__, exc)
+            result = Decoded(Status.DECODE_ERROR, f"{type(exc).__name__}: {exc}"[:1000])
         status[i], error[i] = result.status.value, result.error
         width[i], height[i] = result.width, result.height
         if result.pixels is not None:
@@ -210,8 +223,8 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, limits: DecodeLimits =
     columns = {
         schema.FIGURE_ID: np.array([schema.figure_id(u) for u in uris], dtype=object),
         schema.SOURCE_URI: np.array(uris, dtype=object),
-        schema.ETAG: np.array([str(e) for e in batch["etag"]], dtype=object),
-        schema.SIZE: np.asarray(batch["size"], dtype=np.int64),
+        schema.ETAG: np.array([schema.normalize_etag(e) for e in batch["etag"]], dtype=object),
+        schema.SIZE: np.array([-1 if s is None or s != s else int(s) for s in batch["size"]], dtype=np.int64),  # -1: unknown
         schema.WIDTH: width,
         schema.HEIGHT: height,
         schema.STATUS: status,

@@ -6,8 +6,12 @@ Python objects never exceed a page per worker; the listing itself is compact Arr
 100 bytes a key). The driver lists instead of Ray because Ray's directory expansion silently
 skips names starting with ``.`` or ``_``, and every object must yield a row.
 
-Manifests: an S3 Inventory report (its ``manifest.json``; CSV or Parquet data files), or any
-Parquet file with a ``key`` column (optional ``bucket``, ``size``, ``etag``).
+Manifests: an S3 Inventory report (its ``manifest.json``; CSV or Parquet data files; with
+versions, only current versions that are not delete markers count), or any Parquet file with a
+``key`` column (optional ``bucket``, ``size``, ``etag``; null sizes and ETags are kept as null).
+ETags are normalised in every path (no quotes), so a listing and an inventory agree; a key named
+twice yields one row. A local folder that cannot be read stops the listing: skipping it would
+make a reindex mark its figures deleted.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from xai_pipeline import schema
+from xai_pipeline.plan import first_per_key
 from xai_pipeline.source import Location, S3Settings, SourceError, parse_location, read_object, s3_client
 
 LISTING_SCHEMA = pa.schema([("path", pa.string()), ("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string())])
@@ -34,10 +39,19 @@ PAGE_SIZE = 1000
 LIST_THREADS = 8
 
 
-def _batch(location: Location, rows: list[tuple[str, int | None, str | None]]) -> pa.RecordBatch:
+def _size(value: object) -> int | None:
+    """A size from a listing or manifest: ``None`` when absent or empty."""
+    if value is None or value == "":
+        return None
+    return int(value)  # type: ignore[call-overload]
+
+
+def _batch(location: Location, rows: list[tuple[str, object, object]]) -> pa.RecordBatch:
+    """Listing rows; sizes may be null (a key-only manifest) and ETags are normalised (no quotes)."""
     paths = [r[0] for r in rows]
     return pa.record_batch(
-        [paths, [location.to_uri(p) for p in paths], [r[1] for r in rows], [r[2] for r in rows]], schema=LISTING_SCHEMA
+        [paths, [location.to_uri(p) for p in paths], [_size(r[1]) for r in rows], [schema.normalize_etag(r[2]) for r in rows]],
+        schema=LISTING_SCHEMA,
     )
 
 
@@ -45,8 +59,8 @@ def _pages_s3(location: Location, settings: S3Settings, prefix: str, page_size: 
     bucket = location.bucket
     paginator = s3_client(settings).get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}):
-        rows = [(f"{bucket}/{o['Key']}", int(o["Size"]), str(o.get("ETag", "")))
-                for o in page.get("Contents", []) if not (o["Key"].endswith("/") and o["Size"] == 0)]
+        rows = [(f"{bucket}/{o['Key']}", o["Size"], o.get("ETag")) for o in page.get("Contents", [])
+                if not (o["Key"].endswith("/") and o["Size"] == 0)]
         if rows:
             yield _batch(location, rows)
 
@@ -59,8 +73,8 @@ def _split_prefixes(location: Location, settings: S3Settings, prefix: str, page_
     batches: list[pa.RecordBatch] = []
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/", PaginationConfig={"PageSize": page_size}):
         prefixes += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
-        rows = [(f"{bucket}/{o['Key']}", int(o["Size"]), str(o.get("ETag", "")))
-                for o in page.get("Contents", []) if not (o["Key"].endswith("/") and o["Size"] == 0)]
+        rows = [(f"{bucket}/{o['Key']}", o["Size"], o.get("ETag")) for o in page.get("Contents", [])
+                if not (o["Key"].endswith("/") and o["Size"] == 0)]
         if rows:
             batches.append(_batch(location, rows))
     return prefixes, batches
@@ -92,14 +106,22 @@ def _list_local(location: Location, page_size: int) -> Iterator[pa.RecordBatch]:
         info = root.stat()
         yield _batch(location, [(str(root), info.st_size, local_etag(info))])
         return
-    rows: list[tuple[str, int | None, str | None]] = []
-    for folder, _dirs, files in os.walk(root):
+    rows: list[tuple[str, object, object]] = []
+
+    def unreadable(exc: OSError) -> None:
+        # os.walk skips folders it cannot read unless told otherwise: a reindex would then mark
+        # every figure in them deleted. Stop instead, naming the folder.
+        raise SourceError(f"--input {location.uri}: cannot read folder {exc.filename}: {exc.strerror or exc}") from exc
+
+    for folder, _dirs, files in os.walk(root, onerror=unreadable):
         for name in files:
             path = os.path.join(folder, name)
             try:
                 info = os.stat(path)
-            except OSError:  # gone between the walk and the stat
+            except FileNotFoundError:  # gone between the walk and the stat
                 continue
+            except OSError as exc:
+                raise SourceError(f"--input {location.uri}: cannot stat {path}: {exc.strerror or exc}") from exc
             if stat.S_ISREG(info.st_mode):
                 rows.append((path, info.st_size, local_etag(info)))
                 if len(rows) == page_size:
@@ -110,10 +132,14 @@ def _list_local(location: Location, page_size: int) -> Iterator[pa.RecordBatch]:
 
 
 def _finish(batches: list[pa.RecordBatch], location: Location, flag: str) -> pa.Table:
+    """Sorted by path, one row per object: a key named twice (a manifest listing it twice, an
+    inventory with several versions) keeps the row with the most known fields."""
     table = pa.Table.from_batches(batches, schema=LISTING_SCHEMA)
     if table.num_rows == 0:
         raise SourceError(f"{flag} {location.uri}: no objects found")
-    table = table.sort_by("path").combine_chunks()
+    known = pc.add(pc.is_valid(table.column("size")).cast(pa.int8()), pc.is_valid(table.column("etag")).cast(pa.int8()))
+    table = first_per_key(table.append_column("_known", known), "path", [("_known", "descending")])
+    table = table.drop_columns(["_known"]).combine_chunks()
     ids = pa.array([schema.figure_id(u) for u in table.column("uri").to_pylist()], pa.string())
     return table.append_column(schema.FIGURE_ID, ids)
 
@@ -129,8 +155,20 @@ def list_objects(location: Location, settings: S3Settings = S3Settings(), flag: 
     return _finish(batches, location, flag)
 
 
+def _current(row: dict[str, object]) -> bool:
+    """False for an inventory row that is not the object's current version: an older version or
+    a delete marker (inventories with ``IncludedObjectVersions: All``)."""
+    def flag(name: str) -> bool | None:
+        value = row.get(name)
+        if value is None or value == "":
+            return None
+        return value if isinstance(value, bool) else str(value).strip().lower() == "true"
+
+    return flag("islatest") is not False and flag("isdeletemarker") is not True
+
+
 def _inventory_rows(location: Location, settings: S3Settings, manifest: dict) -> Iterator[tuple[str, str, int | None, str | None]]:
-    """(bucket, key, size, etag) of an S3 Inventory report's data files."""
+    """(bucket, key, size, etag) of the current objects of an S3 Inventory report's data files."""
     columns = [c.strip() for c in manifest.get("fileSchema", "").split(",")]
     fmt = manifest.get("fileFormat", "CSV").upper()
     dest_bucket = manifest.get("destinationBucket", "").split(":::")[-1] or location.bucket
@@ -141,15 +179,16 @@ def _inventory_rows(location: Location, settings: S3Settings, manifest: dict) ->
         if fmt == "CSV":
             text = gzip.decompress(fetched.data).decode() if fetched.data[:2] == b"\x1f\x8b" else fetched.data.decode()
             for values in csv.reader(io.StringIO(text)):
-                row = dict(zip(columns, values))
-                size = row.get("Size")
-                yield row["Bucket"], unquote_plus(row["Key"]), int(size) if size else None, row.get("ETag") or None
+                row = {k.lower(): v for k, v in zip(columns, values)}
+                if _current(row):
+                    yield row["bucket"], unquote_plus(row["key"]), _size(row.get("size")), row.get("etag") or None
         elif fmt == "PARQUET":
             import pyarrow.parquet as pq
 
             for row in pq.read_table(io.BytesIO(fetched.data)).to_pylist():
                 lowered = {k.lower(): v for k, v in row.items()}
-                yield lowered["bucket"], lowered["key"], lowered.get("size"), lowered.get("etag")
+                if _current(lowered):
+                    yield lowered["bucket"], lowered["key"], _size(lowered.get("size")), lowered.get("etag")
         else:
             raise SourceError(f"--manifest: inventory format {fmt} is not supported (use CSV or Parquet)")
 
@@ -162,10 +201,12 @@ def _parquet_rows(location: Location, data: bytes) -> Iterator[tuple[str, str, i
     if "key" not in names:
         raise SourceError("--manifest: a Parquet manifest needs a 'key' column")
     for row in table.to_pylist():
+        if row[names["key"]] is None or not _current({k.lower(): v for k, v in row.items()}):
+            continue
         bucket = row.get(names["bucket"]) if "bucket" in names else location.bucket
         size = row.get(names["size"]) if "size" in names else None
         etag = row.get(names["etag"]) if "etag" in names else None
-        yield bucket, row[names["key"]], size, etag
+        yield bucket or location.bucket, row[names["key"]], _size(size), etag
 
 
 def read_manifest(manifest_uri: str, location: Location, settings: S3Settings = S3Settings()) -> pa.Table:

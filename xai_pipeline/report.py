@@ -113,10 +113,11 @@ def build_report(table: str, out: str | Path, *, samples: int = 3, threshold: fl
         parts.append(_section("samples", "Sample overlays per modality", "".join(sample_html) or "<p>none</p>"))
 
     runs = records.list_runs(location, make_filesystem(location, settings))
-    run_rows = [[r["run_id"], r["kind"], r["inputs"], r["processed"], r["skipped"], r.get("deleted", 0), r["ok"], r["errors"],
-                 r["figures_per_second"], r["table_version"]] for r in runs]
-    parts.append(_section("runs", "Runs", _table(["run", "kind", "inputs", "processed", "skipped", "deleted", "ok", "errors",
-                                                 "figures/s", "version"], run_rows) if run_rows else "<p>none recorded</p>"))
+    run_rows = [[r["run_id"], r["kind"], r.get("state") or "finished", r.get("inputs", ""), r.get("processed", ""), r.get("skipped", ""),
+                 r.get("deleted", 0), r.get("missing", 0), r.get("ok", ""), r.get("errors", ""), r.get("figures_per_second", ""),
+                 r.get("table_version", "")] for r in runs]
+    parts.append(_section("runs", "Runs", _table(["run", "kind", "state", "inputs", "processed", "skipped", "deleted", "missing", "ok",
+                                                 "errors", "figures/s", "version"], run_rows) if run_rows else "<p>none recorded</p>"))
     page = (
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>xai-pipeline report</title><style>"
         "body{font-family:sans-serif;margin:2em;max-width:1100px} table{border-collapse:collapse;margin:.5em 0}"

@@ -5,7 +5,10 @@ Every input object yields exactly one row. A row whose ``status`` is not ``ok`` 
 
 Bump :data:`SCHEMA_VERSION` whenever a column is added, removed or changes meaning; the version is
 written into every row so readers can tell tables apart. History: 1 first release; 2 adds
-``deleted_at`` (older rows read it as null: present); 3 adds ``roi_boxes``.
+``deleted_at`` (older rows read it as null: present); 3 adds ``roi_boxes``; 4 adds ``crm_score``
+and ``roi_threshold`` (the settings that made the row; rows written before read them as null and
+count as made with the defaults of the time, ``logit`` and 0.2), the statuses ``decode_error``,
+``model_error`` and ``encode_error``, and ETags without quotes.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from enum import Enum
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class Status(str, Enum):
@@ -28,7 +31,16 @@ class Status(str, Enum):
     TRUNCATED = "truncated"  # recognised format, data ends early or is corrupt
     UNSUPPORTED = "unsupported"  # recognised format or mode we cannot turn into RGB
     MISSING = "missing"  # listed, but gone when read
-    READ_ERROR = "read_error"  # listed, but reading it was refused (e.g. access denied)
+    READ_ERROR = "read_error"  # listed, but reading it failed: refused, or faults outlasted the retries
+    DECODE_ERROR = "decode_error"  # the decoder raised an error nobody listed (a decoder bug)
+    MODEL_ERROR = "model_error"  # the classifier or CRM failed on this figure, or gave non-finite values
+    ENCODE_ERROR = "encode_error"  # the row could not be built from the classifier's output
+
+
+# Statuses a later run processes again: the cause may be transient (network, store, device) or a
+# bug fixed since. The others describe the object itself and stay until the object changes.
+RETRY_STATUSES = frozenset({Status.READ_ERROR.value, Status.DECODE_ERROR.value, Status.MODEL_ERROR.value,
+                            Status.ENCODE_ERROR.value})
 
 
 # Column names. Use these constants instead of string literals elsewhere.
@@ -45,6 +57,8 @@ CRM = "crm"
 CRM_SHAPE = "crm_shape"
 CRM_SCALE = "crm_scale"
 ROI_BOXES = "roi_boxes"
+CRM_SCORE = "crm_score"
+ROI_THRESHOLD = "roi_threshold"
 MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
 DELETED_AT = "deleted_at"
@@ -76,6 +90,8 @@ TABLE_SCHEMA = pa.schema(
         pa.field(ROI_BOXES, pa.list_(pa.struct([("x0", pa.int32()), ("y0", pa.int32()), ("x1", pa.int32()), ("y1", pa.int32()), ("score", pa.float32())]))),
         pa.field(MODEL_NAME, pa.string()),
         pa.field(MODEL_VERSION, pa.string()),
+        pa.field(CRM_SCORE, pa.string()),
+        pa.field(ROI_THRESHOLD, pa.float32()),
         pa.field(DELETED_AT, pa.timestamp("us", tz="UTC")),
         pa.field(RUN_ID, pa.string(), nullable=False),
         pa.field(PROCESSED_AT, pa.timestamp("us", tz="UTC"), nullable=False),
@@ -89,7 +105,7 @@ TABLE_SCHEMA = pa.schema(
 COLUMN_DOCS: dict[str, str] = {
     FIGURE_ID: "stable key: first 32 hex digits of SHA-256 of source_uri",
     SOURCE_URI: "s3://bucket/key or file:///absolute/path of the input object",
-    ETAG: "object ETag from the S3 listing (null for local files)",
+    ETAG: "object ETag without quotes (S3 listing, inventory or manifest; null when unknown); local files: mtime-ns: and the modification time",
     SIZE: "object size in bytes",
     WIDTH: "figure width in pixels after EXIF orientation (null if the header gave none)",
     HEIGHT: "figure height in pixels after EXIF orientation (null if the header gave none)",
@@ -102,6 +118,8 @@ COLUMN_DOCS: dict[str, str] = {
     ROI_BOXES: "regions of the map at or above the ROI threshold (20% of its max by default) as boxes in figure pixels: x0, y0, x1, y1 (exclusive), score (max relevance in the region / map max), best first",
     MODEL_NAME: "model name from the model description",
     MODEL_VERSION: "model version from the model description",
+    CRM_SCORE: "the score CRM perturbed: logit (paper) or softmax (null: written before schema 4, taken as logit)",
+    ROI_THRESHOLD: "the share of the map's maximum the ROI boxes enclose (null: written before schema 4, taken as 0.2)",
     DELETED_AT: "when a reindex found the object gone from the collection (null while it exists)",
     RUN_ID: "identifier of the job run that wrote the row",
     PROCESSED_AT: "UTC time the row was produced",
@@ -109,6 +127,26 @@ COLUMN_DOCS: dict[str, str] = {
     ERROR: "error message (null when ok)",
     SCHEMA_VERSION_COL: f"table schema version (this code writes {SCHEMA_VERSION})",
 }
+
+
+# What rows written before schema 4 (null crm_score / roi_threshold) were made with.
+LEGACY_CRM_SCORE = "logit"
+LEGACY_ROI_THRESHOLD = 0.2
+
+
+def normalize_etag(etag: object) -> str | None:
+    """An ETag as the table stores it: no surrounding quotes or whitespace, ``None`` when unknown.
+
+    S3 listings and HEAD/GET answers quote ETags (``"9b2c..."``), S3 Inventory reports do not;
+    normalising in every path keeps a switch between them from looking like a changed object.
+    """
+    if etag is None:
+        return None
+    text = str(etag).strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"').strip()
+    return text or None
 
 
 def figure_id(source_uri: str) -> str:

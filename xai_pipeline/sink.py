@@ -66,17 +66,26 @@ def write_dataset(
     filesystem: pafs.FileSystem | None = None,
 ) -> None:
     """Write a Ray dataset of :data:`schema.TABLE_SCHEMA` rows as one Delta commit."""
+    from deltalake import DeltaTable
     from ray.data import SaveMode
 
-    ds.write_delta(
-        table_uri(location),
-        mode=SaveMode(mode.value),
-        storage_options=options,
-        filesystem=filesystem if location.scheme == "s3" else None,
-        schema_mode="merge",  # a table of an older schema version gains the new columns
-        name=TABLE_NAME,
-        description=f"xai-pipeline figure modalities and CRM maps, schema v{schema.SCHEMA_VERSION}",
-    )
+    try:
+        ds.write_delta(
+            table_uri(location),
+            mode=SaveMode(mode.value),
+            storage_options=options,
+            filesystem=filesystem if location.scheme == "s3" else None,
+            schema_mode="merge",  # a table of an older schema version gains the new columns
+            name=TABLE_NAME,
+            description=f"xai-pipeline figure modalities and CRM maps, schema v{schema.SCHEMA_VERSION}",
+        )
+    except ValueError as exc:
+        # Every block was lost (each failed after its retries): nothing to commit, and with no
+        # table yet Ray's sink has no schema. Create the table, so the run can report the missing.
+        if "without a schema" not in str(exc) or table_exists(location, options):
+            raise
+        log.error("no rows came out of this chunk; creating the empty table %s", location.uri)
+        DeltaTable.create(table_uri(location), schema=schema.TABLE_SCHEMA, name=TABLE_NAME, storage_options=options)
 
 
 def open_table(location: Location, options: dict[str, str] | None, version: int | None = None) -> "DeltaTable":
@@ -129,20 +138,13 @@ def status_counts(location: Location, options: dict[str, str] | None, run_id: st
     return table.version(), Counter({str(k): int(v) for k, v in zip(counts.column("s").to_pylist(), counts.column("n").to_pylist())})
 
 
-def committed_ids(location: Location, options: dict[str, str] | None, model_name: str, model_version: str) -> pa.Array:
-    """Distinct figure_ids already committed by this model name and version (ok or error rows)."""
-    if not table_exists(location, options):
-        return pa.array([], pa.string())
-    t = scan(location, options, [schema.FIGURE_ID, schema.MODEL_NAME, schema.MODEL_VERSION])
-    mask = pc.and_(pc.equal(t.column(schema.MODEL_NAME), model_name), pc.equal(t.column(schema.MODEL_VERSION), model_version))
-    return pc.unique(t.filter(mask).column(schema.FIGURE_ID).combine_chunks())
-
-
 def table_state(location: Location, options: dict[str, str] | None, columns: list[str]) -> pa.Table:
-    """The current snapshot's ``columns`` (empty, typed, when there is no table)."""
+    """The current snapshot's ``columns`` (empty, typed, when there is no table); columns the
+    table predates (an older schema version) are left out."""
     if not table_exists(location, options):
         return pa.schema([schema.TABLE_SCHEMA.field(c) for c in columns]).empty_table()
-    return scan(location, options, columns)
+    present = set(open_table(location, options).schema().to_arrow().names)
+    return scan(location, options, [c for c in columns if c in present])
 
 
 def write_staging(ds: Any, staging: Location, filesystem: pafs.FileSystem) -> None:
@@ -150,45 +152,94 @@ def write_staging(ds: Any, staging: Location, filesystem: pafs.FileSystem) -> No
     ds.write_parquet(staging.path, filesystem=filesystem, mode="overwrite")
 
 
-def read_staging(staging: Location, filesystem: pafs.FileSystem) -> pa.Table:
-    """The rows a run staged (none if it staged nothing)."""
-    import pyarrow.dataset as pads
+def conform(table: pa.Table) -> pa.Table:
+    """Rows of any schema version as :data:`schema.TABLE_SCHEMA`: columns it lacks are null."""
+    columns = {}
+    for f in schema.TABLE_SCHEMA:
+        columns[f.name] = table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+    return pa.table(columns, schema=pa.schema([f.with_nullable(True) for f in schema.TABLE_SCHEMA]))
 
-    if filesystem.get_file_info(staging.path).type == pafs.FileType.NotFound:
-        return schema.TABLE_SCHEMA.empty_table()
-    return pads.dataset(staging.path, filesystem=filesystem, format="parquet").to_table().cast(schema.TABLE_SCHEMA)
+
+def read_staging(staging: Location, filesystem: pafs.FileSystem) -> pa.Table:
+    """The rows a run staged (none if it staged nothing). A file that cannot be read (a write cut
+    off by a crash) is logged and skipped: its figures are simply processed again."""
+    import pyarrow.parquet as pq
+
+    tables = [pa.table({f.name: pa.array([], f.type) for f in schema.TABLE_SCHEMA})]
+    selector = pafs.FileSelector(staging.path, recursive=True, allow_not_found=True)
+    for info in filesystem.get_file_info(selector):
+        if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
+            continue
+        try:
+            with filesystem.open_input_file(info.path) as fh:
+                tables.append(conform(pq.read_table(fh)))
+        except (OSError, pa.ArrowInvalid) as exc:
+            log.warning("staged file %s cannot be read (%s); its figures are processed again", info.path, exc)
+    return pa.concat_tables([conform(t) for t in tables])
+
+
+_ACTION = "_xai_action"
+
+
+def upgrade_schema(location: Location, options: dict[str, str] | None) -> list[str]:
+    """Add the columns of :data:`schema.TABLE_SCHEMA` a table of an older schema version lacks
+    (a metadata-only commit; older rows read them as null). Returns the columns added.
+
+    Done before a merge instead of the merge's own ``merge_schema``: in deltalake 1.6 a merge
+    with ``merge_schema=True`` and a delete clause nulls the non-nullable columns of the target
+    rows it rewrites (seen here; the merge then fails its own validation)."""
+    from deltalake import Schema
+
+    if not table_exists(location, options):
+        return []
+    table = open_table(location, options)
+    present = set(table.schema().to_arrow().names)
+    missing = [f.with_nullable(True) for f in schema.TABLE_SCHEMA if f.name not in present]
+    if missing:
+        table.alter.add_columns(Schema.from_arrow(pa.schema(missing)).fields)
+        log.info("table %s upgraded to schema version %d: added %s", location.uri, schema.SCHEMA_VERSION, ", ".join(f.name for f in missing))
+    return [f.name for f in missing]
 
 
 def merge_run(
     location: Location, options: dict[str, str] | None, upserts: pa.Table, deleted_ids: pa.Array, deleted_at: Any, run_id: str
 ) -> dict[str, Any] | None:
-    """One atomic Delta commit: upsert ``upserts`` by figure_id and set ``deleted_at`` on the rows
-    of ``deleted_ids`` (their other columns, run_id included, stay as the run that wrote them).
-    Creates the table (an empty version) if there is none. Returns the merge metrics, or None
-    when there was nothing to commit."""
+    """One atomic Delta commit: ``upserts`` replace every row of their figure_ids (so a figure
+    that had several rows, say from two model versions, ends with one) or are inserted, and the
+    rows of ``deleted_ids`` get ``deleted_at`` (their other columns, run_id included, stay as the
+    run that wrote them). A table of an older schema version gains the new columns first
+    (:func:`upgrade_schema`). Creates the
+    table (an empty version) if there is none. Returns the merge metrics, or None when there was
+    nothing to commit.
+
+    The merge source holds, per upserted figure, a ``replace`` row that matches (and deletes) the
+    figure's old rows and an ``insert`` row that never matches (the merge predicate excludes it)
+    and is inserted; per deleted figure, a ``delete`` row that sets ``deleted_at``. Each target row
+    thus matches at most one source row, which Delta requires. ``upserts`` must hold one row per
+    figure_id.
+    """
     from deltalake import DeltaTable
 
     if not table_exists(location, options):
         DeltaTable.create(table_uri(location), schema=schema.TABLE_SCHEMA, name=TABLE_NAME, storage_options=options)
     if upserts.num_rows == 0 and len(deleted_ids) == 0:
         return None  # nothing to commit
+    upgrade_schema(location, options)
     table = open_table(location, options)
-    action = "_action"
-    # The merge source: staged rows to upsert, and one marker row per deleted figure.
-    nullable = pa.schema([f.with_nullable(True) for f in schema.TABLE_SCHEMA])
+    rows = conform(upserts)
     deleted_type = schema.TABLE_SCHEMA.field(schema.DELETED_AT).type
-    markers = pa.table({
-        schema.FIGURE_ID: deleted_ids.cast(pa.string()),
-        schema.DELETED_AT: pa.array([deleted_at] * len(deleted_ids), deleted_type),
-    })
-    source = pa.concat_tables([upserts.cast(nullable), markers], promote_options="default")
-    source = source.append_column(action, pa.array(["upsert"] * upserts.num_rows + ["delete"] * len(deleted_ids), pa.string()))
+    replace = pa.table({schema.FIGURE_ID: rows.column(schema.FIGURE_ID)})
+    markers = pa.table({schema.FIGURE_ID: deleted_ids.cast(pa.string()),
+                        schema.DELETED_AT: pa.array([deleted_at] * len(deleted_ids), deleted_type)})
+    source = pa.concat_tables([rows, conform(replace), conform(markers)])
+    actions = ["insert"] * rows.num_rows + ["replace"] * replace.num_rows + ["delete"] * markers.num_rows
+    source = source.append_column(_ACTION, pa.array(actions, pa.string()))
     return (
-        table.merge(source, predicate=f"t.{schema.FIGURE_ID} = s.{schema.FIGURE_ID}", source_alias="s", target_alias="t",
-                    commit_properties=_commit_properties(run_id))
-        .when_matched_update_all(predicate=f"s.{action} = 'upsert'", except_cols=[action])
-        .when_matched_update(updates={schema.DELETED_AT: f"s.{schema.DELETED_AT}"}, predicate=f"s.{action} = 'delete'")
-        .when_not_matched_insert_all(predicate=f"s.{action} = 'upsert'", except_cols=[action])
+        table.merge(source, predicate=f"t.{schema.FIGURE_ID} = s.{schema.FIGURE_ID} AND s.{_ACTION} <> 'insert'",
+                    source_alias="s", target_alias="t", commit_properties=_commit_properties(run_id))
+        .when_matched_delete(predicate=f"s.{_ACTION} = 'replace'")
+        .when_matched_update(updates={schema.DELETED_AT: f"s.{schema.DELETED_AT}"}, predicate=f"s.{_ACTION} = 'delete'")
+        .when_not_matched_insert_all(predicate=f"s.{_ACTION} = 'insert'", except_cols=[_ACTION])
         .execute()
     )
 

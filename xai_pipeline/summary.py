@@ -24,7 +24,12 @@ class RunSummary:
     ``inputs``: objects listed. ``skipped``: not processed (already committed by this model
     version; for reindex: unchanged). ``processed``: rows written (``ok`` + ``errors``).
     ``redone``: processed figures that an interrupted earlier run had in flight but never
-    committed. ``new`` / ``changed`` / ``deleted``: reindex's comparison with the table.
+    committed. ``new`` / ``changed``: figures with no row / with stale rows (another model
+    version or settings, several rows, a status to retry; for reindex also changed content);
+    ``deleted``: reindex's figures gone from the collection. ``reused``: rows an interrupted
+    reindex had staged, committed by this run (counted in ``processed``). ``missing``: objects
+    this run had to process that have no row (a batch lost after its retries); the command then
+    exits with code 3 and ``state`` is ``incomplete`` (else ``finished``).
     """
 
     run_id: str
@@ -47,6 +52,9 @@ class RunSummary:
     new: int = 0
     changed: int = 0
     deleted: int = 0
+    reused: int = 0
+    missing: int = 0
+    state: str = ""
     mode: str = ""
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)

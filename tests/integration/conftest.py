@@ -33,10 +33,31 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def ray_session(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def fault_rules(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The file the stages read their injected faults from (:mod:`xai_pipeline.faults`); ``{}``
+    (none) unless a test writes rules with :func:`inject`."""
+    path = tmp_path_factory.mktemp("faults") / "rules.json"
+    path.write_text("{}")
+    return path
+
+
+def inject(rules_file: Path, rules: dict[str, list[str]]) -> None:
+    """Set the injected faults for the next runs (workers re-read the file at most once a second)."""
+    import json
+    import time
+
+    rules_file.write_text(json.dumps(rules))
+    time.sleep(1.2)
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_endpoint: str, fault_rules: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     import ray
 
+    from xai_pipeline.faults import FAULTS_ENV
+
     env_vars = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    env_vars[FAULTS_ENV] = str(fault_rules)
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env_vars},
              _temp_dir=str(tmp_path_factory.mktemp("ray")), logging_level="WARNING")
     yield

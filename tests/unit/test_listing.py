@@ -59,7 +59,7 @@ def test_a_local_file_rewritten_at_the_same_size_is_seen_as_changed(tmp_path: Pa
     import pyarrow as pa
 
     from xai_pipeline import schema
-    from xai_pipeline.plan import STATE_COLUMNS, reindex_plan
+    from xai_pipeline.plan import reindex_plan
 
     for name in ("a.png", "b.png"):
         (tmp_path / name).write_bytes(b"12345")
@@ -70,7 +70,7 @@ def test_a_local_file_rewritten_at_the_same_size_is_seen_as_changed(tmp_path: Pa
     state = pa.table({schema.FIGURE_ID: first.column(schema.FIGURE_ID), schema.SOURCE_URI: first.column("uri"),
                       schema.ETAG: first.column("etag"), schema.SIZE: first.column("size"),
                       schema.MODEL_NAME: ["m"] * n, schema.MODEL_VERSION: ["1"] * n,
-                      schema.DELETED_AT: pa.nulls(n, pa.timestamp("us", tz="UTC"))}).select(STATE_COLUMNS)
+                      schema.DELETED_AT: pa.nulls(n, pa.timestamp("us", tz="UTC"))})  # a table before schema 4
     (tmp_path / "b.png").write_bytes(b"54321")  # same size, new content
     later = (tmp_path / "a.png").stat().st_mtime_ns + 5_000_000_000
     os.utime(tmp_path / "b.png", ns=(later, later))

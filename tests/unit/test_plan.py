@@ -8,25 +8,30 @@ import pyarrow as pa
 
 from xai_pipeline import schema
 from xai_pipeline.listing import LISTING_SCHEMA
-from xai_pipeline.plan import STATE_COLUMNS, count_in, not_in, reindex_plan
+from xai_pipeline.plan import STATE_COLUMNS, RowSettings, count_in, index_plan, reindex_plan, trusted_staged
 
 
 def _listing(rows: list[tuple[str, int, str | None]]) -> pa.Table:
     paths = [f"b/in/{k}" for k, _, _ in rows]
-    table = pa.table([paths, [f"s3://{p}" for p in paths], [r[1] for r in rows], [r[2] for r in rows]], schema=LISTING_SCHEMA)
+    table = pa.table([paths, [f"s3://{p}" for p in paths], [r[1] for r in rows], [schema.normalize_etag(r[2]) for r in rows]],
+                     schema=LISTING_SCHEMA)
     return table.append_column(schema.FIGURE_ID, pa.array([schema.figure_id(u) for u in table.column("uri").to_pylist()]))
 
 
-def _state(rows: list[tuple[str, int, str | None, str, bool]]) -> pa.Table:
+def _state(rows: list[tuple[str, int, str | None, str, bool]], **extra: list[object]) -> pa.Table:
     uris = [k if k.startswith("s3://") else f"s3://b/in/{k}" for k, *_ in rows]
     when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    n = len(rows)
     data = {
         schema.FIGURE_ID: [schema.figure_id(u) for u in uris],
         schema.SOURCE_URI: uris,
         schema.ETAG: [r[2] for r in rows],
         schema.SIZE: [r[1] for r in rows],
-        schema.MODEL_NAME: ["m"] * len(rows),
+        schema.MODEL_NAME: ["m"] * n,
         schema.MODEL_VERSION: [r[3] for r in rows],
+        schema.CRM_SCORE: extra.get(schema.CRM_SCORE, [None] * n),
+        schema.ROI_THRESHOLD: extra.get(schema.ROI_THRESHOLD, [None] * n),
+        schema.STATUS: extra.get(schema.STATUS, ["ok"] * n),
         schema.DELETED_AT: [when if r[4] else None for r in rows],
     }
     return pa.table(data, schema=pa.schema([schema.TABLE_SCHEMA.field(c) for c in STATE_COLUMNS]))
@@ -59,7 +64,67 @@ def test_empty_table_processes_all_and_index_helpers() -> None:
     plan = reindex_plan(listing, empty, "m", "1", "s3://b/in")
     assert plan.new == 2 and plan.todo.num_rows == 2
     done = pa.array([listing.column(schema.FIGURE_ID)[0].as_py()])
-    assert not_in(listing, done).num_rows == 1 and count_in(listing, done) == 1
+    assert count_in(listing, done) == 1
+
+
+def _names(table: pa.Table) -> set[str]:
+    return {u.rsplit("/", 1)[1] for u in table.column("uri").to_pylist()}
+
+
+def test_quoted_and_unquoted_etags_agree_and_unknown_sides_never_differ() -> None:
+    # Listing ETags are normalised; tables written before schema 4 kept the listing's quotes.
+    listing = _listing([("a", 1, "e1"), ("b", 2, None), ("c", 3, "e3")])
+    state = _state([("a", 1, '"e1"', "1", False), ("b", 2, '"e2"', "1", False), ("c", None, None, "1", False)])
+    plan = reindex_plan(listing, state, "m", "1", "s3://b/in")
+    assert (plan.new, plan.changed, plan.skipped) == (0, 0, 3)
+
+
+def test_settings_duplicates_retry_statuses_and_index_skip_rules() -> None:
+    listing = _listing([(k, 1, "e") for k in ("legacy", "soft", "thresh", "dup", "readerr", "trunc", "new", "gone-back")])
+    state = _state(
+        [("legacy", 1, "e", "1", False), ("soft", 1, "e", "1", False), ("thresh", 1, "e", "1", False), ("dup", 1, "e", "1", False),
+         ("dup", 1, "e", "0", False), ("readerr", 1, "e", "1", False), ("trunc", 1, "e", "1", False), ("gone-back", 1, "e", "1", True)],
+        **{schema.CRM_SCORE: [None, "softmax", "logit", "logit", "logit", "logit", "logit", "logit"],
+           schema.ROI_THRESHOLD: [None, 0.2, 0.3, 0.2, 0.2, 0.2, 0.2, 0.2],
+           schema.STATUS: ["ok", "ok", "ok", "ok", "ok", "read_error", "truncated", "ok"]})
+    settings = RowSettings("m", "1", "logit", 0.2)
+    plan = index_plan(listing, state, settings)
+    # Rows before schema 4 count as logit / 0.2; a second row of a figure makes it stale; read
+    # errors are retried, truncated figures are not; index re-processes a figure marked deleted.
+    assert _names(plan.replace) == {"soft", "thresh", "dup", "readerr", "gone-back"}
+    assert _names(plan.fresh) == {"new"} and plan.skipped == 2
+    assert len(plan.deleted_ids) == 0  # index never marks deletions
+    again = index_plan(listing, state, RowSettings("m", "1", "softmax", 0.2))
+    assert "soft" not in _names(again.replace) and "legacy" in _names(again.replace)
+
+
+def test_duplicates_in_state_give_one_plan_row_per_figure() -> None:
+    listing = _listing([("a", 1, "e"), ("b", 1, "e")])
+    state = _state([("a", 1, "e", "0", False), ("a", 1, "e", "1", False), ("b", 1, "e", "1", False), ("b", 1, "e", "1", False),
+                    ("gone", 1, "e", "0", False), ("gone", 1, "e", "1", False)])
+    plan = reindex_plan(listing, state, "m", "1", "s3://b/in")
+    assert plan.todo.column("uri").to_pylist() == ["s3://b/in/a", "s3://b/in/b"]
+    assert (plan.new, plan.changed) == (0, 2)
+    assert plan.deleted_ids.to_pylist() == [schema.figure_id("s3://b/in/gone")]
+
+
+def test_trusted_staged_rows_match_content_model_and_settings() -> None:
+    listing = _listing([("a", 10, "e1"), ("b", 10, "e2"), ("c", 10, "e3"), ("d", 10, None)])
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+    def staged(key: str, size: int, etag: str, version: str = "1", status: str = "ok", at: int = 0) -> dict[str, object]:
+        row = {f.name: None for f in schema.TABLE_SCHEMA}
+        uri = f"s3://b/in/{key}"
+        row.update({schema.FIGURE_ID: schema.figure_id(uri), schema.SOURCE_URI: uri, schema.ETAG: etag, schema.SIZE: size,
+                    schema.MODEL_NAME: "m", schema.MODEL_VERSION: version, schema.CRM_SCORE: "logit", schema.ROI_THRESHOLD: 0.2,
+                    schema.STATUS: status, schema.RUN_ID: "old", schema.PROCESSED_AT: when + dt.timedelta(seconds=at)})
+        return row
+
+    rows = [staged("a", 10, "e1"), staged("a", 10, "e1", at=5), staged("b", 10, "other"), staged("c", 10, "e3", version="0"),
+            staged("d", 10, "anything", status="read_error"), staged("x", 1, "e")]
+    kept = trusted_staged(pa.Table.from_pylist(rows, schema=schema.TABLE_SCHEMA), listing, RowSettings("m", "1"))
+    assert kept.column(schema.SOURCE_URI).to_pylist() == ["s3://b/in/a"]
+    assert kept.column(schema.PROCESSED_AT)[0].as_py() == when + dt.timedelta(seconds=5)
 
 
 def test_actor_pool_always_leaves_a_cpu_for_fetch_and_decode() -> None:

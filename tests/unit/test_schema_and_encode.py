@@ -56,7 +56,7 @@ def test_encode_batch_conforms_and_nulls_error_rows() -> None:
     table = encode_batch(_classified_batch(), run_id="r1", processed_at=when)
     assert table.schema.equals(schema.TABLE_SCHEMA)
     ok, bad = table.to_pylist()
-    assert ok["status"] == "ok" and ok["error"] is None and ok["etag"] == '"abc"'
+    assert ok["status"] == "ok" and ok["error"] is None and ok["etag"] == "abc"
     assert ok["crm_shape"] == [7, 7]
     restored = decode_map(ok["crm"], ok["crm_shape"], ok["crm_scale"])
     assert restored.argmax() == 3 * 7 + 4 and abs(restored.max() - 2.5) < 2.5 / 255
