@@ -8,6 +8,10 @@ Scenarios (each runs the real ``xai-pipeline index`` command in its own process 
 * ``driver_sigkill``  SIGKILL the driver after its first commit, then run the same command again
 * ``actor_kill``      a classification actor dies mid-batch (test hook); Ray restarts it
 * ``storage_faults``  10% of S3 requests answered 503 SlowDown, 500 or a dropped connection
+* ``body_faults``     ≥ 1,000 figures, 5% of the object GETs faulted in the body: resets after
+                      part of the body, stalls longer than the read timeout, truncated bodies
+                      under the right Content-Length, 503 SlowDown bursts; against the same
+                      collection read without faults (seconds of both)
 
 One line per scenario: inputs, rows, ok, errors by kind, duplicates, lost. Duplicates and lost
 must be 0. Results go to ``bench/results/reliability.json``.
@@ -51,8 +55,9 @@ class Outcome:
 
     def line(self) -> str:
         errors = ",".join(f"{k}={v}" for k, v in sorted(self.errors_by_kind.items())) or "-"
+        seconds = f" seconds={self.details['seconds']}" if "seconds" in self.details else ""
         return (f"{self.scenario:<15} inputs={self.inputs:<4} rows={self.rows:<4} ok={self.ok:<4} errors[{errors}] "
-                f"duplicates={self.duplicates} lost={self.lost}")
+                f"duplicates={self.duplicates} lost={self.lost}{seconds}")
 
 
 def real_figures(dataset: Path, count: int) -> list[Path]:
@@ -148,12 +153,11 @@ def scenario_driver_sigkill(work: Path, dataset: Path, n_real: int) -> Outcome:
     args = ["--input", str(folder), "--output", str(table), "--commit-every", "2", "--batch-size", "2"]
     with ray_tmpdir() as ray_tmp:  # its Ray is killed with the driver
         proc = run_cli(args, {"RAY_TMPDIR": ray_tmp}, wait=False)
-        # Kill after the first commit, while the second chunk is in flight.
+        # Kill after the first commit, while the pipeline streams on.
         first_commit = table / "_delta_log" / "00000000000000000000.json"
-        inflight = table / "_xai_pipeline" / "inflight"
         deadline = time.time() + 600
         while proc.poll() is None and time.time() < deadline:
-            if first_commit.exists() and any(p.name.endswith("-00001.json") for p in inflight.glob("*.json")):
+            if first_commit.exists():
                 break
             time.sleep(0.05)
         killed = proc.poll() is None
@@ -184,11 +188,49 @@ def scenario_storage_faults(work: Path, dataset: Path, n_real: int, endpoint: st
     return account("storage_faults", "s3://faults/table", _s3_options(endpoint), expected, fault_rate=rate, commits=summary["commits"])
 
 
-def run_all(work: Path, dataset: Path, n_real: int) -> list[Outcome]:
+BODY_FAULTS = "reset,truncate,stall,burst"
+
+
+def _proxy_counts(log_dir: Path) -> dict[str, int]:
+    """The fault proxy's counts, from the line it writes to its log on exit."""
+    for path in sorted(log_dir.glob("fault-proxy-*.log"), key=lambda p: p.stat().st_mtime, reverse=True):
+        for line in path.read_text().splitlines():
+            if line.startswith("fault proxy counts:"):
+                return json.loads(line.split(":", 1)[1].strip().replace("'", '"'))
+    return {}
+
+
+def scenario_body_faults(work: Path, dataset: Path, n_figures: int, endpoint: str, rate: float = 0.05) -> list[Outcome]:
+    """``n_figures`` objects (real figures, repeated under new keys) indexed twice: straight from
+    moto_server, then through the fault proxy faulting ``rate`` of the object GETs in the body."""
+    reals = [p.read_bytes() for p in real_figures(dataset, min(n_figures, 120))]
+    suffix = [".png" if data.startswith(b"\x89PNG") else ".jpg" for data in reals]
+    files = {f"in/PMC{i // 10:04d}/fig{i:05d}{suffix[i % len(reals)]}": reals[i % len(reals)] for i in range(n_figures)}
+    expected = _upload(endpoint, "body-faults", files)
+    # One object's read: up to 8 retries, a stalled body cut after 2 s (the proxy stalls 4 s).
+    reads = ["--read-retries", "8", "--read-timeout", "2", "--batch-size", "32"]
+    clean = index(["--input", "s3://body-faults/in/", "--output", "s3://body-faults/clean", *reads], _s3_env(endpoint))
+    logs = work / "logs" / "body"
+    with fault_proxy(endpoint, logs, rate=rate, seed=11, kinds=BODY_FAULTS, only_prefix="/body-faults/in/", stall_seconds=4) as proxy:
+        faulted = index(["--input", "s3://body-faults/in/", "--output", "s3://body-faults/table", *reads, "--endpoint-url", proxy],
+                        _s3_env(proxy))
+    counts = _proxy_counts(logs)
+    injected = sum(v for k, v in counts.items() if k != "forwarded")
+    options = _s3_options(endpoint)
+    return [
+        account("body_clean", "s3://body-faults/clean", options, expected, seconds=clean["seconds"], missing=clean["missing"]),
+        account("body_faults", "s3://body-faults/table", options, expected, seconds=faulted["seconds"], missing=faulted["missing"],
+                fault_rate=rate, faults_injected=counts, faults=injected,
+                slowdown_vs_clean=round(faulted["seconds"] / clean["seconds"], 3) if clean["seconds"] else None),
+    ]
+
+
+def run_all(work: Path, dataset: Path, n_real: int, n_body: int) -> list[Outcome]:
     outcomes = []
     with moto_server(work / "logs") as endpoint:
         outcomes.append(scenario_bad_inputs(work, dataset, n_real, endpoint))
         outcomes.append(scenario_storage_faults(work, dataset, n_real, endpoint))
+        outcomes.extend(scenario_body_faults(work, dataset, n_body, endpoint))
     outcomes.append(scenario_driver_sigkill(work, dataset, n_real))
     outcomes.append(scenario_actor_kill(work, dataset, n_real))
     return outcomes
@@ -198,11 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="a dozen figures per scenario (CI scale)")
     parser.add_argument("--figures", type=int, default=120, help="real figures per scenario without --smoke")
+    parser.add_argument("--body-figures", type=int, default=1000, help="objects of the body_faults scenario without --smoke")
     parser.add_argument("--dataset", default=os.environ.get("XAI_DATASET_DIR", str(REPO.parent / "shared" / "datasets" / "modality-v1")))
     args = parser.parse_args(argv)
     n_real = 12 if args.smoke else args.figures
+    n_body = 60 if args.smoke else args.body_figures
     with tempfile.TemporaryDirectory(prefix="xai-reliability-") as tmp:
-        outcomes = run_all(Path(tmp), Path(args.dataset), n_real)
+        outcomes = run_all(Path(tmp), Path(args.dataset), n_real, n_body)
     for outcome in outcomes:
         print(outcome.line(), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)

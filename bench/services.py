@@ -22,7 +22,6 @@ MOTO_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_REGION": "us-east-1",
     "AWS_ALLOW_HTTP": "true",
-    "AWS_S3_ALLOW_UNSAFE_RENAME": "true",  # single writer in tests only
     "AWS_EC2_METADATA_DISABLED": "true",
 }
 

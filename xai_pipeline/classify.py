@@ -91,6 +91,8 @@ class FigureClassifier:
         limits: decode limits for JPEGs the device decoder rejects (``--jpeg-decoder classifier``).
         memory_share: the share of the GPU's free memory this actor may size its batches to
             (``--num-gpus`` when actors share a GPU).
+        exit_on_device_fault: end the process on a device fault (in a Ray actor, which Ray then
+            replaces) instead of raising it.
 
     On a GPU the actor sizes its device batches to the card: a probe batch measures the memory
     one figure takes, and batches are cut to fit in ``0.7 × memory_share`` of the free memory
@@ -110,7 +112,9 @@ class FigureClassifier:
         compile_model: bool = False,
         limits: decode.DecodeLimits | None = None,
         memory_share: float = 1.0,
+        exit_on_device_fault: bool = False,
     ) -> None:
+        self.exit_on_device_fault = exit_on_device_fault
         self.limits = limits or decode.DecodeLimits()
         torch.set_num_threads(max(1, torch_threads))
         self.device = resolve_device(device)
@@ -177,7 +181,7 @@ class FigureClassifier:
             out = device_decode.decode_resize(datas, self.spec.input_size, self.device)
         except Exception as exc:  # noqa: BLE001 - fall back to PIL for the whole batch
             if _device_fault(exc):
-                _end_actor(exc)
+                self._on_device_fault(exc)
             log.warning("the %s JPEG decoder failed on a batch (%s: %s); decoding it with PIL", self.device.type, type(exc).__name__, exc)
             size = self.spec.input_size
             out = device_decode.DeviceDecoded(torch.zeros((len(rows), 3, size, size), dtype=torch.uint8, device=self.device), list(range(len(rows))))
@@ -207,6 +211,15 @@ class FigureClassifier:
             pixels[torch.from_numpy(position[on_device]).to(self.device)] = decoded
         return pixels.contiguous(memory_format=torch.channels_last)
 
+    def _on_device_fault(self, exc: BaseException) -> None:
+        """A device context that has failed stays failed: end the actor (Ray starts a fresh one and
+        retries the batch), or raise outside Ray."""
+        if not self.exit_on_device_fault:
+            raise exc
+        log.error("device fault in the classifier (%s: %s); ending this actor so that Ray starts a fresh one", type(exc).__name__, exc)
+        logging.shutdown()
+        os._exit(1)
+
     def _host(self, out: Predictions) -> np.ndarray:
         """One device-to-host copy per batch: probabilities and flattened maps side by side."""
         return torch.cat([out.probabilities, out.relevance.flatten(1)], dim=1).float().cpu().numpy()
@@ -224,7 +237,7 @@ class FigureClassifier:
             return self._host(self._predict(pixels)), {}
         except Exception as exc:  # noqa: BLE001 - narrowed to one figure below
             if _device_fault(exc):
-                _end_actor(exc)
+                self._on_device_fault(exc)
             log.warning("classifier failed on a batch of %d (%s: %s); running its figures one at a time", len(uris), type(exc).__name__, exc)
         host = np.full((len(uris), self.spec.num_classes + int(np.prod(self.map_shape))), np.nan, dtype=np.float32)
         failed: dict[int, str] = {}
@@ -234,7 +247,7 @@ class FigureClassifier:
                 host[j] = self._host(self._predict(pixels[j:j + 1]))[0]
             except Exception as exc:  # noqa: BLE001 - errors are data: one figure's failure is its row
                 if _device_fault(exc):
-                    _end_actor(exc)
+                    self._on_device_fault(exc)
                 failed[j] = f"{type(exc).__name__}: {exc}"[:1000]
         return host, failed
 
@@ -294,12 +307,6 @@ def _device_fault(exc: BaseException) -> bool:
     if accelerator_error is not None and isinstance(exc, accelerator_error):
         return True
     return "CUDA error" in str(exc) or "CUDNN_STATUS" in str(exc)
-
-
-def _end_actor(exc: BaseException) -> None:
-    log.error("device fault in the classifier (%s: %s); ending this actor so that Ray starts a fresh one", type(exc).__name__, exc)
-    logging.shutdown()
-    os._exit(1)
 
 
 def _decode_or_error(data: bytes, size: int, limits: decode.DecodeLimits) -> decode.Decoded:

@@ -27,6 +27,7 @@ from xai_pipeline.config import (
     add_arguments,
     from_namespace,
 )
+from xai_pipeline.lease import LeaseHeld
 from xai_pipeline.model import ModelFileError
 from xai_pipeline.source import SourceError
 
@@ -77,6 +78,7 @@ def _print_summary_json(summary_json: str) -> None:
 
 
 EXIT_MISSING_ROWS = 3  # the run finished, but some listed objects have no row (summary: missing)
+EXIT_LEASE_HELD = 4  # another run holds the table's lease
 
 
 def exit_code(missing: int) -> int:
@@ -317,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SourceError, ModelFileError) as exc:
         print(f"xai-pipeline {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except LeaseHeld as exc:
+        print(f"xai-pipeline {args.command}: {exc}", file=sys.stderr)
+        return EXIT_LEASE_HELD
 
 
 if __name__ == "__main__":

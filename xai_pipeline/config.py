@@ -53,17 +53,22 @@ class JobConfig:
     read_retries: int = field(default=5, metadata=opt("further attempts to read an object after a fault (throttling, 5xx, a reset or stall mid-body, a truncated body), with backoff; then the figure becomes a read_error row", metavar="N"))
     read_timeout: float = field(default=60.0, metadata=opt("seconds a read may wait for data before it is cut and retried", metavar="S"))
     read_deadline: float = field(default=300.0, metadata=opt("seconds for all attempts to read one object together", metavar="S"))
+    commit_every: int = field(default=100_000, metadata=opt("commit the files written so far to the Delta log once they hold this many figures; a rerun after a crash skips committed figures", metavar="N"))
+    commit_seconds: float = field(default=600.0, metadata=opt("... or once this many seconds passed since the last commit, whichever comes first", metavar="S"))
+    lease_wait: float = field(default=0.0, metadata=opt("seconds to wait for the table's lease when another run holds it; then stop with exit code 4", metavar="S"))
     summary_json: str | None = field(default=None, metadata=opt("also write the run summary JSON to this local file", metavar="PATH"))
     run_id: str | None = field(default=None, metadata=opt("run identifier written to every row (default: generated)"))
     ray_address: str | None = field(default=None, metadata=opt("Ray cluster to join (default: RAY_ADDRESS, else a local Ray)", metavar="ADDRESS"))
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "concurrency", "torch_threads", "max_bytes", "max_pixels"):
+        for name in ("batch_size", "concurrency", "torch_threads", "max_bytes", "max_pixels", "commit_every"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
         if self.read_retries < 0:
             raise ConfigError(f"--read-retries must be >= 0, got {self.read_retries}")
-        for name in ("read_timeout", "read_deadline"):
+        if self.lease_wait < 0:
+            raise ConfigError(f"--lease-wait must be >= 0, got {self.lease_wait}")
+        for name in ("read_timeout", "read_deadline", "commit_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
         if self.num_gpus is not None and self.num_gpus < 0:
@@ -89,13 +94,10 @@ class JobConfig:
 class IndexConfig(JobConfig):
     """``xai-pipeline index``: classify figures and write modality + CRM rows to a Delta table."""
 
-    commit_every: int = field(default=100_000, metadata=opt("figures per Delta commit; a rerun after a crash skips committed figures", metavar="N"))
     mode: str = field(default=WriteMode.APPEND.value, metadata=opt("append: add rows for figures this model version has not committed yet; overwrite: replace the table's rows", choices=tuple(m.value for m in WriteMode)))
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.commit_every <= 0:
-            raise ConfigError(f"--commit-every must be positive, got {self.commit_every}")
         check_choice(self, "mode")
 
 

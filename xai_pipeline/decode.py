@@ -233,4 +233,6 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, limits: DecodeLimits =
     }
     if defer_jpeg:
         columns[schema.JPEG_BYTES] = deferred
+    if schema.ROUTE in batch:
+        columns[schema.ROUTE] = np.asarray(batch[schema.ROUTE], dtype=object)
     return columns

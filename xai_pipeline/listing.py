@@ -29,6 +29,7 @@ from urllib.parse import unquote_plus
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from xai_pipeline import schema
 from xai_pipeline.plan import first_per_key
@@ -63,35 +64,6 @@ def _pages_s3(location: Location, settings: S3Settings, prefix: str, page_size: 
                 if not (o["Key"].endswith("/") and o["Size"] == 0)]
         if rows:
             yield _batch(location, rows)
-
-
-def _split_prefixes(location: Location, settings: S3Settings, prefix: str, page_size: int) -> tuple[list[str], list[pa.RecordBatch]]:
-    """The prefixes one level below ``prefix`` and the objects directly in it."""
-    bucket = location.bucket
-    paginator = s3_client(settings).get_paginator("list_objects_v2")
-    prefixes: list[str] = []
-    batches: list[pa.RecordBatch] = []
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/", PaginationConfig={"PageSize": page_size}):
-        prefixes += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
-        rows = [(f"{bucket}/{o['Key']}", o["Size"], o.get("ETag")) for o in page.get("Contents", [])
-                if not (o["Key"].endswith("/") and o["Size"] == 0)]
-        if rows:
-            batches.append(_batch(location, rows))
-    return prefixes, batches
-
-
-def _list_s3(location: Location, settings: S3Settings, page_size: int) -> list[pa.RecordBatch]:
-    _, _, key = location.path.partition("/")
-    # "s3://b/figs" means the folder figs/ (not figs-old/), unless figs is itself an object.
-    prefix = key.rstrip("/") + "/" if key else ""
-    prefixes, batches = _split_prefixes(location, settings, prefix, page_size)
-    if key and not prefixes and not batches:
-        batches = [b for b in _pages_s3(location, settings, key, page_size)]
-        batches = [b.filter(pc.equal(b.column("path"), location.path)) for b in batches]
-    with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
-        for pages in pool.map(lambda p: list(_pages_s3(location, settings, p, page_size)), prefixes):
-            batches += pages
-    return batches
 
 
 def local_etag(info: os.stat_result) -> str:
@@ -144,17 +116,6 @@ def _finish(batches: list[pa.RecordBatch], location: Location, flag: str) -> pa.
     return table.append_column(schema.FIGURE_ID, ids)
 
 
-def list_objects(location: Location, settings: S3Settings = S3Settings(), flag: str = "--input", page_size: int = PAGE_SIZE) -> pa.Table:
-    """Every object under a location: ``path``, ``uri``, ``size``, ``etag`` (S3), ``figure_id``."""
-    if location.scheme == "file" and not os.path.exists(location.path):
-        raise SourceError(f"{flag} {location.uri}: no such file or folder")
-    try:
-        batches = _list_s3(location, settings, page_size) if location.scheme == "s3" else list(_list_local(location, page_size))
-    except OSError as exc:
-        raise SourceError(f"{flag} {location.uri}: cannot list objects ({exc})") from exc
-    return _finish(batches, location, flag)
-
-
 def _current(row: dict[str, object]) -> bool:
     """False for an inventory row that is not the object's current version: an older version or
     a delete marker (inventories with ``IncludedObjectVersions: All``)."""
@@ -167,71 +128,152 @@ def _current(row: dict[str, object]) -> bool:
     return flag("islatest") is not False and flag("isdeletemarker") is not True
 
 
-def _inventory_rows(location: Location, settings: S3Settings, manifest: dict) -> Iterator[tuple[str, str, int | None, str | None]]:
-    """(bucket, key, size, etag) of the current objects of an S3 Inventory report's data files."""
-    columns = [c.strip() for c in manifest.get("fileSchema", "").split(",")]
-    fmt = manifest.get("fileFormat", "CSV").upper()
-    dest_bucket = manifest.get("destinationBucket", "").split(":::")[-1] or location.bucket
-    for entry in manifest.get("files", []):
-        fetched = read_object(parse_location(f"s3://{dest_bucket}/{entry['key']}", "--manifest"), f"{dest_bucket}/{entry['key']}", settings)
-        if fetched.status:
-            raise SourceError(f"--manifest: inventory file s3://{dest_bucket}/{entry['key']}: {fetched.error}")
-        if fmt == "CSV":
-            text = gzip.decompress(fetched.data).decode() if fetched.data[:2] == b"\x1f\x8b" else fetched.data.decode()
-            for values in csv.reader(io.StringIO(text)):
-                row = {k.lower(): v for k, v in zip(columns, values)}
-                if _current(row):
-                    yield row["bucket"], unquote_plus(row["key"]), _size(row.get("size")), row.get("etag") or None
-        elif fmt == "PARQUET":
-            import pyarrow.parquet as pq
-
-            for row in pq.read_table(io.BytesIO(fetched.data)).to_pylist():
-                lowered = {k.lower(): v for k, v in row.items()}
-                if _current(lowered):
-                    yield lowered["bucket"], lowered["key"], _size(lowered.get("size")), lowered.get("etag")
-        else:
-            raise SourceError(f"--manifest: inventory format {fmt} is not supported (use CSV or Parquet)")
+def _inventory_file_rows(unit: dict[str, str], settings: S3Settings) -> Iterator[tuple[str, str, int | None, str | None]]:
+    """(bucket, key, size, etag) of the current objects in one S3 Inventory data file."""
+    path = unit["path"]
+    fetched = read_object(parse_location(f"s3://{path}", "--manifest"), path, settings)
+    if fetched.status:
+        raise SourceError(f"--manifest: inventory file s3://{path}: {fetched.error}")
+    columns = [c.strip().lower() for c in unit["columns"].split(",")]
+    if unit["format"] == "CSV":
+        text = gzip.decompress(fetched.data).decode() if fetched.data[:2] == b"\x1f\x8b" else fetched.data.decode()
+        for values in csv.reader(io.StringIO(text)):
+            row = dict(zip(columns, values))
+            if _current(row):
+                yield row["bucket"], unquote_plus(row["key"]), _size(row.get("size")), row.get("etag") or None
+    else:
+        for row in pq.read_table(io.BytesIO(fetched.data)).to_pylist():
+            lowered = {k.lower(): v for k, v in row.items()}
+            if _current(lowered):
+                yield lowered["bucket"], lowered["key"], _size(lowered.get("size")), lowered.get("etag")
 
 
-def _parquet_rows(location: Location, data: bytes) -> Iterator[tuple[str, str, int | None, str | None]]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(io.BytesIO(data))
-    names = {n.lower(): n for n in table.column_names}
+def _parquet_rows(location: Location, unit: dict[str, str], settings: S3Settings) -> Iterator[tuple[str, str, int | None, str | None]]:
+    """(bucket, key, size, etag) of a Parquet manifest, a row group at a time."""
+    fetched = read_object(parse_location(f"s3://{unit['path']}", "--manifest"), unit["path"], settings)
+    if fetched.status:
+        raise SourceError(f"--manifest s3://{unit['path']}: {fetched.error}")
+    manifest = pq.ParquetFile(io.BytesIO(fetched.data))
+    names = {n.lower(): n for n in manifest.schema_arrow.names}
     if "key" not in names:
         raise SourceError("--manifest: a Parquet manifest needs a 'key' column")
-    for row in table.to_pylist():
-        if row[names["key"]] is None or not _current({k.lower(): v for k, v in row.items()}):
-            continue
-        bucket = row.get(names["bucket"]) if "bucket" in names else location.bucket
-        size = row.get(names["size"]) if "size" in names else None
-        etag = row.get(names["etag"]) if "etag" in names else None
-        yield bucket or location.bucket, row[names["key"]], _size(size), etag
+    for group in range(manifest.num_row_groups):
+        for row in manifest.read_row_group(group).to_pylist():
+            if row[names["key"]] is None or not _current({k.lower(): v for k, v in row.items()}):
+                continue
+            bucket = row.get(names["bucket"]) if "bucket" in names else location.bucket
+            size = row.get(names["size"]) if "size" in names else None
+            etag = row.get(names["etag"]) if "etag" in names else None
+            yield bucket or location.bucket, row[names["key"]], _size(size), etag
+
+
+def _prefix(location: Location) -> tuple[str, str]:
+    """The input's key and, for S3, the folder it names: ``s3://b/figs`` is ``figs/`` (not ``figs-old/``)."""
+    _, _, key = location.path.partition("/")
+    return key, (key.rstrip("/") + "/" if key else "")
+
+
+def units(location: Location, settings: S3Settings = S3Settings(), manifest_uri: str | None = None) -> list[dict[str, str]]:
+    """The units of listing work: few, and cheap to find in the driver (the input folder or S3
+    prefix, or a manifest's data files). :func:`expand` and :func:`unit_rows` run in tasks."""
+    if manifest_uri:
+        if location.scheme != "s3":
+            raise SourceError("--manifest needs an s3:// --input")
+        manifest = parse_location(manifest_uri, "--manifest")
+        if manifest.path.endswith(".parquet"):
+            return [{"kind": "parquet", "path": manifest.path}]
+        if not manifest.path.endswith(".json"):
+            raise SourceError(f"--manifest {manifest_uri}: expected an S3 Inventory manifest.json or a .parquet file")
+        fetched = read_object(manifest, manifest.path, settings)
+        if fetched.status:
+            raise SourceError(f"--manifest {manifest_uri}: {fetched.error}")
+        doc = json.loads(fetched.data)
+        fmt = doc.get("fileFormat", "CSV").upper()
+        if fmt not in ("CSV", "PARQUET"):
+            raise SourceError(f"--manifest: inventory format {fmt} is not supported (use CSV or Parquet)")
+        bucket = doc.get("destinationBucket", "").split(":::")[-1] or location.bucket
+        return [{"kind": "inventory", "path": f"{bucket}/{entry['key']}", "format": fmt, "columns": doc.get("fileSchema", "")}
+                for entry in doc.get("files", [])]
+    if location.scheme == "file":
+        if not os.path.exists(location.path):
+            raise SourceError(f"--input {location.uri}: no such file or folder")
+        return [{"kind": "local", "path": location.path}]
+    return [{"kind": "s3_top", "path": location.path}]
+
+
+def expand(unit: dict[str, str], location: Location, settings: S3Settings, page_size: int = PAGE_SIZE) -> Iterator[list[dict[str, str]]]:
+    """Pages of finer units: an S3 input prefix becomes its sub-prefixes one level down (listed
+    in parallel later), the objects directly in it, or the object it names; others stay."""
+    if unit["kind"] != "s3_top":
+        yield [unit]
+        return
+    key, prefix = _prefix(location)
+    found = False
+    paginator = s3_client(settings).get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=location.bucket, Prefix=prefix, Delimiter="/", PaginationConfig={"PageSize": page_size}):
+        found_here = [{"kind": "s3_prefix", "path": p["Prefix"]} for p in page.get("CommonPrefixes", [])]
+        direct = [[f"{location.bucket}/{o['Key']}", o["Size"], o.get("ETag")] for o in page.get("Contents", [])
+                  if not (o["Key"].endswith("/") and o["Size"] == 0)]
+        if direct:
+            found_here.append({"kind": "rows", "path": json.dumps(direct)})
+        if found_here:
+            found = True
+            yield found_here
+    if key and not found:
+        yield [{"kind": "s3_exact", "path": key}]
+
+
+def unit_rows(unit: dict[str, str], location: Location, settings: S3Settings, page_size: int = PAGE_SIZE) -> Iterator[pa.RecordBatch]:
+    """Listing rows of one unit (:data:`LISTING_SCHEMA`), a page at a time; may repeat keys that
+    another unit also names (a manifest listing a key twice): the plan keeps one."""
+    kind = unit["kind"]
+    if kind == "local":
+        yield from _list_local(Location("file", unit["path"]), page_size)
+    elif kind == "s3_prefix":
+        yield from _pages_s3(location, settings, unit["path"], page_size)
+    elif kind == "s3_exact":
+        for batch in _pages_s3(location, settings, unit["path"], page_size):
+            yield batch.filter(pc.equal(batch.column("path"), location.path))
+    elif kind == "rows":
+        yield _batch(location, [tuple(r) for r in json.loads(unit["path"])])
+    else:
+        rows = _inventory_file_rows(unit, settings) if kind == "inventory" else _parquet_rows(location, unit, settings)
+        _, prefix = _prefix(location)
+        page: list[tuple[str, object, object]] = []
+        for bucket, key, size, etag in rows:
+            if bucket == location.bucket and key.startswith(prefix) and not key.endswith("/"):
+                page.append((f"{bucket}/{key}", size, etag))
+                if len(page) == page_size:
+                    yield _batch(location, page)
+                    page = []
+        if page:
+            yield _batch(location, page)
+
+
+def with_ids(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    """Listing rows plus their ``figure_id``."""
+    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    return table.append_column(schema.FIGURE_ID, pa.array([schema.figure_id(u) for u in table.column("uri").to_pylist()], pa.string()))
+
+
+def _collect(location: Location, settings: S3Settings, manifest_uri: str | None, flag: str, page_size: int) -> pa.Table:
+    fine = [u for unit in units(location, settings, manifest_uri) for page in expand(unit, location, settings, page_size) for u in page]
+    batches: list[pa.RecordBatch] = []
+    try:
+        with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
+            for pages in pool.map(lambda u: list(unit_rows(u, location, settings, page_size)), fine):
+                batches += pages
+    except OSError as exc:
+        raise SourceError(f"{flag} {location.uri}: cannot list objects ({exc})") from exc
+    return _finish(batches, location, flag)
+
+
+def list_objects(location: Location, settings: S3Settings = S3Settings(), flag: str = "--input", page_size: int = PAGE_SIZE) -> pa.Table:
+    """Every object under a location, in the driver: ``path``, ``uri``, ``size``, ``etag``,
+    ``figure_id``. (A run lists in Ray tasks instead; this is the small-scale path and the oracle.)"""
+    return _collect(location, settings, None, flag, page_size)
 
 
 def read_manifest(manifest_uri: str, location: Location, settings: S3Settings = S3Settings()) -> pa.Table:
     """The objects a manifest names under ``location`` (an S3 input), as :func:`list_objects` returns them."""
-    if location.scheme != "s3":
-        raise SourceError("--manifest needs an s3:// --input")
-    manifest = parse_location(manifest_uri, "--manifest")
-    fetched = read_object(manifest, manifest.path, settings)
-    if fetched.status:
-        raise SourceError(f"--manifest {manifest_uri}: {fetched.error}")
-    if manifest.path.endswith(".json"):
-        rows = _inventory_rows(location, settings, json.loads(fetched.data))
-    elif manifest.path.endswith(".parquet"):
-        rows = _parquet_rows(location, fetched.data)
-    else:
-        raise SourceError(f"--manifest {manifest_uri}: expected an S3 Inventory manifest.json or a .parquet file")
-    _, _, prefix = location.path.partition("/")
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
-    batches, page = [], []
-    for bucket, key, size, etag in rows:
-        if bucket == location.bucket and key.startswith(prefix) and not key.endswith("/"):
-            page.append((f"{bucket}/{key}", size, etag))
-            if len(page) == PAGE_SIZE:
-                batches.append(_batch(location, page))
-                page = []
-    if page:
-        batches.append(_batch(location, page))
-    return _finish(batches, location, "--manifest")
+    return _collect(location, settings, manifest_uri, "--manifest", PAGE_SIZE)

@@ -2,12 +2,21 @@
 
 The only module that imports ``ray.data``. Each stage is a plain function or callable class from
 its own module; this file decides batch sizes, CPUs, GPUs and actor-pool sizes, and the order of
-listing, planning, processing and committing.
+planning, processing and committing.
+
+A run is one streaming pipeline with one classifier actor pool: figures flow from the plan through
+fetch, decode, classify and encode into the write stage, whose workers write Parquet files; the
+driver receives one small record per file and commits the files to the Delta log every
+``--commit-every`` figures or ``--commit-seconds`` (:mod:`xai_pipeline.writer`), without draining
+the pipeline. Figures that already have (stale) rows are written to the run's staging folder and
+merged at the end, together with the deletions of a reindex, in one merge whose source is
+streamed from the staged files. The table's lease (:mod:`xai_pipeline.lease`) is held throughout.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -18,15 +27,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from xai_pipeline import codec, decode, plan, records, schema, sink
+from xai_pipeline import buckets as buckets_stage
+from xai_pipeline import codec, decode, listing, plan, records, schema, sink, writer
 from xai_pipeline import source as source_stage
 from xai_pipeline.classify import FigureClassifier
 from xai_pipeline.config import DemoConfig, IndexConfig, JobConfig, ReindexConfig
 from xai_pipeline.decode import DecodeLimits
-from xai_pipeline.listing import list_objects, read_manifest
-from xai_pipeline.model import DEFAULT_MODEL_PATH, ModelFileError, ModelSpec, read_spec
+from xai_pipeline.job import Job, finish, now, prepare
+from xai_pipeline.lease import TableLease
 from xai_pipeline.schema import Status
-from xai_pipeline.source import Location, ReadPolicy, S3Settings, check_output, make_filesystem, parse_location, preflight_s3
+from xai_pipeline.source import Location, ReadPolicy, S3Settings, SourceError, make_filesystem, parse_location
 from xai_pipeline.summary import RunSummary, new_run_id
 
 log = logging.getLogger(__name__)
@@ -35,6 +45,10 @@ SAMPLES_DIR = Path(__file__).parent / "samples" / "figures"
 DECODE_BATCH_SIZE = 16
 GPU_BATCH_SIZE, CPU_BATCH_SIZE = 256, 32  # default --batch-size
 READ_BLOCK_ROWS = 64  # least listing rows per input block (the unit of fetch + decode tasks); at least a batch
+FILE_ROWS = 2048  # rows per Parquet file the write stage writes (fewer at the end of a run)
+# Write tasks reserve less than the encode tasks: unequal resources keep Ray from fusing encode into
+# the write stage, whose batches gather FILE_ROWS rows; fused, one failing encode would lose them all.
+WRITE_TASK_CPUS = 0.5
 # Memory reserved per fetch/decode task. Besides bounding memory, it keeps Ray from fusing decode
 # into the classifier actors (fusion needs equal remote args), so decode runs in its own CPU
 # tasks, in parallel with inference, as many as the CPUs allow.
@@ -42,7 +56,7 @@ DECODE_TASK_MEMORY = 512 * 1024 * 1024
 # Task-level failures (a worker dying, an error outside any one figure's handling) are retried
 # this many times; a block that still fails is dropped (its figures have no row: the summary
 # counts them as missing, the exit code is 3, and the next run processes them). Rows reach the
-# table only through the commit at the end of a chunk, so a retried task duplicates nothing.
+# table only through a commit of the files a task returned, so a retried task duplicates nothing.
 TASK_RETRIES = 3
 
 
@@ -56,37 +70,14 @@ def _decode_stage(batch: dict[str, np.ndarray], *, size: int, limits: DecodeLimi
 
 
 def _encode_stage(batch: dict[str, np.ndarray], *, run_id: str, roi_threshold: float) -> pa.Table:
-    return codec.encode_batch(batch, run_id=run_id, roi_threshold=roi_threshold)
+    rows = codec.encode_batch(batch, run_id=run_id, roi_threshold=roi_threshold)
+    if schema.ROUTE in batch:
+        rows = rows.append_column(schema.ROUTE, pa.array([str(v) for v in batch[schema.ROUTE]], pa.string()))
+    return rows
 
 
-@dataclass(frozen=True)
-class _Job:
-    """A checked configuration: locations, model, filesystems, and the collection's listing."""
-
-    cfg: JobConfig
-    source: Location
-    target: Location
-    settings: S3Settings
-    out_fs: Any
-    options: dict[str, str] | None
-    spec: ModelSpec
-    listing: pa.Table  # path, uri, size, etag, figure_id
-
-
-def _prepare(cfg: JobConfig, manifest: str | None = None) -> _Job:
-    """Every check that can fail on configuration, then the listing; no Ray work yet."""
-    settings = S3Settings(cfg.endpoint_url, cfg.region)
-    source = parse_location(cfg.input, "--input")
-    target = parse_location(cfg.output, "--output")
-    check_output(target)
-    try:
-        spec = read_spec(cfg.model or DEFAULT_MODEL_PATH)
-    except ModelFileError as exc:
-        raise ModelFileError(f"--model: {exc}") from exc
-    preflight_s3(source, settings, "--input")
-    preflight_s3(target, settings, "--output")
-    listing = read_manifest(manifest, source, settings) if manifest else list_objects(source, settings)
-    return _Job(cfg, source, target, settings, make_filesystem(target, settings), sink.storage_options(target, settings), spec, listing)
+def _write_stage(rows: pa.Table, *, table: Location, staging: Location, settings: S3Settings, run_id: str) -> pa.Table:
+    return writer.write_files(rows, table=table, staging=staging, settings=settings, run_id=run_id)
 
 
 def _init_ray(address: str | None) -> Any:
@@ -131,8 +122,9 @@ def _actor_pool(concurrency: int | None, batches: int, num_gpus: float, resource
     return pool, actor_cpus
 
 
-def _rows(job: _Job, part: pa.Table, run_id: str) -> Any:
-    """The Ray dataset of table rows for listing rows ``part``: fetch → decode → classify → encode."""
+def _rows(job: Job, todo: Any, count: int, run_id: str) -> Any:
+    """The Ray dataset of table rows for the dataset of listing rows ``todo`` (``count`` rows):
+    fetch → decode → classify → encode."""
     ray = _init_ray(job.cfg.ray_address)
     from ray.data import ActorPoolStrategy
 
@@ -142,10 +134,9 @@ def _rows(job: _Job, part: pa.Table, run_id: str) -> Any:
     if num_gpus is None:
         num_gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
     batch_size = cfg.batch_size or (GPU_BATCH_SIZE if num_gpus > 0 else CPU_BATCH_SIZE)
-    pool, actor_cpus = _actor_pool(cfg.concurrency, max(1, part.num_rows // batch_size), num_gpus, resources, cfg.torch_threads)
-    rows = max(READ_BLOCK_ROWS, batch_size)  # fewer, fuller blocks: less per-task state in the driver
-    blocks = [part.slice(i, rows) for i in range(0, part.num_rows, rows)]
-    ds = ray.data.from_arrow(blocks)
+    pool, actor_cpus = _actor_pool(cfg.concurrency, max(1, count // batch_size), num_gpus, resources, cfg.torch_threads)
+    rows = max(READ_BLOCK_ROWS, batch_size)  # blocks of a batch or more: the unit of fetch + decode tasks
+    ds = todo.repartition(target_num_rows_per_block=rows)
     ds = ds.map_batches(_fetch_stage, fn_kwargs={"location": job.source, "settings": job.settings, "max_bytes": cfg.max_bytes,
                                                  "policy": cfg.read_policy},
                         batch_size=DECODE_BATCH_SIZE, batch_format="numpy", num_cpus=1, memory=DECODE_TASK_MEMORY)
@@ -155,7 +146,8 @@ def _rows(job: _Job, part: pa.Table, run_id: str) -> Any:
         FigureClassifier,
         fn_constructor_kwargs={"model_path": str(cfg.model) if cfg.model else None, "device": "cuda" if num_gpus > 0 else "cpu",
                                "crm_score": cfg.crm_score, "torch_threads": cfg.torch_threads, "precision": cfg.precision,
-                               "compile_model": cfg.compile, "limits": cfg.limits, "memory_share": num_gpus},
+                               "compile_model": cfg.compile, "limits": cfg.limits, "memory_share": num_gpus,
+                               "exit_on_device_fault": True},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(size=pool),
@@ -165,145 +157,139 @@ def _rows(job: _Job, part: pa.Table, run_id: str) -> Any:
     return ds.map_batches(_encode_stage, fn_kwargs={"run_id": run_id, "roi_threshold": cfg.roi_threshold}, batch_format="numpy", num_cpus=1)
 
 
-def _finish(job: _Job, run_id: str, kind: str, started: float, started_at: str, to_process: int, **counts: Any) -> RunSummary:
-    """Count this run's rows in the table, build the summary, store it beside the table.
-
-    ``to_process``: listed objects this run had to give a row; ``missing`` is how many of them
-    have none (a block lost after its retries), which makes the exit code 3."""
-    version, statuses = sink.status_counts(job.target, job.options, run_id) if sink.table_exists(job.target, job.options) else (None, {})
-    seconds = time.perf_counter() - started
-    processed = sum(statuses.values())
-    ok = statuses.get(Status.OK.value, 0)
-    process_seconds = counts.get("durations", {}).get("process", 0.0)
-    missing = max(0, to_process - processed)
-    summary = RunSummary(
-        run_id=run_id, kind=kind, inputs=job.listing.num_rows, processed=processed, ok=ok, errors=processed - ok,
-        seconds=round(seconds, 3), figures_per_second=round(processed / seconds, 3) if seconds > 0 else 0.0,
-        process_figures_per_second=round(processed / process_seconds, 3) if process_seconds > 0 else 0.0,
-        table_version=version, output=job.target.uri, model_name=job.spec.name, model_version=job.spec.version,
-        started_at=started_at, errors_by_kind={k: v for k, v in sorted(statuses.items()) if k != Status.OK.value},
-        missing=missing, state=records.RunState.INCOMPLETE if missing else records.RunState.FINISHED, **counts,
-    )
-    records.write_run(job.target, job.out_fs, summary.to_dict())
-    if missing:
-        log.error("run %s: %d of %d objects to process have no row; run the same command again to process them", run_id, missing, to_process)
-    if job.cfg.summary_json:
-        path = Path(job.cfg.summary_json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(summary.to_json() + "\n")
-    return summary
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _row_settings(job: _Job) -> plan.RowSettings:
-    return plan.RowSettings(job.spec.name, job.spec.version, job.cfg.crm_score, job.cfg.roi_threshold)
-
-
-def _merge_chunk(job: _Job, part: pa.Table, run_id: str, deleted_ids: pa.Array, extra: pa.Table | None = None) -> bool:
-    """Process listing rows ``part`` into the run's staging folder, then merge them (with
-    ``extra`` rows, and ``deleted_ids`` marked) in one commit. True when something was committed."""
+def _stream(job: Job, todo: Any, count: int, run_id: str, committer: writer.Committer) -> None:
+    """Run the pipeline over the dataset ``todo`` of listing rows with :data:`schema.ROUTE`,
+    committing the appended files as they come and collecting the staged ones."""
     staging = records.staging_location(job.target, run_id)
-    if part.num_rows:
-        sink.write_staging(_rows(job, part, run_id), staging, job.out_fs)
-    upserts = sink.read_staging(staging, job.out_fs)
-    if extra is not None and extra.num_rows:
-        upserts = pa.concat_tables([upserts, sink.conform(extra)])
-    upserts = plan.first_per_key(upserts, schema.FIGURE_ID, [(schema.PROCESSED_AT, "descending")])
-    merged = sink.merge_run(job.target, job.options, upserts, deleted_ids, dt.datetime.now(dt.timezone.utc), run_id)
-    records.remove_staging(job.target, job.out_fs, run_id)
-    return merged is not None
+    ds = _rows(job, todo, count, run_id).map_batches(
+        _write_stage, fn_kwargs={"table": job.target, "staging": staging, "settings": job.settings, "run_id": run_id},
+        batch_size=FILE_ROWS, batch_format="pyarrow", num_cpus=WRITE_TASK_CPUS)
+    for files in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        committer.add(files)
+    committer.commit()
+
+
+def _sum(ds: Any, columns: tuple[str, ...]) -> dict[str, int]:
+    """Add up the small count rows a stage returns (one per task or bucket: never per figure)."""
+    totals = dict.fromkeys(columns, 0)
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for name in columns:
+            totals[name] += int(pc.sum(batch.column(name)).as_py() or 0)
+    return totals
+
+
+@dataclass(frozen=True)
+class _Planned:
+    counts: dict[str, int]  # listed, new, changed, skipped, deleted, reused
+    scratch: Location
+
+
+def _plan(job: Job, run_id: str, manifest: str | None, reindex: bool, overwrite: bool, earlier_staging: list[str]) -> _Planned:
+    """List the collection and compare it with the table, in Ray tasks (:mod:`xai_pipeline.buckets`):
+    the driver holds unit and file names and counts, never rows."""
+    ray = _init_ray(job.cfg.ray_address)
+    scratch = records.plan_location(job.target, run_id)
+    data_files, table_rows = sink.data_files(job.target, job.options)
+    n = buckets_stage.bucket_count(table_rows)
+    units = pa.Table.from_pylist(listing.units(job.source, job.settings, manifest), schema=buckets_stage.UNIT_SCHEMA)
+    common = {"settings": job.settings, "scratch": scratch, "buckets": n}
+    listed = ray.data.from_arrow(units).map_batches(buckets_stage.expand_units, fn_kwargs={"location": job.source, "settings": job.settings},
+                                                   batch_size=1, batch_format="pyarrow")
+    listed = listed.repartition(target_num_rows_per_block=1).map_batches(
+        buckets_stage.list_units, fn_kwargs={"location": job.source, **common}, batch_size=1, batch_format="pyarrow")
+    if _sum(listed, ("rows",))["rows"] == 0:
+        raise SourceError(f"{'--manifest' if manifest else '--input'} {job.source.uri}: no objects found")
+    sides = [] if overwrite else [(buckets_stage.STATE, data_files, False)]
+    sides.append((buckets_stage.STAGED, [f for r in earlier_staging for f in sink.staged_paths(records.staging_location(job.target, r), job.out_fs)], True))
+    for side, paths, staged in sides:
+        if paths:
+            files = ray.data.from_items([{"path": p} for p in paths]).repartition(target_num_rows_per_block=1)
+            _sum(files.map_batches(buckets_stage.bucket_files, fn_kwargs={"side": side, "staged": staged, **common}, batch_size=1, batch_format="pyarrow"), ("rows",))
+    planned = ray.data.from_items([{"bucket": i} for i in range(n)]).repartition(target_num_rows_per_block=max(1, n // 64))
+    counts = _sum(planned.map_batches(buckets_stage.plan_buckets, fn_kwargs={
+        "scratch": scratch, "settings": job.settings, "row_settings": job.row_settings, "compare_content": reindex,
+        "input_uri": job.source.uri if reindex else None, "overwrite": overwrite,
+    }, batch_size=None, batch_format="pyarrow"), buckets_stage.COUNT_COLUMNS)
+    return _Planned(counts, scratch)
+
+
+def _run(cfg: JobConfig, kind: str, *, manifest: str | None = None, overwrite: bool = False) -> RunSummary:
+    """A whole ``index`` or ``reindex`` run under the table's lease."""
+    started, started_at = time.perf_counter(), now()
+    job = prepare(cfg)
+    run_id = cfg.run_id or new_run_id()
+    reindex = kind == "reindex"
+    with TableLease(job.target, job.settings, run_id, wait=cfg.lease_wait) as lease:
+        records.start_run(job.target, job.out_fs, run_id, kind, started_at)
+        earlier_runs = records.running_runs(job.target, job.out_fs, but=run_id)  # we hold the lease: they are not running
+        redone = sum(max(0, int(r.get("written_rows", 0)) - int(r.get("committed_rows", 0))) for r in earlier_runs)
+        earlier_staging = [r for r in records.staged_runs(job.target, job.out_fs) if r != run_id]
+        if not overwrite:
+            sink.upgrade_schema(job.target, job.options)
+        planned = _plan(job, run_id, manifest, reindex, overwrite, earlier_staging)
+        counts = planned.counts
+        timings = {"plan": time.perf_counter() - started, "process": 0.0, "merge": 0.0}
+        log.info("%s %s: %s", kind, run_id, counts)
+
+        def on_commit(c: writer.Committer) -> None:
+            records.update_running(job.target, job.out_fs, {"run_id": run_id, "kind": kind, "started_at": started_at,
+                                                             "commits": c.commits, "committed_rows": c.committed_rows,
+                                                             "written_rows": c.committed_rows + c.pending_rows})
+
+        committer = writer.Committer(sink.table_uri(job.target), job.options, run_id, cfg.commit_every, cfg.commit_seconds,
+                                     overwrite=overwrite, check=lease.check, on_commit=on_commit)
+        fs = make_filesystem(planned.scratch, job.settings)
+        todo_files = buckets_stage.files(planned.scratch, fs, buckets_stage.TODO)
+        if todo_files:
+            import ray
+
+            mark = time.perf_counter()
+            todo = ray.data.read_parquet(todo_files, filesystem=fs)
+            _stream(job, todo, counts["new"] + counts["changed"] - counts["reused"], run_id, committer)
+            timings["process"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        staged = sink.staged_tables(records.staging_location(job.target, run_id), job.out_fs, [r["path"] for r in committer.staged], root=False)
+        reused = sink.staged_tables(planned.scratch, fs, buckets_stage.files(planned.scratch, fs, buckets_stage.REUSED), root=True, run_id=run_id)
+        merged = None
+        if committer.staged or counts["reused"] or counts["deleted"]:
+            merged = sink.merge_run(job.target, job.options, itertools.chain(staged, reused), buckets_stage.deleted_ids(planned.scratch, fs),
+                                    dt.datetime.now(dt.timezone.utc), run_id, check=lease.check)
+        timings["merge"] = time.perf_counter() - mark
+        for folder in [run_id, *earlier_staging]:
+            records.remove_staging(job.target, job.out_fs, folder)
+        for folder in records.plan_runs(job.target, job.out_fs):
+            records.remove_plan(job.target, job.out_fs, folder)
+        records.mark_interrupted(job.target, job.out_fs, sorted({r["run_id"] for r in earlier_runs} | set(earlier_staging)), run_id)
+        summary = {"skipped": counts["skipped"], "new": counts["new"], "changed": counts["changed"], "redone": redone,
+                   "commits": committer.commits + int(merged is not None), "durations": {k: round(v, 3) for k, v in timings.items()}}
+        if reindex:
+            summary.update(deleted=counts["deleted"], reused=counts["reused"])
+        elif isinstance(cfg, IndexConfig):
+            summary.update(mode=cfg.mode)
+        return finish(job, run_id, kind, started, started_at, counts["listed"], counts["new"] + counts["changed"], **summary)
 
 
 def run_index(cfg: IndexConfig) -> RunSummary:
     """Index a collection. Figures whose one row is current (this model name and version, these
     settings, not of a status to retry) are skipped, so rerunning a command (after a crash, say)
-    finishes the work without duplicates. Figures with no row are appended in chunks of
-    ``--commit-every``, each one atomic Delta commit; figures with stale rows (another model
-    version or settings, several rows) are merged in chunks, each new row replacing all the
+    finishes the work without duplicates. Figures with no row are appended, committed every
+    ``--commit-every`` figures or ``--commit-seconds``; figures with stale rows (another model
+    version or settings, several rows) are merged at the end, each new row replacing all the
     figure's old ones, so the table keeps one row per figure_id."""
-    started, started_at = time.perf_counter(), _now()
-    job = _prepare(cfg)
-    run_id = cfg.run_id or new_run_id()
-    records.start_run(job.target, job.out_fs, run_id, "index", started_at)
-    overwrite = cfg.mode == sink.WriteMode.OVERWRITE.value
-    if overwrite:
-        todo = plan.RunPlan(job.listing, job.listing.slice(0, 0), 0, pa.array([], pa.string()))
-    else:
-        todo = plan.index_plan(job.listing, sink.table_state(job.target, job.options, plan.STATE_COLUMNS), _row_settings(job))
-    leftovers = records.read_inflight(job.target, job.out_fs)
-    redone = plan.count_in(todo.todo, pa.array(sorted({i for ids in leftovers.values() for i in ids}), pa.string()))
-    log.info("run %s: %d objects under %s, %d new, %d to replace → %s", run_id, job.listing.num_rows, job.source.uri,
-             todo.new, todo.changed, job.target.uri)
-    timings = {"prepare": time.perf_counter() - started, "ray_start": 0.0, "process": 0.0}
-    if todo.todo.num_rows:
-        mark = time.perf_counter()
-        _init_ray(cfg.ray_address)
-        timings["ray_start"] = time.perf_counter() - mark
-        if not overwrite:
-            sink.upgrade_schema(job.target, job.options)
-    commits = 0
-    chunks = [(todo.fresh, start) for start in range(0, todo.new, cfg.commit_every)]
-    chunks += [(todo.replace, start) for start in range(0, todo.changed, cfg.commit_every)]
-    for chunk, (rows, start) in enumerate(chunks):
-        mark = time.perf_counter()
-        part = rows.slice(start, cfg.commit_every)
-        marker = records.mark_inflight(job.target, job.out_fs, run_id, chunk, part.column(schema.FIGURE_ID).to_pylist())
-        if rows is todo.fresh:
-            mode = sink.WriteMode.OVERWRITE if overwrite and chunk == 0 else sink.WriteMode.APPEND
-            sink.write_dataset(_rows(job, part, run_id), job.target, mode, job.options, job.out_fs)
-            commits += 1
-        else:
-            commits += int(_merge_chunk(job, part, run_id, pa.array([], pa.string())))
-        records.clear_inflight(job.target, job.out_fs, [marker])
-        timings["process"] += time.perf_counter() - mark
-    records.clear_inflight(job.target, job.out_fs, list(leftovers))
-    interrupted = sorted({name.rsplit("-", 1)[0] for name in leftovers})
-    for earlier_run in interrupted:
-        records.remove_staging(job.target, job.out_fs, earlier_run)
-    records.mark_interrupted(job.target, job.out_fs, interrupted, run_id)
-    return _finish(job, run_id, "index", started, started_at, todo.todo.num_rows, skipped=todo.skipped, new=todo.new,
-                   changed=todo.changed, redone=redone, commits=commits, mode=cfg.mode,
-                   durations={k: round(v, 3) for k, v in timings.items()})
+    return _run(cfg, "index", overwrite=cfg.mode == sink.WriteMode.OVERWRITE.value)
 
 
 def run_reindex(cfg: ReindexConfig) -> RunSummary:
-    """Process new and changed figures and mark deleted ones, in one atomic Delta merge.
+    """Process new and changed figures and mark deleted ones.
 
-    Rows are first written as Parquet to the run's staging folder beside the table; the merge
-    then replaces the figures' rows and sets ``deleted_at`` on figures gone from the collection.
-    Readers see the previous version until the merge commits. A new model version or other
-    settings reprocess everything.
-
-    Resume: staging folders left by interrupted runs are read first; the rows that can be trusted
-    (:func:`plan.trusted_staged`) are committed instead of processed again, and the folders are
-    removed once this run's merge has committed; their run records become ``interrupted``.
+    New figures are appended (append commits, no merge); changed figures (content, model or
+    settings) and deletions go through one merge at the end, whose source is streamed from the
+    run's staged files. Resume: staging folders left by interrupted runs are read first; the rows
+    that can be trusted (:func:`plan.trusted_staged`) are committed instead of processed again,
+    and the folders are removed once this run's merge has committed; their run records become
+    ``interrupted``.
     """
-    started, started_at = time.perf_counter(), _now()
-    job = _prepare(cfg, cfg.manifest)
-    run_id = cfg.run_id or new_run_id()
-    records.start_run(job.target, job.out_fs, run_id, "reindex", started_at)
-    state = sink.table_state(job.target, job.options, plan.STATE_COLUMNS)
-    todo = plan.reindex_plan(job.listing, state, job.spec.name, job.spec.version, job.source.uri, cfg.crm_score, cfg.roi_threshold)
-    earlier = [r for r in records.staged_runs(job.target, job.out_fs) if r != run_id]
-    staged = [sink.read_staging(records.staging_location(job.target, r), job.out_fs) for r in earlier]
-    reused = plan.trusted_staged(pa.concat_tables([sink.conform(t) for t in staged]) if staged else sink.conform(schema.TABLE_SCHEMA.empty_table()),
-                                 todo.todo, _row_settings(job))
-    reused = reused.set_column(reused.schema.get_field_index(schema.RUN_ID), schema.RUN_ID, pa.array([run_id] * reused.num_rows, pa.string()))
-    rest = todo.todo.filter(pc.invert(pc.is_in(todo.todo.column(schema.FIGURE_ID), value_set=reused.column(schema.FIGURE_ID))))
-    timings = {"plan": round(time.perf_counter() - started, 3)}
-    log.info("reindex %s: %d listed, %d new, %d changed, %d unchanged, %d deleted, %d reused from interrupted runs %s", run_id,
-             job.listing.num_rows, todo.new, todo.changed, todo.skipped, len(todo.deleted_ids), reused.num_rows, earlier)
-    committed = _merge_chunk(job, rest, run_id, todo.deleted_ids, reused)
-    for earlier_run in earlier:
-        records.remove_staging(job.target, job.out_fs, earlier_run)
-    records.mark_interrupted(job.target, job.out_fs, earlier, run_id)
-    timings["process"] = round(time.perf_counter() - started - timings["plan"], 3)
-    return _finish(job, run_id, "reindex", started, started_at, todo.todo.num_rows, skipped=todo.skipped, new=todo.new,
-                   changed=todo.changed, deleted=len(todo.deleted_ids), reused=reused.num_rows, commits=int(committed),
-                   durations=timings)
+    return _run(cfg, "reindex", manifest=cfg.manifest)
 
 
 def run_demo(cfg: DemoConfig) -> tuple[RunSummary, dict[str, int]]:

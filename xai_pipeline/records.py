@@ -6,7 +6,10 @@ names that start with an underscore):
                                rows are missing) when it ends; a run found ``running`` by a
                                later run that cleans up after it becomes ``interrupted``
                                (``xai-pipeline runs`` lists them)
-* ``inflight/<run>-<n>.json``  figure_ids of a chunk being written, removed once it is committed
+                               (a running run's record is rewritten at each commit with counts:
+                               rows written and committed, never figure ids)
+* ``plan/<run_id>/``           a run's plan, made by Ray tasks: the listing and the table's state
+                               in buckets, each bucket's figures to process and to mark deleted
 * ``staging/<run_id>/``        a run's rows before they are merged in one commit; a later run
                                reuses the rows it can trust from an interrupted run's staging
 """
@@ -25,6 +28,25 @@ ROOT = "_xai_pipeline"
 
 def _path(location: Location, *parts: str) -> str:
     return "/".join([location.path.rstrip("/"), ROOT, *parts])
+
+
+def plan_location(location: Location, run_id: str) -> Location:
+    """A run's scratch folder for its plan (bucketed listing, state, todo, deletions)."""
+    return Location(location.scheme, _path(location, "plan", run_id))
+
+
+def plan_runs(location: Location, fs: pafs.FileSystem) -> list[str]:
+    """Run ids with a plan scratch folder left (the current run's, or interrupted runs')."""
+    folder = _path(location, "plan")
+    return sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+                  if info.type == pafs.FileType.Directory)
+
+
+def remove_plan(location: Location, fs: pafs.FileSystem, run_id: str) -> None:
+    try:
+        fs.delete_dir(plan_location(location, run_id).path)
+    except FileNotFoundError:
+        pass
 
 
 def staging_location(location: Location, run_id: str) -> Location:
@@ -63,6 +85,17 @@ def start_run(location: Location, fs: pafs.FileSystem, run_id: str, kind: str, s
     write_run(location, fs, {"run_id": run_id, "kind": kind, "state": RunState.RUNNING, "started_at": started_at})
 
 
+def update_running(location: Location, fs: pafs.FileSystem, record: dict[str, Any]) -> None:
+    """Replace a running run's record (with counts, never figure ids: written at each commit)."""
+    write_run(location, fs, {**record, "state": RunState.RUNNING})
+
+
+def running_runs(location: Location, fs: pafs.FileSystem, but: str) -> list[dict[str, Any]]:
+    """Records of other runs that still say ``running``: with the table's lease held, those runs
+    are not running any more (they crashed or were killed)."""
+    return [r for r in list_runs(location, fs) if r.get("state") == RunState.RUNNING and r.get("run_id") != but]
+
+
 def mark_interrupted(location: Location, fs: pafs.FileSystem, run_ids: list[str], by: str) -> list[str]:
     """Mark the records of ``run_ids`` that still say ``running`` as ``interrupted`` by run ``by``."""
     marked = []
@@ -90,26 +123,6 @@ def staged_runs(location: Location, fs: pafs.FileSystem) -> list[str]:
 def list_runs(location: Location, fs: pafs.FileSystem) -> list[dict[str, Any]]:
     """Run records, oldest first (run ids start with their UTC start time)."""
     return [record for _, record in sorted(_read_jsons(fs, _path(location, "runs")).items())]
-
-
-def mark_inflight(location: Location, fs: pafs.FileSystem, run_id: str, chunk: int, ids: list[str]) -> str:
-    """Record the figure_ids a chunk is about to write; returns the marker's name."""
-    name = f"{run_id}-{chunk:05d}.json"
-    _write_json(fs, _path(location, "inflight", name), {"run_id": run_id, "chunk": chunk, "figure_ids": ids})
-    return name
-
-
-def read_inflight(location: Location, fs: pafs.FileSystem) -> dict[str, list[str]]:
-    """Chunks that earlier runs started but never committed: marker name → figure_ids."""
-    return {name: payload["figure_ids"] for name, payload in _read_jsons(fs, _path(location, "inflight")).items()}
-
-
-def clear_inflight(location: Location, fs: pafs.FileSystem, names: list[str]) -> None:
-    for name in names:
-        try:
-            fs.delete_file(_path(location, "inflight", name))
-        except FileNotFoundError:
-            pass
 
 
 def remove_staging(location: Location, fs: pafs.FileSystem, run_id: str) -> None:

@@ -51,15 +51,16 @@ def load_figure(source_uri: str, settings: S3Settings) -> Image.Image:
     return opened.image
 
 
-def compare_maps(image: Image.Image, model_path: str | None) -> dict[str, np.ndarray]:
-    """CRM, CAM and Grad-CAM of the predicted class, from one forward pass of the model."""
+def compare_maps(image: Image.Image, model_path: str | None, crm_score: str = schema.LEGACY_CRM_SCORE) -> dict[str, np.ndarray]:
+    """CRM (perturbing ``crm_score``, as the row was made), CAM and Grad-CAM of the predicted
+    class, from one forward pass of the model."""
     model = load_model(Path(model_path) if model_path else None)
     pixels = torch.from_numpy(to_pixels(image, model.spec.input_size)).unsqueeze(0)
     with torch.no_grad():  # not inference_mode: Grad-CAM differentiates the head on these features
         feats = model.forward_features(model.normalize(pixels)).float()
         logits = model.head(feats.mean(dim=(2, 3)))
         predicted = logits.argmax(dim=1)
-        maps = {"CRM": crm_math.crm(feats, model.head)}
+        maps = {"CRM": crm_math.crm(feats, model.head, crm_score)}  # type: ignore[arg-type]
         if isinstance(model.head, torch.nn.Linear):
             maps["CAM"] = crm_math.cam(feats, model.head.weight, predicted).clamp_min(0)
     maps["Grad-CAM"] = crm_math.grad_cam(feats, model.head, predicted)
@@ -77,7 +78,7 @@ def show(table_uri: str, figure_id: str, out: str | Path, *, compare: bool = Fal
     label = f"{row[schema.MODALITY]} {float(row[schema.CONFIDENCE]):.2f}"  # type: ignore[arg-type]
     tiles = [(f"figure: {label}", image), (f"CRM (stored) {label}", overlay(image, stored, threshold))]
     if compare:
-        for name, relevance in compare_maps(image, model).items():
+        for name, relevance in compare_maps(image, model, str(row.get(schema.CRM_SCORE) or schema.LEGACY_CRM_SCORE)).items():
             tiles.append((f"{name} (recomputed)", overlay(image, relevance, threshold)))
     size = 320
     sheet = tile_grid([(t, im.resize((size, max(1, int(size * im.height / im.width))))) for t, im in tiles], tile=size,

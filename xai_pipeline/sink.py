@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from enum import Enum
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -138,6 +139,18 @@ def status_counts(location: Location, options: dict[str, str] | None, run_id: st
     return table.version(), Counter({str(k): int(v) for k, v in zip(counts.column("s").to_pylist(), counts.column("n").to_pylist())})
 
 
+def data_files(location: Location, options: dict[str, str] | None) -> tuple[list[str], int]:
+    """The current snapshot's data files (paths for the table's pyarrow filesystem) and its row
+    count from the log's statistics (no data read); none when there is no table."""
+    if not table_exists(location, options):
+        return [], 0
+    table = open_table(location, options)
+    actions = pa.table(table.get_add_actions(flatten=True))
+    rows = int(pc.sum(actions.column("num_records")).as_py() or 0) if "num_records" in actions.column_names else 0
+    root = location.path.rstrip("/")
+    return [f"{root}/{p}" for p in actions.column("path").to_pylist()], rows
+
+
 def table_state(location: Location, options: dict[str, str] | None, columns: list[str]) -> pa.Table:
     """The current snapshot's ``columns`` (empty, typed, when there is no table); columns the
     table predates (an older schema version) are left out."""
@@ -158,24 +171,6 @@ def conform(table: pa.Table) -> pa.Table:
     for f in schema.TABLE_SCHEMA:
         columns[f.name] = table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
     return pa.table(columns, schema=pa.schema([f.with_nullable(True) for f in schema.TABLE_SCHEMA]))
-
-
-def read_staging(staging: Location, filesystem: pafs.FileSystem) -> pa.Table:
-    """The rows a run staged (none if it staged nothing). A file that cannot be read (a write cut
-    off by a crash) is logged and skipped: its figures are simply processed again."""
-    import pyarrow.parquet as pq
-
-    tables = [pa.table({f.name: pa.array([], f.type) for f in schema.TABLE_SCHEMA})]
-    selector = pafs.FileSelector(staging.path, recursive=True, allow_not_found=True)
-    for info in filesystem.get_file_info(selector):
-        if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
-            continue
-        try:
-            with filesystem.open_input_file(info.path) as fh:
-                tables.append(conform(pq.read_table(fh)))
-        except (OSError, pa.ArrowInvalid) as exc:
-            log.warning("staged file %s cannot be read (%s); its figures are processed again", info.path, exc)
-    return pa.concat_tables([conform(t) for t in tables])
 
 
 _ACTION = "_xai_action"
@@ -201,41 +196,81 @@ def upgrade_schema(location: Location, options: dict[str, str] | None) -> list[s
     return [f.name for f in missing]
 
 
+def staged_paths(staging: Location, filesystem: pafs.FileSystem) -> list[str]:
+    """The Parquet files in a staging folder."""
+    selector = pafs.FileSelector(staging.path, recursive=True, allow_not_found=True)
+    return sorted(i.path for i in filesystem.get_file_info(selector) if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
+
+
+def staged_tables(folder: Location, filesystem: pafs.FileSystem, names: list[str], *, root: bool, run_id: str | None = None,
+                  batch_rows: int = 65_536) -> Iterator[pa.Table]:
+    """The rows of staged files, read a file and a batch at a time (``names`` relative to
+    ``folder``, or full paths with ``root=True``); ``run_id`` rewrites the rows' run_id (rows an
+    interrupted run staged, committed by this one)."""
+    import pyarrow.parquet as pq
+
+    for name in names:
+        path = name if root else f"{folder.path.rstrip('/')}/{name}"
+        with filesystem.open_input_file(path) as fh:
+            for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows):
+                table = conform(pa.Table.from_batches([batch]))
+                if run_id is not None:
+                    table = table.set_column(table.schema.get_field_index(schema.RUN_ID), schema.RUN_ID, pa.array([run_id] * table.num_rows, pa.string()))
+                yield table
+
+
 def merge_run(
-    location: Location, options: dict[str, str] | None, upserts: pa.Table, deleted_ids: pa.Array, deleted_at: Any, run_id: str
+    location: Location, options: dict[str, str] | None, upserts: pa.Table | Iterable[pa.Table], deleted_ids: pa.Array | Iterable[pa.Array],
+    deleted_at: Any, run_id: str, *, check: Callable[[], None] | None = None,
 ) -> dict[str, Any] | None:
     """One atomic Delta commit: ``upserts`` replace every row of their figure_ids (so a figure
     that had several rows, say from two model versions, ends with one) or are inserted, and the
     rows of ``deleted_ids`` get ``deleted_at`` (their other columns, run_id included, stay as the
     run that wrote them). A table of an older schema version gains the new columns first
-    (:func:`upgrade_schema`). Creates the
-    table (an empty version) if there is none. Returns the merge metrics, or None when there was
-    nothing to commit.
+    (:func:`upgrade_schema`). Creates the table (an empty version) if there is none. Returns the
+    merge metrics, or None when there was nothing to commit.
+
+    ``upserts`` and ``deleted_ids`` may be iterables (staged files read a batch at a time): the
+    merge source is then streamed to delta-rs, never held whole in memory. Upserts must hold one
+    row per figure_id. ``check`` is called just before the merge (the table lease).
 
     The merge source holds, per upserted figure, a ``replace`` row that matches (and deletes) the
     figure's old rows and an ``insert`` row that never matches (the merge predicate excludes it)
     and is inserted; per deleted figure, a ``delete`` row that sets ``deleted_at``. Each target row
-    thus matches at most one source row, which Delta requires. ``upserts`` must hold one row per
-    figure_id.
+    thus matches at most one source row, which Delta requires.
     """
     from deltalake import DeltaTable
 
     if not table_exists(location, options):
         DeltaTable.create(table_uri(location), schema=schema.TABLE_SCHEMA, name=TABLE_NAME, storage_options=options)
-    if upserts.num_rows == 0 and len(deleted_ids) == 0:
+    upsert_parts = [upserts] if isinstance(upserts, pa.Table) else upserts
+    deleted_parts = [deleted_ids] if isinstance(deleted_ids, (pa.Array, pa.ChunkedArray)) else deleted_ids
+    if isinstance(upserts, pa.Table) and isinstance(deleted_ids, (pa.Array, pa.ChunkedArray)) and upserts.num_rows == 0 and len(deleted_ids) == 0:
         return None  # nothing to commit
     upgrade_schema(location, options)
-    table = open_table(location, options)
-    rows = conform(upserts)
+    source_schema = pa.schema([f.with_nullable(True) for f in schema.TABLE_SCHEMA] + [pa.field(_ACTION, pa.string())])
     deleted_type = schema.TABLE_SCHEMA.field(schema.DELETED_AT).type
-    replace = pa.table({schema.FIGURE_ID: rows.column(schema.FIGURE_ID)})
-    markers = pa.table({schema.FIGURE_ID: deleted_ids.cast(pa.string()),
-                        schema.DELETED_AT: pa.array([deleted_at] * len(deleted_ids), deleted_type)})
-    source = pa.concat_tables([rows, conform(replace), conform(markers)])
-    actions = ["insert"] * rows.num_rows + ["replace"] * replace.num_rows + ["delete"] * markers.num_rows
-    source = source.append_column(_ACTION, pa.array(actions, pa.string()))
+
+    def tagged(table: pa.Table, action: str) -> Iterator[pa.RecordBatch]:
+        rows = conform(table)
+        yield from rows.append_column(_ACTION, pa.array([action] * rows.num_rows, pa.string())).cast(source_schema).to_batches()
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for part in upsert_parts:
+            if part.num_rows:
+                yield from tagged(part, "insert")
+                yield from tagged(pa.table({schema.FIGURE_ID: part.column(schema.FIGURE_ID)}), "replace")
+        for ids in deleted_parts:
+            if len(ids):
+                yield from tagged(pa.table({schema.FIGURE_ID: ids.cast(pa.string()),
+                                            schema.DELETED_AT: pa.array([deleted_at] * len(ids), deleted_type)}), "delete")
+
+    if check is not None:
+        check()
+    table = open_table(location, options)
     return (
-        table.merge(source, predicate=f"t.{schema.FIGURE_ID} = s.{schema.FIGURE_ID} AND s.{_ACTION} <> 'insert'",
+        table.merge(pa.RecordBatchReader.from_batches(source_schema, batches()),
+                    predicate=f"t.{schema.FIGURE_ID} = s.{schema.FIGURE_ID} AND s.{_ACTION} <> 'insert'",
                     source_alias="s", target_alias="t", commit_properties=_commit_properties(run_id))
         .when_matched_delete(predicate=f"s.{_ACTION} = 'replace'")
         .when_matched_update(updates={schema.DELETED_AT: f"s.{schema.DELETED_AT}"}, predicate=f"s.{_ACTION} = 'delete'")

@@ -22,7 +22,7 @@ from xai_pipeline.config import ConfigError, SubmitConfig
 log = logging.getLogger(__name__)
 
 JOB_COMMANDS = ("index", "reindex", "train", "evaluate", "table")
-FORWARDED_ENV = ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP", "AWS_S3_ALLOW_UNSAFE_RENAME",
+FORWARDED_ENV = ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP",
                  "AWS_EC2_METADATA_DISABLED")
 WORKING_DIR_EXCLUDES = [".venv", ".git", "build", "demo-output", "bench/results", "**/__pycache__"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")

@@ -37,7 +37,7 @@ def _png(i: int) -> bytes:
 
 def _collection(s3, bucket: str, n: int) -> list[str]:
     s3.create_bucket(Bucket=bucket)
-    keys = [f"in/PMC{i % 3}/fig{i:02d}.png" for i in range(n)]
+    keys = [f"in/PMC{i % 3}/fig{i:02d}.png" for i in range(n)]  # fig01.png names one figure at n <= 100
     for i, key in enumerate(keys):
         s3.put_object(Bucket=bucket, Key=key, Body=_png(i))
     return keys
@@ -77,16 +77,16 @@ def test_an_exception_in_each_stage_is_one_figures_row(s3, s3_endpoint: str, ray
 
 def test_a_batch_lost_after_its_retries_exits_3_and_the_rerun_completes(s3, s3_endpoint: str, ray_session: None,
                                                                        fault_rules: Path, model: str) -> None:
-    keys = _collection(s3, "lost", 12)
+    keys = _collection(s3, "lost", 80)  # two blocks of figures (64 rows each at most)
     inject(fault_rules, {"task:encode": ["fig01.png"]})
-    try:  # two chunks: the first one's only block is lost whole, before any table exists
-        summary = run_index(IndexConfig(input="s3://lost/in", output="s3://lost/table", model=model, batch_size=4, commit_every=6))
+    try:
+        summary = run_index(IndexConfig(input="s3://lost/in", output="s3://lost/table", model=model, batch_size=16, commit_every=10))
     finally:
         inject(fault_rules, {})
     assert 0 < summary.missing < len(keys) and summary.processed + summary.missing == len(keys)
     assert exit_code(summary.missing) == EXIT_MISSING_ROWS == 3 and summary.state == "incomplete"
     assert "fig01.png" not in {r["source_uri"].rsplit("/", 1)[1] for r in _rows("lost", s3_endpoint, ["source_uri"])}
-    again = run_index(IndexConfig(input="s3://lost/in", output="s3://lost/table", model=model, batch_size=4))
+    again = run_index(IndexConfig(input="s3://lost/in", output="s3://lost/table", model=model, batch_size=16))
     assert again.missing == 0 and again.processed == summary.missing and again.state == "finished"
     ids = Counter(r["figure_id"] for r in _rows("lost", s3_endpoint, ["figure_id"]))
     assert len(ids) == len(keys) and set(ids.values()) == {1}
@@ -160,28 +160,60 @@ def test_a_reindex_that_crashed_before_its_merge_resumes_from_its_staged_rows(s3
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     keys = _collection(s3, "resume", 8)
     common = {"input": "s3://resume/in", "output": "s3://resume/table", "model": model, "batch_size": 4}
+    run_index(IndexConfig(**common))
     real_merge = sink.merge_run
 
     def crash(*args: object, **kwargs: object) -> None:
         raise SystemExit("simulated crash before the merge")
 
     monkeypatch.setattr(sink, "merge_run", crash)
-    with pytest.raises(SystemExit):
-        run_reindex(ReindexConfig(**common, run_id="crashed-run"))
+    with pytest.raises(SystemExit):  # other settings: every figure is restaged for the merge
+        run_reindex(ReindexConfig(**common, roi_threshold=0.5, run_id="crashed-run"))
     monkeypatch.setattr(sink, "merge_run", real_merge)
     target = parse_location("s3://resume/table", "--output")
     fs = make_filesystem(target)
     assert records.staged_runs(target, fs) == ["crashed-run"]
-    assert [r["state"] for r in records.list_runs(target, fs)] == ["running"]
+    assert sorted(r.get("state") for r in records.list_runs(target, fs)) == ["finished", "running"]
 
     s3.put_object(Bucket="resume", Key=keys[0], Body=_png(999))  # changed since it was staged: not trusted
-    resumed = run_reindex(ReindexConfig(**common))
-    assert (resumed.new, resumed.reused, resumed.processed, resumed.missing) == (len(keys), len(keys) - 1, len(keys), 0)
-    assert records.staged_runs(target, fs) == []  # orphans cleaned
+    resumed = run_reindex(ReindexConfig(**common, roi_threshold=0.5))
+    assert (resumed.changed, resumed.reused, resumed.processed, resumed.missing) == (len(keys), len(keys) - 1, len(keys), 0)
+    assert records.staged_runs(target, fs) == [] and records.plan_runs(target, fs) == []  # orphans cleaned
     states = {r["run_id"]: r for r in records.list_runs(target, fs)}
     assert states["crashed-run"]["state"] == "interrupted" and states["crashed-run"]["cleaned_up_by"] == resumed.run_id
     assert states[resumed.run_id]["state"] == "finished"
-    rows = _rows("resume", s3_endpoint, ["source_uri", "etag", "run_id"])
+    rows = _rows("resume", s3_endpoint, ["source_uri", "etag", "run_id", "roi_threshold"])
     assert len(rows) == len(keys) and {r["run_id"] for r in rows} == {resumed.run_id}
+    assert {round(r["roi_threshold"], 3) for r in rows} == {0.5}
     changed = next(r for r in rows if r["source_uri"].endswith(keys[0]))
     assert changed["etag"] == s3.head_object(Bucket="resume", Key=keys[0])["ETag"].strip('"')
+
+
+def test_a_crash_between_commits_leaves_each_committed_row_once_after_a_rerun(s3, s3_endpoint: str, ray_session: None, model: str,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from xai_pipeline import writer
+
+    keys = _collection(s3, "between", 70)
+    common = {"input": "s3://between/in", "output": "s3://between/table", "model": model, "batch_size": 16, "commit_every": 10}
+    real_commit = writer.Committer.commit
+
+    def commit_then_crash(self: writer.Committer) -> None:
+        if self.commits >= 1 and self.pending_rows:
+            raise SystemExit("simulated crash after the first commit")
+        real_commit(self)
+
+    from xai_pipeline import pipeline
+
+    monkeypatch.setattr(pipeline, "FILE_ROWS", 16)  # several files, so several commits
+    monkeypatch.setattr(writer.Committer, "commit", commit_then_crash)
+    with pytest.raises(SystemExit):
+        run_index(IndexConfig(**common, run_id="killed-run"))
+    monkeypatch.setattr(writer.Committer, "commit", real_commit)
+    first = len(_rows("between", s3_endpoint, ["figure_id"]))
+    assert 0 < first < len(keys)
+    again = run_index(IndexConfig(**common))
+    assert (again.skipped, again.processed, again.missing) == (first, len(keys) - first, 0)
+    ids = Counter(r["figure_id"] for r in _rows("between", s3_endpoint, ["figure_id"]))
+    assert len(ids) == len(keys) and set(ids.values()) == {1}
+    target = parse_location("s3://between/table", "--output")
+    assert {r["run_id"]: r["state"] for r in records.list_runs(target, make_filesystem(target))}["killed-run"] == "interrupted"
