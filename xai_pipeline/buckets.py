@@ -86,8 +86,7 @@ def plan_bucket(bucket: int, *, scratch: Location, fs: pafs.FileSystem, settings
                 input_uri: str | None, overwrite: bool) -> pa.Table:
     """Plan one bucket; writes its ``todo`` and ``deleted`` files and returns its counts."""
     listing = _read_folder(fs, _folder(scratch, LISTING, bucket), TODO_SCHEMA.remove(TODO_SCHEMA.get_field_index(schema.ROUTE)))
-    known = pc.add(pc.is_valid(listing.column("size")).cast(pa.int8()), pc.is_valid(listing.column("etag")).cast(pa.int8()))
-    listing = plan.first_per_key(listing.append_column("_known", known), "path", [("_known", "descending")]).drop_columns(["_known"])
+    listing = plan.dedupe_listing(listing)
     state_schema = pa.schema([schema.TABLE_SCHEMA.field(c) for c in plan.STATE_COLUMNS])
     state = state_schema.empty_table() if overwrite else _read_folder(fs, _folder(scratch, STATE, bucket), state_schema)
     result = plan.plan_run(listing, state, settings, compare_content=compare_content, input_uri=input_uri)

@@ -119,7 +119,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     cfg = from_namespace(TableConfig, args)
     location, options = _table_location(args)
     if cfg.action == "optimize":
-        print(json.dumps(sink.optimize(location, options), default=str))
+        print(json.dumps(sink.optimize(location, options, cfg.target_size), default=str))
     elif cfg.action == "vacuum":
         files = sink.vacuum(location, options, cfg.retention_hours, cfg.dry_run)
         print(f"{'would delete' if cfg.dry_run else 'deleted'} {len(files)} files")

@@ -125,9 +125,10 @@ def _region_field() -> Any:
 class TableConfig:
     """``xai-pipeline table``: compaction, removal of unreferenced files, version history."""
 
-    action: str = field(default="history", metadata=opt("optimize: compact small files; vacuum: delete files no version needs after the retention; history: list versions", choices=("optimize", "vacuum", "history"), positional=True))
+    action: str = field(default="history", metadata=opt("optimize: rewrite the files sorted by source_uri at --target-size; vacuum: delete files no version needs after the retention; history: list versions", choices=("optimize", "vacuum", "history"), positional=True))
     table: str = _table_field()
     retention_hours: int = field(default=168, metadata=opt("vacuum keeps files that versions of the last N hours need (time travel window)", metavar="N"))
+    target_size: int = field(default=131_072, metadata=opt("optimize: bytes per file it writes, sorted by source_uri (small files keep a nightly merge's rewrite small)", metavar="BYTES"))
     dry_run: bool = field(default=False, metadata=opt("vacuum: list the files it would delete, delete nothing"))
     endpoint_url: str | None = _endpoint_field()
     region: str | None = _region_field()
@@ -136,6 +137,8 @@ class TableConfig:
         check_choice(self, "action")
         if self.retention_hours < 0:
             raise ConfigError(f"--retention-hours must be >= 0, got {self.retention_hours}")
+        if self.target_size <= 0:
+            raise ConfigError(f"--target-size must be positive, got {self.target_size}")
 
 
 @dataclass(frozen=True)

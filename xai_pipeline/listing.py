@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from xai_pipeline import schema
-from xai_pipeline.plan import first_per_key
+from xai_pipeline.plan import dedupe_listing
 from xai_pipeline.source import Location, S3Settings, SourceError, parse_location, read_object, s3_client
 
 LISTING_SCHEMA = pa.schema([("path", pa.string()), ("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string())])
@@ -109,9 +109,7 @@ def _finish(batches: list[pa.RecordBatch], location: Location, flag: str) -> pa.
     table = pa.Table.from_batches(batches, schema=LISTING_SCHEMA)
     if table.num_rows == 0:
         raise SourceError(f"{flag} {location.uri}: no objects found")
-    known = pc.add(pc.is_valid(table.column("size")).cast(pa.int8()), pc.is_valid(table.column("etag")).cast(pa.int8()))
-    table = first_per_key(table.append_column("_known", known), "path", [("_known", "descending")])
-    table = table.drop_columns(["_known"]).combine_chunks()
+    table = dedupe_listing(table).combine_chunks()
     ids = pa.array([schema.figure_id(u) for u in table.column("uri").to_pylist()], pa.string())
     return table.append_column(schema.FIGURE_ID, ids)
 

@@ -45,7 +45,7 @@ SAMPLES_DIR = Path(__file__).parent / "samples" / "figures"
 DECODE_BATCH_SIZE = 16
 GPU_BATCH_SIZE, CPU_BATCH_SIZE = 256, 32  # default --batch-size
 READ_BLOCK_ROWS = 64  # least listing rows per input block (the unit of fetch + decode tasks); at least a batch
-FILE_ROWS = 2048  # rows per Parquet file the write stage writes (fewer at the end of a run)
+FILE_ROWS = 2048  # rows per Parquet file the write stage writes (at most --commit-every; fewer at the end of a run)
 # Write tasks reserve less than the encode tasks: unequal resources keep Ray from fusing encode into
 # the write stage, whose batches gather FILE_ROWS rows; fused, one failing encode would lose them all.
 WRITE_TASK_CPUS = 0.5
@@ -163,7 +163,7 @@ def _stream(job: Job, todo: Any, count: int, run_id: str, committer: writer.Comm
     staging = records.staging_location(job.target, run_id)
     ds = _rows(job, todo, count, run_id).map_batches(
         _write_stage, fn_kwargs={"table": job.target, "staging": staging, "settings": job.settings, "run_id": run_id},
-        batch_size=FILE_ROWS, batch_format="pyarrow", num_cpus=WRITE_TASK_CPUS)
+        batch_size=min(FILE_ROWS, job.cfg.commit_every), batch_format="pyarrow", num_cpus=WRITE_TASK_CPUS)
     for files in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         committer.add(files)
     committer.commit()

@@ -164,6 +164,15 @@ def first_per_key(table: pa.Table, key: str, order: list[tuple[str, str]]) -> pa
     return table.filter(pa.concat_arrays([pa.array([True]), pc.fill_null(first, True)]))
 
 
+def dedupe_listing(listing: pa.Table) -> pa.Table:
+    """One listing row per path (a manifest may name a key twice, an inventory several versions):
+    the one with the most known fields (size, ETag), then the least ETag and size, so the choice
+    does not depend on the order rows arrive in; sorted by path."""
+    known = pc.add(pc.is_valid(listing.column("size")).cast(pa.int8()), pc.is_valid(listing.column("etag")).cast(pa.int8()))
+    order = [("_known", "descending"), ("etag", "ascending"), ("size", "ascending")]
+    return first_per_key(listing.append_column("_known", known), "path", order).drop_columns(["_known"])
+
+
 def trusted_staged(staged: pa.Table, todo: pa.Table, settings: RowSettings) -> pa.Table:
     """Rows an interrupted run staged that this run can commit instead of processing again.
 

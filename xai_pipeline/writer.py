@@ -126,8 +126,8 @@ class Committer:
         """Take the file records of one write task; commit when a threshold is reached."""
         for record in files.to_pylist():
             (self._pending if record["kind"] == APPEND else self.staged).append(record)
-        if self.pending_rows >= self.every_figures or (self._pending and time.monotonic() - self._since >= self.every_seconds):
-            self.commit()
+            if self.pending_rows >= self.every_figures or (self._pending and time.monotonic() - self._since >= self.every_seconds):
+                self.commit()
 
     def commit(self) -> None:
         """Commit the pending files as one Delta version (idempotent per run and commit number)."""

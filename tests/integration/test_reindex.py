@@ -34,7 +34,7 @@ def _options(endpoint: str) -> dict[str, str]:
     return {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1"}
 
 
-def test_reindex_processes_only_changes_in_one_commit(s3, s3_endpoint: str, ray_session: None, tmp_path: Path) -> None:
+def test_reindex_appends_new_figures_and_merges_changes(s3, s3_endpoint: str, ray_session: None, tmp_path: Path) -> None:
     from deltalake import DeltaTable
 
     s3.create_bucket(Bucket="lit")
@@ -52,11 +52,11 @@ def test_reindex_processes_only_changes_in_one_commit(s3, s3_endpoint: str, ray_
 
     summary = run_reindex(ReindexConfig(**common))
     assert (summary.processed, summary.new, summary.changed, summary.deleted, summary.skipped) == (2, 1, 1, 1, N - 2)
-    assert summary.table_version == 1 and summary.commits == 1
+    assert summary.table_version == 2 and summary.commits == 2  # the new figure appended, the rest in one merge
 
     table = DeltaTable("s3://lit/table", storage_options=_options(s3_endpoint))
     history = table.history()
-    assert [h["operation"] for h in history][:2] == ["MERGE", "CREATE TABLE"]
+    assert [h["operation"] for h in history][:3] == ["MERGE", "WRITE", "CREATE TABLE"]
     rows = {r["source_uri"]: r for r in table.to_pyarrow_table(columns=["source_uri", "deleted_at", "run_id", "etag"]).to_pylist()}
     assert len(rows) == N + 1
     assert rows["s3://lit/pmc/PMC2/fig002.png"]["deleted_at"] is not None
@@ -67,7 +67,7 @@ def test_reindex_processes_only_changes_in_one_commit(s3, s3_endpoint: str, ray_
     assert before.num_rows == N and before.column("deleted_at").null_count == N
 
     again = run_reindex(ReindexConfig(**common))
-    assert (again.processed, again.deleted, again.commits, again.table_version) == (0, 0, 0, 1)
+    assert (again.processed, again.deleted, again.commits, again.table_version) == (0, 0, 0, 2)
 
     v2 = tiny_model_file(tmp_path / "tiny-v2.safetensors", version="test-2")  # a new model version reprocesses everything
     full = run_reindex(ReindexConfig(**{**common, "model": str(v2)}))
