@@ -80,7 +80,8 @@ def cli(args: list[str], env: dict[str, str] | None = None, sample: bool = False
     """Run an ``xai-pipeline`` command; returns its summary, the driver's peak RSS, seconds, stderr."""
     with ray_tmpdir() as ray_tmp, tempfile.NamedTemporaryFile(suffix=".json") as summary, tempfile.TemporaryFile("w+") as err:
         cmd = [sys.executable, "-m", "xai_pipeline.cli", *args]
-        if args[0] in ("index", "reindex"):
+        job = next(a for a in args if not a.startswith("-")) in ("index", "reindex")
+        if job:
             cmd += ["--summary-json", summary.name]
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {}), "RAY_TMPDIR": ray_tmp}, stdout=subprocess.DEVNULL, stderr=err)
@@ -94,7 +95,7 @@ def cli(args: list[str], env: dict[str, str] | None = None, sample: bool = False
         stderr = err.read()
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(args[:1])} failed ({proc.returncode}):\n{stderr[-3000:]}")
-        text = Path(summary.name).read_text() if args[0] in ("index", "reindex") else "{}"
+        text = Path(summary.name).read_text() if job else "{}"
         return json.loads(text or "{}"), peak, seconds, stderr
 
 
@@ -168,9 +169,9 @@ def actor_starts(work: Path, endpoint: str, dataset: Path) -> dict[str, Any]:
     for i in range(300):
         s3.put_object(Bucket="actors", Key=f"in/PMC{i // 5:04d}/fig{i % 5}.jpg", Body=figures[i % len(figures)].read_bytes())
     model = tiny_model(work / "tiny.safetensors")
-    summary, _, seconds, stderr = cli(["-v", "index", "--input", "s3://actors/in", "--output", str(work / "actors-table"), "--model", str(model),
+    summary, _, seconds, _ = cli(["index", "--input", "s3://actors/in", "--output", str(work / "actors-table"), "--model", str(model),
                                        "--commit-every", "50", "--batch-size", "16", "--concurrency", "2"], _env(endpoint))
-    started = stderr.count("loaded model scale-tiny")
+    started = summary["classifier_actors"]
     return {"figures": 300, "commits": summary["commits"], "actor_pool": 2, "actors_started": started,
             "actor_restarts": max(0, started - 2), "seconds": round(seconds, 1)}
 
@@ -183,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [1000, 10_000] if args.smoke else [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="xai-collection-") as tmp, moto_server(Path(tmp) / "logs") as endpoint:
-        nights = [night(size, Path(tmp), endpoint, Path(args.dataset)) for size in sizes]
+        nights = []
+        for size in sizes:
+            nights.append(night(size, Path(tmp), endpoint, Path(args.dataset)))
+            print(json.dumps(nights[-1]), flush=True)
         actors = actor_starts(Path(tmp), endpoint, Path(args.dataset))
     small, large = nights[0], nights[-1]
     result = {"nights": nights, "driver_rss_ratio": round(large["driver_peak_rss_mb"] / small["driver_peak_rss_mb"], 3),

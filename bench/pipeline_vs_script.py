@@ -39,7 +39,8 @@ from xai_pipeline.classify import FigureClassifier
 from xai_pipeline.codec import encode_batch
 from xai_pipeline.decode import decode_batch
 from xai_pipeline.listing import list_objects
-from xai_pipeline.source import S3Settings, fetch_batch, parse_location
+from xai_pipeline.fetch import fetch_batch
+from xai_pipeline.source import S3Settings, parse_location
 
 log = logging.getLogger(__name__)
 

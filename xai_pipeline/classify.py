@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +117,7 @@ class FigureClassifier:
         exit_on_device_fault: bool = False,
     ) -> None:
         self.exit_on_device_fault = exit_on_device_fault
+        self.actor_id = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
         self.limits = limits or decode.DecodeLimits()
         torch.set_num_threads(max(1, torch_threads))
         self.device = resolve_device(device)
@@ -294,6 +297,7 @@ class FigureClassifier:
                 schema.MODEL_NAME: np.full(n, self.spec.name, dtype=object),
                 schema.MODEL_VERSION: np.full(n, self.spec.version, dtype=object),
                 schema.CRM_SCORE: np.full(n, self.crm_score, dtype=object),
+                schema.ACTOR: np.full(n, self.actor_id, dtype=object),
             }
         )
         return result

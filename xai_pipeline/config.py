@@ -13,7 +13,7 @@ from xai_pipeline.backbones import BACKBONES
 from xai_pipeline.crm import SCORES
 from xai_pipeline.decode import DecodeLimits
 from xai_pipeline.sink import WriteMode
-from xai_pipeline.source import ReadPolicy
+from xai_pipeline.fetch import ReadPolicy
 from xai_pipeline.summary import RUN_ID_PATTERN
 
 

@@ -24,7 +24,8 @@ from PIL import Image
 
 from xai_pipeline.decode import DecodeLimits, open_rgb
 from xai_pipeline.listing import list_objects
-from xai_pipeline.source import Location, S3Settings, SourceError, parse_location, read_object
+from xai_pipeline.fetch import read_object
+from xai_pipeline.source import Location, S3Settings, SourceError, parse_location
 
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
 _MEDPIX_CASE = re.compile(r"(MPX\d+)_")

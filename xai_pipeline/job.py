@@ -63,13 +63,14 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def finish(job: Job, run_id: str, kind: str, started: float, started_at: str, inputs: int, to_process: int, **counts: Any) -> RunSummary:
-    """Count this run's rows in the table, build the summary, store it beside the table.
+def finish(job: Job, run_id: str, kind: str, started: float, started_at: str, inputs: int, to_process: int,
+           table_counts: tuple[int | None, dict[str, int]], **counts: Any) -> RunSummary:
+    """Build the run's summary and store it beside the table.
 
-    ``to_process``: listed objects this run had to give a row; ``missing`` is how many of them
-    have none (a block lost after its retries), which makes the exit code 3."""
-    exists = sink.table_exists(job.target, job.options)
-    version, statuses = sink.status_counts(job.target, job.options, run_id) if exists else (None, {})
+    ``table_counts``: the table's version and this run's rows in it by status
+    (:func:`sink.status_counts`). ``to_process``: listed objects this run had to give a row;
+    ``missing`` is how many of them have none (a block lost after its retries): exit code 3."""
+    version, statuses = table_counts
     seconds = time.perf_counter() - started
     processed = sum(statuses.values())
     ok = statuses.get(Status.OK.value, 0)

@@ -33,7 +33,8 @@ import pyarrow.parquet as pq
 
 from xai_pipeline import schema
 from xai_pipeline.plan import dedupe_listing
-from xai_pipeline.source import Location, S3Settings, SourceError, parse_location, read_object, s3_client
+from xai_pipeline.fetch import read_object
+from xai_pipeline.source import Location, S3Settings, SourceError, parse_location, s3_client
 
 LISTING_SCHEMA = pa.schema([("path", pa.string()), ("uri", pa.string()), ("size", pa.int64()), ("etag", pa.string())])
 PAGE_SIZE = 1000

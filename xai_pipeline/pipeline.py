@@ -28,15 +28,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from xai_pipeline import buckets as buckets_stage
-from xai_pipeline import codec, decode, listing, plan, records, schema, sink, writer
-from xai_pipeline import source as source_stage
+from xai_pipeline import codec, decode, listing, records, schema, sink, writer
+from xai_pipeline import fetch as fetch_stage
 from xai_pipeline.classify import FigureClassifier
 from xai_pipeline.config import DemoConfig, IndexConfig, JobConfig, ReindexConfig
 from xai_pipeline.decode import DecodeLimits
 from xai_pipeline.job import Job, finish, now, prepare
 from xai_pipeline.lease import TableLease
 from xai_pipeline.schema import Status
-from xai_pipeline.source import Location, ReadPolicy, S3Settings, SourceError, make_filesystem, parse_location
+from xai_pipeline.fetch import ReadPolicy
+from xai_pipeline.source import Location, S3Settings, SourceError, make_filesystem, parse_location
 from xai_pipeline.summary import RunSummary, new_run_id
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ TASK_RETRIES = 3
 
 def _fetch_stage(batch: dict[str, np.ndarray], *, location: Location, settings: S3Settings, max_bytes: int,
                  policy: ReadPolicy) -> dict[str, np.ndarray]:
-    return source_stage.fetch_batch(batch, location, settings, max_bytes, policy)
+    return fetch_stage.fetch_batch(batch, location, settings, max_bytes, policy)
 
 
 def _decode_stage(batch: dict[str, np.ndarray], *, size: int, limits: DecodeLimits, defer_jpeg: bool) -> dict[str, np.ndarray]:
@@ -71,8 +72,9 @@ def _decode_stage(batch: dict[str, np.ndarray], *, size: int, limits: DecodeLimi
 
 def _encode_stage(batch: dict[str, np.ndarray], *, run_id: str, roi_threshold: float) -> pa.Table:
     rows = codec.encode_batch(batch, run_id=run_id, roi_threshold=roi_threshold)
-    if schema.ROUTE in batch:
-        rows = rows.append_column(schema.ROUTE, pa.array([str(v) for v in batch[schema.ROUTE]], pa.string()))
+    for passed in (schema.ROUTE, schema.ACTOR):  # for the write stage: where each row goes, who made it
+        if passed in batch:
+            rows = rows.append_column(passed, pa.array([str(v) for v in batch[passed]], pa.string()))
     return rows
 
 
@@ -86,9 +88,8 @@ def _init_ray(address: str | None) -> Any:
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     context = ray.data.DataContext.get_current()
-    context.retried_map_errors = True  # an error outside any one figure's handling: retry the task ...
+    context.retried_map_errors = True  # an error outside any one figure's handling: retry the task
     context.max_map_retries = TASK_RETRIES
-    context.max_errored_blocks = -1  # ... and drop the block, not the run, if it persists
     return ray
 
 
@@ -160,12 +161,23 @@ def _rows(job: Job, todo: Any, count: int, run_id: str) -> Any:
 def _stream(job: Job, todo: Any, count: int, run_id: str, committer: writer.Committer) -> None:
     """Run the pipeline over the dataset ``todo`` of listing rows with :data:`schema.ROUTE`,
     committing the appended files as they come and collecting the staged ones."""
+    import ray
+
     staging = records.staging_location(job.target, run_id)
-    ds = _rows(job, todo, count, run_id).map_batches(
-        _write_stage, fn_kwargs={"table": job.target, "staging": staging, "settings": job.settings, "run_id": run_id},
-        batch_size=min(FILE_ROWS, job.cfg.commit_every), batch_format="pyarrow", num_cpus=WRITE_TASK_CPUS)
-    for files in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        committer.add(files)
+    context = ray.data.DataContext.get_current()
+    # Here, and only here, a block that fails after its retries is dropped, not the run: its
+    # figures are counted missing (exit code 3) and the next run processes them. The plan's
+    # stages keep the default (an error stops the run): a lost listing page would look like
+    # figures gone from the collection.
+    context.max_errored_blocks = -1
+    try:
+        ds = _rows(job, todo, count, run_id).map_batches(
+            _write_stage, fn_kwargs={"table": job.target, "staging": staging, "settings": job.settings, "run_id": run_id},
+            batch_size=min(FILE_ROWS, job.cfg.commit_every), batch_format="pyarrow", num_cpus=WRITE_TASK_CPUS)
+        for files in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            committer.add(files)
+    finally:
+        context.max_errored_blocks = 0
     committer.commit()
 
 
@@ -213,6 +225,37 @@ def _plan(job: Job, run_id: str, manifest: str | None, reindex: bool, overwrite:
     return _Planned(counts, scratch)
 
 
+def _merge_task(target: Location, options: dict[str, str] | None, settings: S3Settings, staging: Location, staged: list[str],
+                scratch: Location, reused: list[str], run_id: str, deleted_at: dt.datetime) -> dict[str, Any] | None:
+    """The run's merge, in a Ray task: delta-rs scans the whole table to find the matches, which
+    would make the driver's memory grow with the collection. Its source is streamed from the
+    staged files, the reused rows and the deletions, never held whole."""
+    fs = make_filesystem(target, settings)
+    rows = itertools.chain(sink.staged_tables(staging, fs, staged, root=False), sink.staged_tables(scratch, fs, reused, root=True, run_id=run_id))
+    return sink.merge_run(target, options, rows, buckets_stage.deleted_ids(scratch, fs), deleted_at, run_id)
+
+
+def _count_task(target: Location, options: dict[str, str] | None, run_id: str) -> tuple[int | None, dict[str, int]]:
+    """This run's rows in the table, by status, in a Ray task (a scan of the table's run_id and
+    status columns: off the driver)."""
+    if not sink.table_exists(target, options):
+        return None, {}
+    version, statuses = sink.status_counts(target, options, run_id)
+    return version, dict(statuses)
+
+
+def _remote(fn: Any, **options: Any) -> Any:
+    import ray
+
+    return ray.remote(**options)(fn)
+
+
+def _get(ref: Any) -> Any:
+    import ray
+
+    return ray.get(ref)
+
+
 def _run(cfg: JobConfig, kind: str, *, manifest: str | None = None, overwrite: bool = False) -> RunSummary:
     """A whole ``index`` or ``reindex`` run under the table's lease."""
     started, started_at = time.perf_counter(), now()
@@ -248,12 +291,14 @@ def _run(cfg: JobConfig, kind: str, *, manifest: str | None = None, overwrite: b
             _stream(job, todo, counts["new"] + counts["changed"] - counts["reused"], run_id, committer)
             timings["process"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        staged = sink.staged_tables(records.staging_location(job.target, run_id), job.out_fs, [r["path"] for r in committer.staged], root=False)
-        reused = sink.staged_tables(planned.scratch, fs, buckets_stage.files(planned.scratch, fs, buckets_stage.REUSED), root=True, run_id=run_id)
         merged = None
         if committer.staged or counts["reused"] or counts["deleted"]:
-            merged = sink.merge_run(job.target, job.options, itertools.chain(staged, reused), buckets_stage.deleted_ids(planned.scratch, fs),
-                                    dt.datetime.now(dt.timezone.utc), run_id, check=lease.check)
+            lease.check()
+            merge = _remote(_merge_task, num_cpus=1, max_retries=2)
+            merged = _get(merge.remote(job.target, job.options, job.settings, records.staging_location(job.target, run_id),
+                                          [r["path"] for r in committer.staged], planned.scratch,
+                                          buckets_stage.files(planned.scratch, fs, buckets_stage.REUSED), run_id,
+                                          dt.datetime.now(dt.timezone.utc)))
         timings["merge"] = time.perf_counter() - mark
         for folder in [run_id, *earlier_staging]:
             records.remove_staging(job.target, job.out_fs, folder)
@@ -261,12 +306,14 @@ def _run(cfg: JobConfig, kind: str, *, manifest: str | None = None, overwrite: b
             records.remove_plan(job.target, job.out_fs, folder)
         records.mark_interrupted(job.target, job.out_fs, sorted({r["run_id"] for r in earlier_runs} | set(earlier_staging)), run_id)
         summary = {"skipped": counts["skipped"], "new": counts["new"], "changed": counts["changed"], "redone": redone,
+                   "classifier_actors": len(committer.actors),
                    "commits": committer.commits + int(merged is not None), "durations": {k: round(v, 3) for k, v in timings.items()}}
         if reindex:
             summary.update(deleted=counts["deleted"], reused=counts["reused"])
         elif isinstance(cfg, IndexConfig):
             summary.update(mode=cfg.mode)
-        return finish(job, run_id, kind, started, started_at, counts["listed"], counts["new"] + counts["changed"], **summary)
+        table_counts = _get(_remote(_count_task, num_cpus=1, max_retries=2).remote(job.target, job.options, run_id))
+        return finish(job, run_id, kind, started, started_at, counts["listed"], counts["new"] + counts["changed"], table_counts, **summary)
 
 
 def run_index(cfg: IndexConfig) -> RunSummary:

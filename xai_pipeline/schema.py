@@ -72,6 +72,7 @@ SCHEMA_VERSION_COL = "schema_version"
 PIXELS = "pixels"
 JPEG_BYTES = "jpeg_bytes"  # --jpeg-decoder classifier: plain JPEGs left for the classifier to decode
 CRM_MAP = "crm_map"
+ACTOR = "_actor"  # which classifier actor (host:pid:start) made a row: the run counts its actors
 ROUTE = "_route"  # where the write stage puts a row: "append" (no row yet) or "stage" (replaces rows, merged)
 
 TABLE_SCHEMA = pa.schema(

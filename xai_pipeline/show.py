@@ -18,7 +18,8 @@ from xai_pipeline.decode import DecodeLimits, open_rgb, to_pixels
 from xai_pipeline.model import load_model
 from xai_pipeline.query import run_sql
 from xai_pipeline.render import overlay, tile_grid
-from xai_pipeline.source import S3Settings, SourceError, parse_location, read_object
+from xai_pipeline.fetch import read_object
+from xai_pipeline.source import S3Settings, SourceError, parse_location
 
 FIGURE_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 

@@ -29,7 +29,8 @@ class RunSummary:
     ``deleted``: reindex's figures gone from the collection. ``reused``: rows an interrupted
     reindex had staged, committed by this run (counted in ``processed``). ``missing``: objects
     this run had to process that have no row (a batch lost after its retries); the command then
-    exits with code 3 and ``state`` is ``incomplete`` (else ``finished``).
+    exits with code 3 and ``state`` is ``incomplete`` (else ``finished``). ``classifier_actors``:
+    classifier actors whose rows this run wrote (the pool's size, unless actors were restarted).
     """
 
     run_id: str
@@ -54,6 +55,7 @@ class RunSummary:
     deleted: int = 0
     reused: int = 0
     missing: int = 0
+    classifier_actors: int = 0
     state: str = ""
     mode: str = ""
     errors_by_kind: dict[str, int] = field(default_factory=dict)

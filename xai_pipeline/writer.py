@@ -36,7 +36,7 @@ from xai_pipeline.source import Location, S3Settings, make_filesystem
 log = logging.getLogger(__name__)
 
 FILE_COLUMNS = pa.schema([("path", pa.string()), ("size", pa.int64()), ("rows", pa.int64()), ("stats", pa.string()),
-                          ("kind", pa.string())])
+                          ("kind", pa.string()), ("actors", pa.string())])
 APPEND, STAGE = "append", "stage"
 # Columns with Delta statistics: what readers filter and merges match on.
 STATS_COLUMNS = (schema.FIGURE_ID, schema.SOURCE_URI, schema.SIZE, schema.MODALITY, schema.CONFIDENCE, schema.MODEL_VERSION,
@@ -79,7 +79,8 @@ def write_files(rows: pa.Table, *, table: Location, staging: Location, settings:
     one :data:`FILE_COLUMNS` row per file (paths relative to the table, or to the staging folder)."""
     records = []
     routes = rows.column(schema.ROUTE) if schema.ROUTE in rows.column_names else pa.chunked_array([pa.array([APPEND] * rows.num_rows)])
-    data = rows.drop_columns([schema.ROUTE]) if schema.ROUTE in rows.column_names else rows
+    actors = sorted(set(rows.column(schema.ACTOR).to_pylist())) if schema.ACTOR in rows.column_names else []
+    data = rows.drop_columns([c for c in (schema.ROUTE, schema.ACTOR) if c in rows.column_names])
     for kind, root in ((APPEND, table), (STAGE, staging)):
         part = data.filter(pc.equal(routes, kind))
         if part.num_rows == 0:
@@ -92,7 +93,8 @@ def write_files(rows: pa.Table, *, table: Location, staging: Location, settings:
         with fs.open_output_stream(f"{root.path.rstrip('/')}/{name}") as out:
             pq.write_table(part, out, compression="zstd", write_statistics=True)
         size = fs.get_file_info(f"{root.path.rstrip('/')}/{name}").size
-        records.append({"path": name, "size": int(size), "rows": part.num_rows, "stats": delta_stats(part), "kind": kind})
+        records.append({"path": name, "size": int(size), "rows": part.num_rows, "stats": delta_stats(part), "kind": kind,
+                        "actors": json.dumps(actors)})
     return pa.Table.from_pylist(records, schema=FILE_COLUMNS)
 
 
@@ -115,6 +117,7 @@ class Committer:
     commits: int = 0
     committed_rows: int = 0
     staged: list[dict[str, Any]] = field(default_factory=list)
+    actors: set[str] = field(default_factory=set)  # classifier actors whose rows were written
     _pending: list[dict[str, Any]] = field(default_factory=list)
     _since: float = field(default_factory=time.monotonic)
 
@@ -126,6 +129,7 @@ class Committer:
         """Take the file records of one write task; commit when a threshold is reached."""
         for record in files.to_pylist():
             (self._pending if record["kind"] == APPEND else self.staged).append(record)
+            self.actors.update(json.loads(record.get("actors") or "[]"))
             if self.pending_rows >= self.every_figures or (self._pending and time.monotonic() - self._since >= self.every_seconds):
                 self.commit()
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from conftest import inject
 from helpers import tiny_model_file
-from xai_pipeline import records, sink
+from xai_pipeline import records
 from xai_pipeline.cli import EXIT_MISSING_ROWS, exit_code
 from xai_pipeline.config import IndexConfig, ReindexConfig
 from xai_pipeline.pipeline import run_index, run_reindex
@@ -161,15 +161,19 @@ def test_a_reindex_that_crashed_before_its_merge_resumes_from_its_staged_rows(s3
     keys = _collection(s3, "resume", 8)
     common = {"input": "s3://resume/in", "output": "s3://resume/table", "model": model, "batch_size": 4}
     run_index(IndexConfig(**common))
-    real_merge = sink.merge_run
+    from xai_pipeline import pipeline
 
-    def crash(*args: object, **kwargs: object) -> None:
-        raise SystemExit("simulated crash before the merge")
+    real_remote = pipeline._remote
 
-    monkeypatch.setattr(sink, "merge_run", crash)
+    def crash_before_merge(fn: object, **options: object) -> object:
+        if fn is pipeline._merge_task:
+            raise SystemExit("simulated crash before the merge")
+        return real_remote(fn, **options)
+
+    monkeypatch.setattr(pipeline, "_remote", crash_before_merge)
     with pytest.raises(SystemExit):  # other settings: every figure is restaged for the merge
         run_reindex(ReindexConfig(**common, roi_threshold=0.5, run_id="crashed-run"))
-    monkeypatch.setattr(sink, "merge_run", real_merge)
+    monkeypatch.setattr(pipeline, "_remote", real_remote)
     target = parse_location("s3://resume/table", "--output")
     fs = make_filesystem(target)
     assert records.staged_runs(target, fs) == ["crashed-run"]
@@ -213,6 +217,7 @@ def test_a_crash_between_commits_leaves_each_committed_row_once_after_a_rerun(s3
     assert 0 < first < len(keys)
     again = run_index(IndexConfig(**common))
     assert (again.skipped, again.processed, again.missing) == (first, len(keys) - first, 0)
+    assert 1 <= again.classifier_actors <= 2 < again.commits  # one actor pool for all the run's commits
     ids = Counter(r["figure_id"] for r in _rows("between", s3_endpoint, ["figure_id"]))
     assert len(ids) == len(keys) and set(ids.values()) == {1}
     target = parse_location("s3://between/table", "--output")

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from helpers import gradient, image_bytes
-from xai_pipeline import codec, decode, faults, schema, source
+from xai_pipeline import codec, decode, faults, fetch, schema, source
 from xai_pipeline.classify import FigureClassifier
 from xai_pipeline.listing import LISTING_SCHEMA, _batch, _current, _finish, list_objects
-from xai_pipeline.source import Location, S3Settings, SourceError, fetch_batch, parse_location, read_object
+from xai_pipeline.fetch import fetch_batch, read_object
+from xai_pipeline.source import Location, S3Settings, SourceError, parse_location
 
 
 def _fetched(paths: list[str], datas: list[bytes]) -> dict[str, np.ndarray]:
@@ -118,14 +119,14 @@ def test_fetch_turns_any_exception_into_a_read_error_and_keeps_null_sizes(tmp_pa
     (tmp_path / "a.png").write_bytes(b"12345")
     (tmp_path / "b.png").write_bytes(b"678")
     location = parse_location(str(tmp_path), "--input")
-    real = source.read_object
+    real = fetch.read_object
 
-    def broken(location: Location, path: str, *args: object, **kwargs: object) -> source.Fetched:
+    def broken(location: Location, path: str, *args: object, **kwargs: object) -> fetch.Fetched:
         if path.endswith("b.png"):
             raise RuntimeError("nobody listed this")
         return real(location, path, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(source, "read_object", broken)
+    monkeypatch.setattr(fetch, "read_object", broken)
     batch = {"path": np.array([str(tmp_path / "a.png"), str(tmp_path / "b.png")], dtype=object),
              "size": np.array([np.nan, np.nan]), "etag": np.array([None, '"x"'], dtype=object)}
     out = fetch_batch(batch, location, S3Settings(), max_bytes=100)
