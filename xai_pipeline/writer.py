@@ -79,12 +79,12 @@ def write_files(rows: pa.Table, *, table: Location, staging: Location, settings:
     one :data:`FILE_COLUMNS` row per file (paths relative to the table, or to the staging folder)."""
     records = []
     routes = rows.column(schema.ROUTE) if schema.ROUTE in rows.column_names else pa.chunked_array([pa.array([APPEND] * rows.num_rows)])
-    actors = sorted(set(rows.column(schema.ACTOR).to_pylist())) if schema.ACTOR in rows.column_names else []
-    data = rows.drop_columns([c for c in (schema.ROUTE, schema.ACTOR) if c in rows.column_names])
     for kind, root in ((APPEND, table), (STAGE, staging)):
-        part = data.filter(pc.equal(routes, kind))
+        part = rows.filter(pc.equal(routes, kind))
         if part.num_rows == 0:
             continue
+        actors = sorted(set(part.column(schema.ACTOR).to_pylist())) if schema.ACTOR in part.column_names else []
+        part = part.drop_columns([c for c in (schema.ROUTE, schema.ACTOR) if c in part.column_names])
         part = part.cast(schema.TABLE_SCHEMA).sort_by(schema.SOURCE_URI)
         name = f"{file_prefix(run_id)}{uuid.uuid4().hex}.parquet"
         fs = _filesystem(root, settings)
