@@ -1,13 +1,14 @@
 """The output table: a Delta Lake table (Parquet files + transaction log). The only module that
 knows Delta.
 
-A run's rows are written by Ray's ``Dataset.write_delta``: workers write Parquet files and the
-driver commits them in one Delta transaction, so readers see all of a run or none of it.
+Rows reach the table through :mod:`xai_pipeline.writer` (workers write Parquet files, the driver
+commits them as Delta add actions) and :func:`merge_run` (replaced rows and deletions, one merge).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from enum import Enum
 from collections.abc import Callable, Iterable, Iterator
@@ -59,34 +60,33 @@ def storage_options(location: Location, settings: S3Settings = S3Settings()) -> 
     return options
 
 
-def write_dataset(
-    ds: Any,
-    location: Location,
-    mode: WriteMode,
-    options: dict[str, str] | None,
-    filesystem: pafs.FileSystem | None = None,
-) -> None:
-    """Write a Ray dataset of :data:`schema.TABLE_SCHEMA` rows as one Delta commit."""
-    from deltalake import DeltaTable
-    from ray.data import SaveMode
+def commit_files(uri: str, options: dict[str, str] | None, files: list[dict[str, Any]], run_id: str, version: int,
+                 overwrite: bool = False) -> bool:
+    """Commit Parquet files written beside the Delta log (:mod:`xai_pipeline.writer` records:
+    path, size, stats) as one version of ``add`` actions, creating the table if needed.
 
-    try:
-        ds.write_delta(
-            table_uri(location),
-            mode=SaveMode(mode.value),
-            storage_options=options,
-            filesystem=filesystem if location.scheme == "s3" else None,
-            schema_mode="merge",  # a table of an older schema version gains the new columns
-            name=TABLE_NAME,
-            description=f"xai-pipeline figure modalities and CRM maps, schema v{schema.SCHEMA_VERSION}",
-        )
-    except ValueError as exc:
-        # Every block was lost (each failed after its retries): nothing to commit, and with no
-        # table yet Ray's sink has no schema. Create the table, so the run can report the missing.
-        if "without a schema" not in str(exc) or table_exists(location, options):
-            raise
-        log.error("no rows came out of this chunk; creating the empty table %s", location.uri)
-        DeltaTable.create(table_uri(location), schema=schema.TABLE_SCHEMA, name=TABLE_NAME, storage_options=options)
+    The commit carries the application transaction ``(run_id, version)``: if the table already
+    holds it (a commit retried after its answer was lost), nothing is committed and False is
+    returned. ``overwrite``: the commit replaces the table's rows."""
+    from deltalake import CommitProperties, DeltaTable, Schema, Transaction
+    from deltalake.transaction import AddAction, create_table_with_add_actions
+
+    now = int(time.time() * 1000)
+    actions = [AddAction(path=f["path"], size=int(f["size"]), partition_values={}, modification_time=now, data_change=True,
+                         stats=f["stats"]) for f in files]
+    properties = CommitProperties(custom_metadata={"xai_pipeline.run_id": run_id, "xai_pipeline.commit": str(version)},
+                                  app_transactions=[Transaction(run_id, version)])
+    delta_schema = Schema.from_arrow(schema.TABLE_SCHEMA)
+    if not DeltaTable.is_deltatable(uri, storage_options=options):
+        create_table_with_add_actions(uri, delta_schema, actions, mode="error", name=TABLE_NAME, storage_options=options,
+                                      commit_properties=properties)
+        return True
+    table = DeltaTable(uri, storage_options=options)
+    if (table.transaction_version(run_id) or 0) >= version:
+        log.warning("commit %d of run %s is already in the table; not committing it again", version, run_id)
+        return False
+    table.create_write_transaction(actions, mode="overwrite" if overwrite else "append", schema=delta_schema, commit_properties=properties)
+    return True
 
 
 def open_table(location: Location, options: dict[str, str] | None, version: int | None = None) -> "DeltaTable":
@@ -158,11 +158,6 @@ def table_state(location: Location, options: dict[str, str] | None, columns: lis
         return pa.schema([schema.TABLE_SCHEMA.field(c) for c in columns]).empty_table()
     present = set(open_table(location, options).schema().to_arrow().names)
     return scan(location, options, [c for c in columns if c in present])
-
-
-def write_staging(ds: Any, staging: Location, filesystem: pafs.FileSystem) -> None:
-    """Write a run's rows as plain Parquet files in its staging folder (not yet in the table)."""
-    ds.write_parquet(staging.path, filesystem=filesystem, mode="overwrite")
 
 
 def conform(table: pa.Table) -> pa.Table:

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from xai_pipeline import schema
+from xai_pipeline import schema, sink
 from xai_pipeline.source import Location, S3Settings, make_filesystem
 
 log = logging.getLogger(__name__)
@@ -137,31 +137,14 @@ class Committer:
         """Commit the pending files as one Delta version (idempotent per run and commit number)."""
         if not self._pending:
             return
-        from deltalake import CommitProperties, DeltaTable, Schema, Transaction
-        from deltalake.transaction import AddAction, create_table_with_add_actions
-
         if self.check is not None:
             self.check()
         version = self.commits + 1
-        now = int(time.time() * 1000)
-        actions = [AddAction(path=r["path"], size=int(r["size"]), partition_values={}, modification_time=now, data_change=True,
-                             stats=r["stats"]) for r in self._pending]
-        properties = CommitProperties(custom_metadata={"xai_pipeline.run_id": self.run_id, "xai_pipeline.commit": str(version)},
-                                      app_transactions=[Transaction(self.run_id, version)])
-        delta_schema = Schema.from_arrow(schema.TABLE_SCHEMA)
-        mode = "overwrite" if self.overwrite and self.commits == 0 else "append"
-        if not DeltaTable.is_deltatable(self.table_uri, storage_options=self.options):
-            create_table_with_add_actions(self.table_uri, delta_schema, actions, mode="error", name="xai_pipeline_figures",
-                                          storage_options=self.options, commit_properties=properties)
-        else:
-            table = DeltaTable(self.table_uri, storage_options=self.options)
-            if (table.transaction_version(self.run_id) or 0) >= version:
-                log.warning("commit %d of run %s is already in the table; not committing it again", version, self.run_id)
-            else:
-                table.create_write_transaction(actions, mode=mode, schema=delta_schema, commit_properties=properties)
+        sink.commit_files(self.table_uri, self.options, self._pending, self.run_id, version,
+                          overwrite=self.overwrite and self.commits == 0)
         self.commits += 1
         self.committed_rows += self.pending_rows
-        log.info("run %s: commit %d, %d files, %d rows", self.run_id, version, len(actions), self.pending_rows)
+        log.info("run %s: commit %d, %d files, %d rows", self.run_id, version, len(self._pending), self.pending_rows)
         self._pending = []
         self._since = time.monotonic()
         if self.on_commit is not None:
