@@ -158,9 +158,9 @@ def _rows(job: Job, todo: Any, count: int, run_id: str) -> Any:
     return ds.map_batches(_encode_stage, fn_kwargs={"run_id": run_id, "roi_threshold": cfg.roi_threshold}, batch_format="numpy", num_cpus=1)
 
 
-def _stream(job: Job, todo: Any, count: int, run_id: str, committer: writer.Committer) -> None:
-    """Run the pipeline over the dataset ``todo`` of listing rows with :data:`schema.ROUTE`,
-    committing the appended files as they come and collecting the staged ones."""
+def _stream(job: Job, todo_files: list[str], fs: Any, count: int, run_id: str, committer: writer.Committer) -> None:
+    """Run the pipeline over the plan's files of listing rows with :data:`schema.ROUTE` (``count``
+    rows), committing the appended files as they come and collecting the staged ones."""
     import ray
 
     staging = records.staging_location(job.target, run_id)
@@ -169,8 +169,9 @@ def _stream(job: Job, todo: Any, count: int, run_id: str, committer: writer.Comm
     # figures are counted missing (exit code 3) and the next run processes them. The plan's
     # stages keep the default (an error stops the run): a lost listing page would look like
     # figures gone from the collection.
-    context.max_errored_blocks = -1
+    context.max_errored_blocks = -1  # before the dataset is made: a dataset keeps a copy of the context
     try:
+        todo = ray.data.read_parquet(todo_files, filesystem=fs)
         ds = _rows(job, todo, count, run_id).map_batches(
             _write_stage, fn_kwargs={"table": job.target, "staging": staging, "settings": job.settings, "run_id": run_id},
             batch_size=min(FILE_ROWS, job.cfg.commit_every), batch_format="pyarrow", num_cpus=WRITE_TASK_CPUS)
@@ -284,11 +285,8 @@ def _run(cfg: JobConfig, kind: str, *, manifest: str | None = None, overwrite: b
         fs = make_filesystem(planned.scratch, job.settings)
         todo_files = buckets_stage.files(planned.scratch, fs, buckets_stage.TODO)
         if todo_files:
-            import ray
-
             mark = time.perf_counter()
-            todo = ray.data.read_parquet(todo_files, filesystem=fs)
-            _stream(job, todo, counts["new"] + counts["changed"] - counts["reused"], run_id, committer)
+            _stream(job, todo_files, fs, counts["new"] + counts["changed"] - counts["reused"], run_id, committer)
             timings["process"] = time.perf_counter() - mark
         mark = time.perf_counter()
         merged = None
