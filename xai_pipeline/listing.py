@@ -110,9 +110,7 @@ def _finish(batches: list[pa.RecordBatch], location: Location, flag: str) -> pa.
     table = pa.Table.from_batches(batches, schema=LISTING_SCHEMA)
     if table.num_rows == 0:
         raise SourceError(f"{flag} {location.uri}: no objects found")
-    table = dedupe_listing(table).combine_chunks()
-    ids = pa.array([schema.figure_id(u) for u in table.column("uri").to_pylist()], pa.string())
-    return table.append_column(schema.FIGURE_ID, ids)
+    return with_ids(dedupe_listing(table).combine_chunks())
 
 
 def _current(row: dict[str, object]) -> bool:
