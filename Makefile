@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # The shared modality-v1 data set (training and tests); override with DATA=...
-DATA   ?= $(firstword $(wildcard ../shared/datasets/modality-v1 /work/shared/datasets/modality-v1))
+DATA   ?= $(or $(XAI_DATASET_DIR),../shared/datasets/modality-v1)
 
 .PHONY: install demo test test-fast model bench clean browser
 

@@ -41,7 +41,7 @@ from bench.common import DEFAULT_DATASET, REPO, print_table, write_results
 from bench.scale import _rss, tiny_model
 from bench.services import MOTO_ENV, moto_server, ray_tmpdir
 from xai_pipeline import schema
-from xai_pipeline.model import DEFAULT_MODEL_PATH, read_spec
+from xai_pipeline.model.net import DEFAULT_MODEL_PATH, read_spec
 
 PER_ARTICLE = 5
 NEW, CHANGED_OR_DELETED = 0.0002, 0.0004

@@ -14,8 +14,8 @@ import sys
 import torch
 
 from bench.common import print_table, timed, write_results
-from xai_pipeline.crm import crm
-from xai_pipeline.model import ModalityNet, ModelSpec
+from xai_pipeline.model.crm import crm
+from xai_pipeline.model.net import ModalityNet, ModelSpec
 
 CLASSES = ("chest_xray", "ct", "fundus", "histology", "mri", "ultrasound")
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from bench.common import print_table, timed, write_results
 from tests.oracles import crm_bruteforce
-from xai_pipeline.crm import crm
+from xai_pipeline.model.crm import crm
 
 
 def measure(batch: int, channels: int, side: int, head_kind: str, repeats: int) -> dict[str, object]:

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from bench.common import DEFAULT_DATASET, print_table, write_results
-from xai_pipeline.decode import decode_image
+from xai_pipeline.job.decode import decode_image
 
 SIZE = 224
 

@@ -29,9 +29,9 @@ import torch
 from PIL import Image
 
 from bench.common import machine, print_table, timed, write_results
-from xai_pipeline.classify import FigureClassifier
-from xai_pipeline.crm import crm
-from xai_pipeline.model import ModalityNet, ModelSpec
+from xai_pipeline.job.classify import FigureClassifier
+from xai_pipeline.model.crm import crm
+from xai_pipeline.model.net import ModalityNet, ModelSpec
 from xai_pipeline.schema import PIXELS, STATUS
 
 CLASSES = ("chest_xray", "ct", "fundus", "histology", "mri", "ultrasound")
@@ -80,7 +80,7 @@ def classifier_stage(device: torch.device, batch: int, repeats: int) -> dict[str
 
 def classifier_stage_jpeg(device: torch.device, batch: int, repeats: int, side: int) -> dict[str, object]:
     """The same stage fed JPEG bytes (``--jpeg-decoder classifier``): decode + resize on its device."""
-    from xai_pipeline.decode import decode_batch
+    from xai_pipeline.job.decode import decode_batch
 
     stage = FigureClassifier(device=device.type, torch_threads=max(1, os.cpu_count() or 1))
     datas = _jpegs(batch, side)

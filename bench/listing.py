@@ -18,8 +18,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from bench.common import write_results
-from xai_pipeline.listing import PAGE_SIZE, _list_local, list_objects
-from xai_pipeline.source import parse_location
+from xai_pipeline.job.listing import PAGE_SIZE, _list_local, list_objects
+from xai_pipeline.store.source import parse_location
 
 
 

@@ -35,12 +35,12 @@ import torch
 
 from bench.common import DEFAULT_DATASET, REPO, print_table, write_results
 from bench.services import MOTO_ENV, moto_server, ray_tmpdir
-from xai_pipeline.classify import FigureClassifier
-from xai_pipeline.codec import encode_batch
-from xai_pipeline.decode import decode_batch
-from xai_pipeline.listing import list_objects
-from xai_pipeline.fetch import fetch_batch
-from xai_pipeline.source import S3Settings, parse_location
+from xai_pipeline.job.classify import FigureClassifier
+from xai_pipeline.job.codec import encode_batch
+from xai_pipeline.job.decode import decode_batch
+from xai_pipeline.job.listing import list_objects
+from xai_pipeline.job.fetch import fetch_batch
+from xai_pipeline.store.source import S3Settings, parse_location
 
 log = logging.getLogger(__name__)
 

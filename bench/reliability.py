@@ -34,7 +34,7 @@ from typing import Any
 
 from bench.corpus import bad_inputs
 from bench.services import MOTO_ENV, fault_proxy, moto_server, ray_tmpdir
-from xai_pipeline.classify import KILL_ONCE_ENV
+from xai_pipeline.job.classify import KILL_ONCE_ENV
 from xai_pipeline.schema import figure_id
 
 REPO = Path(__file__).resolve().parent.parent

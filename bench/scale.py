@@ -46,7 +46,7 @@ def make_figures(folder: Path, count: int) -> None:
 def tiny_model(path: Path) -> Path:
     import torch
 
-    from xai_pipeline.model import ModalityNet, ModelSpec, save_model
+    from xai_pipeline.model.net import ModalityNet, ModelSpec, save_model
 
     torch.manual_seed(0)
     save_model(ModalityNet(ModelSpec(name="scale-tiny", architecture="tiny_cnn", class_names=("a", "b", "c"), input_size=64)), path)

@@ -43,7 +43,7 @@ def column_bytes(table_uri: str) -> tuple[int, int, dict[str, int]]:
 
 def build_table(dataset: Path, count: int, out: Path) -> None:
     from xai_pipeline.config import IndexConfig
-    from xai_pipeline.pipeline import run_index
+    from xai_pipeline.job.pipeline import run_index
 
     figures = out.parent / "figures"
     figures.mkdir()

@@ -15,14 +15,13 @@ sys.path.insert(0, str(TESTS_DIR.parent))  # makes `bench` importable
 _CANDIDATES = [
     os.environ.get("XAI_DATASET_DIR", ""),
     str(TESTS_DIR.parent.parent / "shared" / "datasets" / "modality-v1"),
-    "/work/shared/datasets/modality-v1",
 ]
 
 
 def _dataset_dir() -> Path | None:
     for candidate in _CANDIDATES:
         if candidate and (Path(candidate) / "manifest.jsonl").is_file():
-            return Path(candidate)
+            return Path(candidate).resolve()
     return None
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from xai_pipeline.model import ModalityNet, ModelSpec, save_model
+from xai_pipeline.model.net import ModalityNet, ModelSpec, save_model
 
 
 def image_bytes(image: Image.Image, fmt: str, **save_args: object) -> bytes:

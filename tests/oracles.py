@@ -58,3 +58,31 @@ def components_bfs(mask: np.ndarray) -> list[set[tuple[int, int]]]:
                         queue.append((rr, cc))
         found.append(cells)
     return found
+
+
+def roi_boxes_bfs(relevance: np.ndarray, width: int, height: int, threshold: float = 0.2, max_boxes: int = 8) -> list[dict[str, float]]:
+    """ROI boxes by the literal definition: the same grid as :func:`xai_pipeline.model.roi.roi_boxes`
+    (its ``upsample``), regions by :func:`components_bfs`, boxes from each region's cells, the score
+    from the feature cells under them, ordered by score then by each region's first cell."""
+    from xai_pipeline.model.roi import UPSAMPLE, upsample
+
+    relevance = np.asarray(relevance, dtype=np.float32)
+    peak = float(relevance.max()) if relevance.size else 0.0
+    if peak <= 0 or width <= 0 or height <= 0:
+        return []
+    h, w = relevance.shape
+    longer = max(h, w) * UPSAMPLE
+    gw = max(w, int(round(longer * min(1.0, width / height))))
+    gh = max(h, int(round(longer * min(1.0, height / width))))
+    norm = relevance / peak
+    regions = sorted((sorted(cells) for cells in components_bfs(upsample(norm, gw, gh) >= threshold)), key=lambda c: c[0])
+    boxes = []
+    for cells in regions:
+        r = np.array([rc[0] for rc in cells])
+        c = np.array([rc[1] for rc in cells])
+        score = norm[np.minimum(r * h // gh, h - 1), np.minimum(c * w // gw, w - 1)].max()
+        boxes.append({"x0": int(np.floor(c.min() * width / gw)), "y0": int(np.floor(r.min() * height / gh)),
+                      "x1": int(np.ceil((c.max() + 1) * width / gw)), "y1": int(np.ceil((r.max() + 1) * height / gh)),
+                      "score": round(float(score), 4)})
+    boxes.sort(key=lambda b: -b["score"])
+    return boxes[:max_boxes]

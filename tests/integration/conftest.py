@@ -34,7 +34,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def fault_rules(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The file the stages read their injected faults from (:mod:`xai_pipeline.faults`); ``{}``
+    """The file the stages read their injected faults from (:mod:`xai_pipeline.job.faults`); ``{}``
     (none) unless a test writes rules with :func:`inject`."""
     path = tmp_path_factory.mktemp("faults") / "rules.json"
     path.write_text("{}")
@@ -54,7 +54,7 @@ def inject(rules_file: Path, rules: dict[str, list[str]]) -> None:
 def ray_session(s3_endpoint: str, fault_rules: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     import ray
 
-    from xai_pipeline.faults import FAULTS_ENV
+    from xai_pipeline.job.faults import FAULTS_ENV
 
     env_vars = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
     env_vars[FAULTS_ENV] = str(fault_rules)

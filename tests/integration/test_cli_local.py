@@ -49,6 +49,9 @@ def test_demo_runs_on_the_bundled_samples(tmp_path: Path) -> None:
     assert "figures per modality" in out.stdout and str(tmp_path / "demo") in out.stdout
     table = DeltaTable(str(tmp_path / "demo")).to_pyarrow_table()
     assert table.num_rows == 7 and set(table.column("status").to_pylist()) == {"ok"}
-    again = _cli("demo", "--output", str(tmp_path / "demo"), cwd=tmp_path)  # overwrite, not duplicate
+    # Quiet by default: no INFO lines from Ray, Ray Data or this package on the console.
+    assert not [line for line in out.stderr.splitlines() if " INFO " in line], out.stderr[-3000:]
+    again = _cli("--verbose", "demo", "--output", str(tmp_path / "demo"), cwd=tmp_path)  # overwrite, not duplicate
     assert again.returncode == 0
     assert DeltaTable(str(tmp_path / "demo")).to_pyarrow_table().num_rows == 7
+    assert "INFO xai_pipeline.job.writer" in again.stderr and "streaming_executor" in again.stderr  # --verbose shows them

@@ -23,9 +23,9 @@ from PIL import Image
 from bench.services import free_port
 from helpers import tiny_model_file
 from xai_pipeline.config import IndexConfig, ReindexConfig
-from xai_pipeline.lease import LeaseHeld, TableLease
-from xai_pipeline.pipeline import run_index, run_reindex
-from xai_pipeline.source import S3Settings, parse_location
+from xai_pipeline.store.lease import LeaseHeld, TableLease
+from xai_pipeline.job.pipeline import run_index, run_reindex
+from xai_pipeline.store.source import S3Settings, parse_location
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

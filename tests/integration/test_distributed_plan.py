@@ -14,12 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import tiny_model_file
-from xai_pipeline import buckets, plan, schema, sink
+from xai_pipeline.job import buckets, plan
+from xai_pipeline import schema
+from xai_pipeline.store import sink
 from xai_pipeline.config import ReindexConfig
-from xai_pipeline.job import prepare
-from xai_pipeline.listing import read_manifest
-from xai_pipeline.pipeline import _plan
-from xai_pipeline.source import make_filesystem
+from xai_pipeline.job.lifecycle import prepare
+from xai_pipeline.job.listing import read_manifest
+from xai_pipeline.job.pipeline import _plan
+from xai_pipeline.store.source import make_filesystem
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -20,11 +20,11 @@ from PIL import Image
 
 from conftest import inject
 from helpers import tiny_model_file
-from xai_pipeline import records
+from xai_pipeline.store import records
 from xai_pipeline.cli import EXIT_MISSING_ROWS, exit_code
 from xai_pipeline.config import IndexConfig, ReindexConfig
-from xai_pipeline.pipeline import run_index, run_reindex
-from xai_pipeline.source import make_filesystem, parse_location
+from xai_pipeline.job.pipeline import run_index, run_reindex
+from xai_pipeline.store.source import make_filesystem, parse_location
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -161,7 +161,7 @@ def test_a_reindex_that_crashed_before_its_merge_resumes_from_its_staged_rows(s3
     keys = _collection(s3, "resume", 8)
     common = {"input": "s3://resume/in", "output": "s3://resume/table", "model": model, "batch_size": 4}
     run_index(IndexConfig(**common))
-    from xai_pipeline import pipeline
+    from xai_pipeline.job import pipeline
 
     real_remote = pipeline._remote
 
@@ -195,7 +195,7 @@ def test_a_reindex_that_crashed_before_its_merge_resumes_from_its_staged_rows(s3
 
 def test_a_crash_between_commits_leaves_each_committed_row_once_after_a_rerun(s3, s3_endpoint: str, ray_session: None, model: str,
                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from xai_pipeline import writer
+    from xai_pipeline.job import writer
 
     keys = _collection(s3, "between", 70)
     common = {"input": "s3://between/in", "output": "s3://between/table", "model": model, "batch_size": 16, "commit_every": 10}
@@ -206,7 +206,7 @@ def test_a_crash_between_commits_leaves_each_committed_row_once_after_a_rerun(s3
             raise SystemExit("simulated crash after the first commit")
         real_commit(self)
 
-    from xai_pipeline import pipeline
+    from xai_pipeline.job import pipeline
 
     monkeypatch.setattr(pipeline, "FILE_ROWS", 16)  # several files, so several commits
     monkeypatch.setattr(writer.Committer, "commit", commit_then_crash)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import real_figures
-from xai_pipeline.codec import decode_map
+from xai_pipeline.job.codec import decode_map
 from xai_pipeline.config import IndexConfig
-from xai_pipeline.model import DEFAULT_MODEL_PATH, read_spec
-from xai_pipeline.pipeline import run_index
+from xai_pipeline.model.net import DEFAULT_MODEL_PATH, read_spec
+from xai_pipeline.job.pipeline import run_index
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -75,8 +75,8 @@ def test_jpeg_decoder_classifier_gives_the_rows_of_the_pil_path(s3, s3_endpoint:
     from PIL import Image
 
     from bench.corpus import bad_inputs
-    from xai_pipeline.sink import read_rows
-    from xai_pipeline.source import parse_location
+    from xai_pipeline.store.sink import read_rows
+    from xai_pipeline.store.source import parse_location
 
     s3.create_bucket(Bucket="jpegdec")
     for label, path in real_figures(dataset_dir, per_class=2):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from bench.services import fault_proxy
-from xai_pipeline.listing import list_objects
-from xai_pipeline.fetch import ReadPolicy, fetch_batch
-from xai_pipeline.source import S3Settings, parse_location
+from xai_pipeline.job.listing import list_objects
+from xai_pipeline.job.fetch import ReadPolicy, fetch_batch
+from xai_pipeline.store.source import S3Settings, parse_location
 
 FAST = ReadPolicy(retries=8, timeout=1.0, deadline=60.0, backoff_base=0.02, backoff_cap=0.2)
 

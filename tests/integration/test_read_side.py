@@ -16,9 +16,9 @@ from PIL import Image
 from conftest import real_figures
 from xai_pipeline.cli import main
 from xai_pipeline.config import IndexConfig, ReindexConfig
-from xai_pipeline.pipeline import run_index, run_reindex
-from xai_pipeline.query import query
-from xai_pipeline.report import SECTIONS
+from xai_pipeline.job.pipeline import run_index, run_reindex
+from xai_pipeline.read.query import query
+from xai_pipeline.read.report import SECTIONS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

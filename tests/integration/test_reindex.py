@@ -15,9 +15,9 @@ from PIL import Image
 
 from helpers import tiny_model_file
 from xai_pipeline.config import IndexConfig, ReindexConfig
-from xai_pipeline.listing import list_objects
-from xai_pipeline.pipeline import run_index, run_reindex
-from xai_pipeline.source import S3Settings, parse_location
+from xai_pipeline.job.listing import list_objects
+from xai_pipeline.job.pipeline import run_index, run_reindex
+from xai_pipeline.store.source import S3Settings, parse_location
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 N = 100
@@ -95,7 +95,7 @@ def test_manifests_list_the_same_objects(s3, s3_endpoint: str) -> None:
     manifest = {"sourceBucket": "inv", "destinationBucket": "arn:aws:s3:::inv", "fileFormat": "CSV",
                 "fileSchema": "Bucket, Key, Size, ETag", "files": [{"key": "inventory/data/part-0.csv.gz"}]}
     s3.put_object(Bucket="inv", Key="inventory/manifest.json", Body=json.dumps(manifest).encode())
-    from xai_pipeline.listing import read_manifest
+    from xai_pipeline.job.listing import read_manifest
     from_inventory = read_manifest("s3://inv/inventory/manifest.json", location, settings)
     assert from_inventory.column("uri").to_pylist() == listed.column("uri").to_pylist()
     assert from_inventory.column("size").to_pylist() == listed.column("size").to_pylist()

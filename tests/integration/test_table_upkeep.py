@@ -10,7 +10,7 @@ import pytest
 from helpers import gradient, image_bytes, tiny_model_file
 from xai_pipeline.cli import main
 from xai_pipeline.config import IndexConfig
-from xai_pipeline.pipeline import run_index
+from xai_pipeline.job.pipeline import run_index
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import real_figures
 from xai_pipeline.config import TrainConfig
-from xai_pipeline.model import load_model
-from xai_pipeline.train_run import run_training
+from xai_pipeline.model.net import load_model
+from xai_pipeline.train.run import run_training
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -31,8 +31,8 @@ def test_ray_train_path_produces_a_model(tmp_path: Path, dataset_dir: Path, ray_
 def test_training_data_reads_from_s3_manifest(s3, s3_endpoint: str, dataset_dir: Path) -> None:
     import json
 
-    from xai_pipeline.dataset import load_images, read_examples
-    from xai_pipeline.source import S3Settings
+    from xai_pipeline.train.dataset import load_images, read_examples
+    from xai_pipeline.store.source import S3Settings
 
     s3.create_bucket(Bucket="training")
     lines = []

@@ -7,7 +7,7 @@ import resource
 import pytest
 
 from bench.corpus import bad_inputs
-from xai_pipeline.decode import decode_image
+from xai_pipeline.job.decode import decode_image
 
 CASES = bad_inputs()
 

@@ -13,9 +13,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from xai_pipeline import buckets, plan, schema
-from xai_pipeline.listing import LISTING_SCHEMA, with_ids
-from xai_pipeline.source import Location
+from xai_pipeline.job import buckets, plan
+from xai_pipeline import schema
+from xai_pipeline.job.listing import LISTING_SCHEMA, with_ids
+from xai_pipeline.store.source import Location
 
 SETTINGS = plan.RowSettings("m", "2", "logit", 0.2)
 

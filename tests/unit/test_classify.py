@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from xai_pipeline import classify
-from xai_pipeline.classify import FigureClassifier
+from xai_pipeline.job import classify
+from xai_pipeline.job.classify import FigureClassifier
 from xai_pipeline.schema import CRM_MAP, PIXELS, PROBABILITIES, STATUS
 
 

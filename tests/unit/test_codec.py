@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xai_pipeline.codec import decode_map, encode_map, upsample
+from xai_pipeline.job.codec import decode_map, encode_map
+from xai_pipeline.model.roi import upsample
 
 
 @pytest.mark.parametrize("shape", [(7, 7), (14, 14), (1, 1), (3, 11)])

@@ -8,7 +8,7 @@ import pytest
 
 from xai_pipeline.cli import build_parser, main
 from xai_pipeline.config import ConfigError, IndexConfig, TrainConfig, flag_name
-from xai_pipeline.source import SourceError, parse_location
+from xai_pipeline.store.source import SourceError, parse_location
 
 
 def test_every_index_field_is_a_flag_of_the_same_name() -> None:

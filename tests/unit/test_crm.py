@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from oracles import crm_bruteforce, hirescam
-from xai_pipeline.crm import cam, crm, crm_general, crm_linear, grad_cam
-from xai_pipeline.model import ModalityNet, ModelSpec
+from xai_pipeline.model.crm import cam, crm, crm_general, crm_linear, grad_cam
+from xai_pipeline.model.net import ModalityNet, ModelSpec
 
 torch.manual_seed(0)
 

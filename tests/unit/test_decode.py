@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from helpers import gradient, image_bytes
-from xai_pipeline.decode import DecodeLimits, decode_batch, decode_image
+from xai_pipeline.job.decode import DecodeLimits, decode_batch, decode_image
 from xai_pipeline.schema import Status
 
 SIZE = 32

@@ -14,9 +14,9 @@ from helpers import gradient, image_bytes
 from PIL import Image
 
 from bench.corpus import bad_inputs
-from xai_pipeline import device_decode
-from xai_pipeline.classify import FigureClassifier
-from xai_pipeline.decode import (
+from xai_pipeline.job import device_decode
+from xai_pipeline.job.classify import FigureClassifier
+from xai_pipeline.job.decode import (
     DecodeLimits,
     decode_batch,
     decode_image,

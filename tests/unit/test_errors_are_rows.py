@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 
 from helpers import gradient, image_bytes
-from xai_pipeline import codec, decode, faults, fetch, schema, source
-from xai_pipeline.classify import FigureClassifier
-from xai_pipeline.listing import LISTING_SCHEMA, _batch, _current, _finish, list_objects
-from xai_pipeline.fetch import fetch_batch, read_object
-from xai_pipeline.source import Location, S3Settings, SourceError, parse_location
+from xai_pipeline.job import codec, decode, faults, fetch
+from xai_pipeline import schema
+from xai_pipeline.store import source
+from xai_pipeline.job.classify import FigureClassifier
+from xai_pipeline.job.listing import LISTING_SCHEMA, _batch, _current, _finish, list_objects
+from xai_pipeline.job.fetch import fetch_batch, read_object
+from xai_pipeline.store.source import Location, S3Settings, SourceError, parse_location
 
 
 def _fetched(paths: list[str], datas: list[bytes]) -> dict[str, np.ndarray]:

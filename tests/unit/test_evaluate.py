@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xai_pipeline.evaluate import class_mean_maps, compute_metrics, expected_calibration_error
+from xai_pipeline.train.evaluate import class_mean_maps, compute_metrics, expected_calibration_error
 
 
 def _probs(pred: list[int], conf: list[float], c: int = 3) -> np.ndarray:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from xai_pipeline.lease import LEASE_NAME, LeaseHeld, LeaseLost, TableLease
-from xai_pipeline.source import S3Settings, parse_location
+from xai_pipeline.store.lease import LEASE_NAME, LeaseHeld, LeaseLost, TableLease
+from xai_pipeline.store.source import S3Settings, parse_location
 
 
 def _lease(tmp_path: Path, run_id: str, **kwargs: float) -> TableLease:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from xai_pipeline.listing import _list_local, list_objects
-from xai_pipeline.source import SourceError, parse_location
+from xai_pipeline.job.listing import _list_local, list_objects
+from xai_pipeline.store.source import SourceError, parse_location
 
 
 def _tree(root: Path, folders: int, per_folder: int) -> None:
@@ -59,7 +59,7 @@ def test_a_local_file_rewritten_at_the_same_size_is_seen_as_changed(tmp_path: Pa
     import pyarrow as pa
 
     from xai_pipeline import schema
-    from xai_pipeline.plan import reindex_plan
+    from xai_pipeline.job.plan import reindex_plan
 
     for name in ("a.png", "b.png"):
         (tmp_path / name).write_bytes(b"12345")

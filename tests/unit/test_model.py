@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from helpers import tiny_model_file
-from xai_pipeline.backbones import BACKBONES
-from xai_pipeline.model import DEFAULT_MODEL_PATH, ModalityNet, ModelFileError, ModelSpec, load_model, read_spec
+from xai_pipeline.model.backbones import BACKBONES
+from xai_pipeline.model.net import DEFAULT_MODEL_PATH, ModalityNet, ModelFileError, ModelSpec, load_model, read_spec
 
 
 def test_saved_model_loads_and_predicts_the_same_logits(tmp_path: Path) -> None:
@@ -85,8 +85,8 @@ def test_bundled_default_model_is_real_and_small() -> None:
 
 def test_pure_modules_do_not_import_ray_or_boto3() -> None:
     code = (
-        "import sys; import xai_pipeline.schema, xai_pipeline.decode, xai_pipeline.model, xai_pipeline.crm, "
-        "xai_pipeline.codec, xai_pipeline.classify, xai_pipeline.device_decode; "
+        "import sys; import xai_pipeline.schema, xai_pipeline.job.decode, xai_pipeline.model.net, xai_pipeline.model.crm, "
+        "xai_pipeline.job.codec, xai_pipeline.job.classify, xai_pipeline.job.device_decode; "
         "bad = [m for m in ('ray', 'boto3') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

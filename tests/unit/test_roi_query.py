@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xai_pipeline.query import Filters
-from xai_pipeline.roi import roi_boxes
+from xai_pipeline.read.query import Filters
+from xai_pipeline.model.roi import roi_boxes
 
 
 def test_box_lies_over_the_peak_in_figure_pixels() -> None:
@@ -44,15 +44,17 @@ def test_filters_become_safe_sql() -> None:
         Filters(columns=("figure_id", "password")).to_sql()
 
 
-def test_run_based_components_match_the_cell_by_cell_search() -> None:
-    from oracles import components_bfs
+def test_scipy_labelled_boxes_match_the_cell_by_cell_search() -> None:
+    """scipy.ndimage.label (8-connected) gives the boxes, scores and order of a breadth-first search."""
+    from oracles import roi_boxes_bfs
 
-    from xai_pipeline.roi import _components
+    from xai_pipeline.model.roi import roi_boxes
 
     rng = np.random.default_rng(0)
-    masks = [rng.random((rows, cols)) < density for rows, cols, density in [(56, 56, 0.3), (56, 40, 0.55), (7, 7, 0.5), (1, 30, 0.5), (30, 1, 0.5)] * 8]
-    masks += [np.eye(20, dtype=bool), np.eye(20, dtype=bool)[::-1], np.zeros((5, 5), dtype=bool), np.ones((5, 9), dtype=bool)]
-    for mask in masks:
-        fast = {frozenset(map(tuple, cells.tolist())) for cells in _components(mask)}
-        assert fast == {frozenset(c) for c in components_bfs(mask)}
-        assert sum(len(c) for c in fast) == int(mask.sum())
+    maps = [rng.random(shape).astype(np.float32) ** power for shape, power in [((7, 7), 3), ((7, 7), 1), ((14, 14), 4), ((1, 9), 2), ((9, 1), 2)] * 8]
+    maps += [np.eye(7, dtype=np.float32), np.eye(7, dtype=np.float32)[::-1], np.zeros((5, 5), dtype=np.float32), np.ones((5, 9), dtype=np.float32)]
+    for i, relevance in enumerate(maps):
+        width, height = [(384, 300), (300, 384), (50, 2000), (1000, 1000)][i % 4]
+        for threshold in (0.2, 0.5, 0.9):
+            found = [b.as_dict() for b in roi_boxes(relevance, width, height, threshold)]
+            assert found == roi_boxes_bfs(relevance, width, height, threshold), (i, threshold)

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from xai_pipeline import schema
-from xai_pipeline.codec import decode_map, encode_batch
+from xai_pipeline.job.codec import decode_map, encode_batch
 
 REQUIRED = [
     "figure_id", "source_uri", "etag", "size", "width", "height", "modality", "confidence", "probabilities",

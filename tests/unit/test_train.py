@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from xai_pipeline.config import TrainConfig
-from xai_pipeline.dataset import Example, read_examples, split_by_group
-from xai_pipeline.model import load_model
-from xai_pipeline.train import TrainData, build_model, choose_threshold, fit
+from xai_pipeline.train.dataset import Example, read_examples, split_by_group
+from xai_pipeline.model.net import load_model
+from xai_pipeline.train.fit import TrainData, build_model, choose_threshold, fit
 
 
 def _toy_data() -> TrainData:
@@ -70,7 +70,7 @@ def test_manifest_groups_medpix_cases(dataset_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_train_command_writes_a_model_that_loads_and_predicts(tmp_path: Path, dataset_dir: Path) -> None:
-    from xai_pipeline.train_run import run_training
+    from xai_pipeline.train.run import run_training
 
     data = tmp_path / "data"
     for label in ("fundus", "histology"):

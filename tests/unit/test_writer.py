@@ -10,8 +10,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from xai_pipeline import schema, sink, writer
-from xai_pipeline.source import S3Settings, parse_location
+from xai_pipeline import schema
+from xai_pipeline.store import sink
+from xai_pipeline.job import writer
+from xai_pipeline.store.source import S3Settings, parse_location
 
 
 def _rows(names: list[str], route: str, actor: str = "host:1:0") -> pa.Table:

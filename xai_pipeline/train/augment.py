@@ -1,0 +1,112 @@
+"""Training augmentations that mimic how figures vary in the literature.
+
+Published figures are cropped, padded into panels, converted to grayscale or tinted, re-saved
+as JPEG at any quality, resized, and annotated with letters, arrows and watermarks. Each of these
+is applied at random; the last step resizes the whole figure to the model's square input, as
+:func:`xai_pipeline.job.decode.to_pixels` does at inference.
+
+Text and watermark-like marks are drawn on figures of every class, so that a mark seen on one
+source (MedPix's corner watermark on CT and MRI) cannot tell classes apart.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+
+from xai_pipeline.job.decode import to_pixels
+
+_MARKS = ("MedPix®", "A", "B", "C", "D", "L", "R", "AP", "PA", "T2", "FLAIR", "10 mm", "×40", "*", "→", "LT", "RT")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop_scale: tuple[float, float] = (0.55, 1.0)
+    pad_probability: float = 0.3
+    grayscale_probability: float = 0.25
+    color_probability: float = 0.6
+    text_probability: float = 0.6
+    arrow_probability: float = 0.3
+    jpeg_probability: float = 0.5
+    rescale_probability: float = 0.3
+    flip_probability: float = 0.5
+
+
+def _random_crop(img: Image.Image, rng: np.random.Generator, scale: tuple[float, float]) -> Image.Image:
+    w, h = img.size
+    area = w * h * rng.uniform(*scale)
+    ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    cw = int(min(w, max(8, round(np.sqrt(area * ratio)))))
+    ch = int(min(h, max(8, round(np.sqrt(area / ratio)))))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return img.crop((x, y, x + cw, y + ch))
+
+
+def _pad(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    w, h = img.size
+    fill = (255, 255, 255) if rng.random() < 0.6 else (0, 0, 0)
+    border = [int(rng.uniform(0, 0.15) * s) for s in (w, h, w, h)]
+    return ImageOps.expand(img, border=tuple(border), fill=fill)
+
+
+def _colour(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.7, 1.3))
+    img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.6, 1.5))
+    img = ImageEnhance.Color(img).enhance(rng.uniform(0.6, 1.4))
+    if rng.random() < 0.3:  # gamma
+        gamma = rng.uniform(0.7, 1.4)
+        lut = [int(255 * (i / 255) ** gamma) for i in range(256)] * 3
+        img = img.point(lut)
+    return img
+
+
+def _marks(img: Image.Image, rng: np.random.Generator, arrows: bool) -> Image.Image:
+    img = img.copy()
+    draw = ImageDraw.Draw(img)
+    w, h = img.size
+    for _ in range(int(rng.integers(1, 4))):
+        colour = tuple(int(v) for v in rng.choice([0, 255], 3)) if rng.random() < 0.8 else (255, 255, 0)
+        corner = rng.random() < 0.5
+        x = int(rng.uniform(0.7, 0.95) * w) if corner else int(rng.integers(0, max(1, w - 20)))
+        y = int(rng.uniform(0, 0.1) * h) if corner else int(rng.integers(0, max(1, h - 12)))
+        draw.text((x, y), str(rng.choice(_MARKS)), fill=colour)
+    if arrows:
+        for _ in range(int(rng.integers(1, 3))):
+            x0, y0 = rng.integers(0, w), rng.integers(0, h)
+            dx, dy = rng.normal(0, w / 8, 2)
+            x1, y1 = x0 + dx, y0 + dy
+            draw.line([(x0, y0), (x1, y1)], fill=(255, 255, 0) if rng.random() < 0.5 else (255, 255, 255), width=2)
+            draw.ellipse([x1 - 3, y1 - 3, x1 + 3, y1 + 3], fill=(255, 255, 255))
+    return img
+
+
+def _jpeg(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=int(rng.integers(25, 96)))
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+def augment(img: Image.Image, rng: np.random.Generator, size: int, cfg: AugmentConfig = AugmentConfig()) -> np.ndarray:
+    """One random variant of an RGB figure → ``3×size×size`` uint8."""
+    img = _random_crop(img, rng, cfg.crop_scale)
+    if rng.random() < cfg.pad_probability:
+        img = _pad(img, rng)
+    if rng.random() < cfg.flip_probability:
+        img = ImageOps.mirror(img)
+    if rng.random() < cfg.rescale_probability:
+        factor = rng.uniform(0.3, 0.8)
+        small = (max(8, int(img.width * factor)), max(8, int(img.height * factor)))
+        img = img.resize(small, Image.Resampling.BILINEAR)
+    if rng.random() < cfg.color_probability:
+        img = _colour(img, rng)
+    if rng.random() < cfg.grayscale_probability:
+        img = ImageOps.grayscale(img).convert("RGB")
+    if rng.random() < cfg.text_probability:
+        img = _marks(img, rng, arrows=rng.random() < cfg.arrow_probability)
+    if rng.random() < cfg.jpeg_probability:
+        img = _jpeg(img, rng)
+    return to_pixels(img, size)

@@ -1,0 +1,24 @@
+"""The ``evaluate`` command: a model file against labelled figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from xai_pipeline.config import EvaluateConfig
+from xai_pipeline.train.dataset import load_images, read_examples
+from xai_pipeline.train.evaluate import Metrics, evaluate_examples, write_reports
+from xai_pipeline.model.net import load_model
+from xai_pipeline.store.source import S3Settings
+
+
+def run_evaluation(cfg: EvaluateConfig) -> tuple[Metrics, dict[str, str]]:
+    """Evaluate ``cfg.model`` (default: the bundled model) on ``cfg.data``; writes reports to ``cfg.out``."""
+    settings = S3Settings(cfg.endpoint_url, cfg.region)
+    model = load_model(Path(cfg.model) if cfg.model else None)
+    examples = read_examples(cfg.data, settings)
+    images = load_images(examples, settings)
+    metrics, y_true, probabilities, maps = evaluate_examples(model, images, [e.label for e in examples])
+    paths = write_reports(cfg.out, metrics, maps, np.asarray(y_true), probabilities)
+    return metrics, paths

@@ -1,0 +1,162 @@
+"""Training a modality classifier: class-balanced sampling, literature-style augmentation and
+outlier exposure with synthetic non-modality figures.
+
+Loss per step, with in-distribution figures (x, y) and synthetic outliers x_o:
+
+    L = CE_ε(f(x), y) + λ · mean_o [ −(1/C) Σ_c log softmax(f(x_o))_c ]
+
+(CE_ε: cross-entropy with label smoothing ε; the second term is outlier exposure, Hendrycks et
+al. 2019, pulling outliers towards the uniform distribution so a threshold on the top
+probability can say "other".) The learning rate warms up for 5% of steps, then follows a cosine.
+
+:func:`fit` is the loop for one process; :mod:`xai_pipeline.train.on_ray` runs it in Ray Train
+workers. :func:`finalize` evaluates, sets the "other" threshold and writes the model file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from xai_pipeline.train.augment import augment
+from xai_pipeline.model.backbones import lite0_blocks, load_lite0_imagenet
+from xai_pipeline.config import TrainConfig
+from xai_pipeline.job.decode import to_pixels
+from xai_pipeline.model.net import ModalityNet, ModelSpec
+from xai_pipeline.train.synthetic import other_figure
+
+log = logging.getLogger(__name__)
+
+OUTLIER_WEIGHT = 0.5
+
+
+@dataclass
+class TrainData:
+    images: list[Image.Image]
+    labels: np.ndarray  # class index per image
+    class_names: tuple[str, ...]
+
+
+def build_model(cfg: TrainConfig, class_names: tuple[str, ...]) -> ModalityNet:
+    torch.manual_seed(cfg.seed)
+    spec = ModelSpec(name=cfg.name, architecture=cfg.architecture, class_names=class_names, version=cfg.version, input_size=cfg.input_size)
+    model = ModalityNet(spec)
+    if cfg.architecture == "efficientnet_lite0" and cfg.pretrained:
+        load_lite0_imagenet(model.features)  # type: ignore[arg-type]
+    return model
+
+
+def frozen_modules(model: ModalityNet, cfg: TrainConfig) -> list[nn.Module]:
+    """Modules whose weights stay fixed (and whose BatchNorm statistics stay frozen)."""
+    if model.spec.architecture != "efficientnet_lite0" or cfg.freeze_blocks <= 0:
+        return []
+    stem_and_blocks = lite0_blocks(model.features)
+    modules: list[nn.Module] = stem_and_blocks[: 2 + cfg.freeze_blocks]
+    for module in modules:
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return modules
+
+
+def _outlier_loss(logits: torch.Tensor) -> torch.Tensor:
+    return -logits.log_softmax(dim=-1).mean(dim=-1).mean()
+
+
+def _batch(
+    data: TrainData, indices: np.ndarray, n_outliers: int, rng: np.random.Generator, cfg: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    size = cfg.input_size
+    if cfg.augment:
+        arrays = [augment(data.images[i], rng, size) for i in indices]
+        arrays += [augment(other_figure(rng, 256), rng, size) for _ in range(n_outliers)]
+    else:
+        arrays = [to_pixels(data.images[i], size) for i in indices]
+        arrays += [to_pixels(other_figure(rng, 256), size) for _ in range(n_outliers)]
+    return torch.from_numpy(np.stack(arrays)), torch.from_numpy(data.labels[indices]).long()
+
+
+def fit(
+    model: nn.Module,
+    data: TrainData,
+    train_idx: list[int],
+    cfg: TrainConfig,
+    *,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``model`` in place on ``train_idx``; returns the loss of every step.
+
+    ``model`` may be wrapped by DDP; each of ``world_size`` workers draws its own batches.
+    """
+    net: ModalityNet = model.module if hasattr(model, "module") else model  # type: ignore[assignment]
+    frozen = frozen_modules(net, cfg)
+    rng = np.random.default_rng(cfg.seed + 1009 * rank)
+    train_idx_arr = np.asarray(train_idx)
+    counts = np.bincount(data.labels[train_idx_arr], minlength=len(data.class_names)).astype(np.float64)
+    weights = 1.0 / counts[data.labels[train_idx_arr]]
+    weights /= weights.sum()
+    n_outliers = int(round(cfg.batch_size * cfg.outlier_fraction))
+    n_in = cfg.batch_size - n_outliers
+    steps_per_epoch = max(1, math.ceil(len(train_idx_arr) / (n_in * world_size)))
+    total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    head_params = list(net.head.parameters())
+    head_ids = {id(p) for p in head_params}
+    backbone_params = [p for p in net.parameters() if p.requires_grad and id(p) not in head_ids]
+    optimizer = torch.optim.AdamW(
+        [{"params": head_params, "lr": cfg.lr}, {"params": backbone_params, "lr": cfg.lr * 0.3}],
+        weight_decay=cfg.weight_decay,
+    )
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    warmup = max(1, int(0.05 * total))
+    losses: list[float] = []
+    started = time.perf_counter()
+    model.train()
+    for module in frozen:
+        module.eval()
+    for step in range(total):
+        scale = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * scale
+        indices = rng.choice(train_idx_arr, size=n_in, p=weights)
+        pixels, targets = _batch(data, indices, n_outliers, rng, cfg)
+        pixels, targets = pixels.to(device), targets.to(device)
+        logits = model(net.normalize(pixels))
+        loss = F.cross_entropy(logits[:n_in], targets, label_smoothing=cfg.label_smoothing)
+        if n_outliers:
+            loss = loss + OUTLIER_WEIGHT * _outlier_loss(logits[n_in:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if (step + 1) % steps_per_epoch == 0 or step + 1 == total:
+            epoch = (step + 1 + steps_per_epoch - 1) // steps_per_epoch
+            recent = float(np.mean(losses[-steps_per_epoch:]))
+            log.info("epoch %d step %d/%d loss %.4f (%.0fs)", epoch, step + 1, total, recent, time.perf_counter() - started)
+            if on_epoch is not None:
+                on_epoch(epoch, recent)
+    model.eval()
+    return losses
+
+
+def choose_threshold(in_confidence: np.ndarray, min_accept: float) -> float:
+    """The largest top-probability threshold that keeps ``min_accept`` of in-distribution
+    validation figures (a higher one only rejects more of both figures and outliers)."""
+    if len(in_confidence) == 0:
+        return 0.0
+    return float(np.quantile(in_confidence, 1.0 - min_accept, method="lower"))
+
+
+def with_threshold(model: ModalityNet, threshold: float) -> ModalityNet:
+    model.spec = replace(model.spec, other_threshold=round(threshold, 4))
+    return model
