@@ -31,3 +31,20 @@ def tiny_model_file(path: Path, class_names: tuple[str, ...] = ("chest_xray", "c
     model = ModalityNet(ModelSpec(name="tiny-test", architecture="tiny_cnn", class_names=class_names, version=version, input_size=size, head=head))
     save_model(model, path)
     return path
+
+
+def one_row_table(tmp_path: Path) -> Path:
+    """A Delta table with one ok row at ``tmp_path/t``, written by deltalake alone (no Ray, no torch)."""
+    import datetime as dt
+
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from xai_pipeline import schema
+
+    row = {f.name: None for f in schema.TABLE_SCHEMA}
+    row.update({schema.FIGURE_ID: "0" * 64, schema.SOURCE_URI: "s3://b/a.png", schema.STATUS: "ok", schema.MODALITY: "ct",
+                schema.CONFIDENCE: 0.9, schema.RUN_ID: "r", schema.PROCESSED_AT: dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+                schema.SCHEMA_VERSION_COL: schema.SCHEMA_VERSION})
+    write_deltalake(str(tmp_path / "t"), pa.Table.from_pylist([row], schema=schema.TABLE_SCHEMA))
+    return tmp_path / "t"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import one_row_table
+
 PACKAGE = Path(__file__).parents[2] / "xai_pipeline"
 HEAVY = ("torch", "torchvision", "timm", "ray", "deltalake", "boto3", "scipy", "sklearn", "matplotlib")
 NOT_ON_READ_SIDE = ("torch", "torchvision", "timm", "ray")  # the read side needs deltalake, not these
@@ -73,28 +75,12 @@ def test_door_modules_import_nothing_heavier_than_pyarrow(door: str) -> None:
     assert not heavy, heavy
 
 
-def _table(tmp_path: Path) -> Path:
-    import datetime as dt
-
-    import pyarrow as pa
-    from deltalake import write_deltalake
-
-    from xai_pipeline import schema
-
-    row = {f.name: None for f in schema.TABLE_SCHEMA}
-    row.update({schema.FIGURE_ID: "0" * 64, schema.SOURCE_URI: "s3://b/a.png", schema.STATUS: "ok", schema.MODALITY: "ct",
-                schema.CONFIDENCE: 0.9, schema.RUN_ID: "r", schema.PROCESSED_AT: dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
-                schema.SCHEMA_VERSION_COL: schema.SCHEMA_VERSION})
-    write_deltalake(str(tmp_path / "t"), pa.Table.from_pylist([row], schema=schema.TABLE_SCHEMA))
-    return tmp_path / "t"
-
-
 @pytest.mark.parametrize("argv", [
     ["--help"], ["query", "--help"], ["query", "--table", "{t}", "--modality", "ct"], ["runs", "--table", "{t}"],
     ["table", "history", "--table", "{t}"], ["export", "--table", "{t}", "--format", "jsonl", "--out", "{out}"],
 ])
 def test_read_side_commands_start_without_torch_or_ray(tmp_path: Path, argv: list[str]) -> None:
-    table = _table(tmp_path)
+    table = one_row_table(tmp_path)
     argv = [a.format(t=table, out=tmp_path / "out.jsonl") for a in argv]
     script = ("import json, sys\nfrom xai_pipeline.cli import main\ntry:\n    code = main(json.loads(sys.argv[1]))\nexcept SystemExit as e:\n"
               "    code = e.code\nprint(json.dumps({'code': code, 'heavy': sorted(m for m in sys.modules if m.split('.')[0] in "

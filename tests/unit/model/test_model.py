@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,48 @@ def test_pure_modules_do_not_import_ray_or_boto3() -> None:
         "bad = [m for m in ('ray', 'boto3') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_timm_lite0_is_the_hand_written_lite0_with_renamed_keys() -> None:
+    """timm's tf_efficientnet_lite0 computes the same function as the hand-written reference once
+    its state dict is renamed (random weights and BN statistics, square and non-square inputs)."""
+    from oracles import EfficientNetLite0Features
+
+    from xai_pipeline.model.backbones import convert_lite0_state, efficientnet_lite0_features
+
+    torch.manual_seed(0)
+    reference = EfficientNetLite0Features().eval()
+    for module in reference.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    timm_net = efficientnet_lite0_features().eval()
+    timm_net.load_state_dict(convert_lite0_state(reference.state_dict()), strict=True)
+    with torch.no_grad():
+        for shape in ((2, 3, 224, 224), (1, 3, 200, 256)):
+            x = torch.randn(shape)
+            torch.testing.assert_close(timm_net(x), reference(x), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="not an EfficientNet-Lite0"):
+        convert_lite0_state({**reference.state_dict(), "_extra.weight": torch.zeros(1)})
+
+
+def test_model_files_saved_with_the_hand_written_lite0_keys_still_load(tmp_path: Path) -> None:
+    """A file whose backbone keys are the hand-written names (hash over those names) loads into
+    timm's backbone with the same logits."""
+    from safetensors.torch import save_file
+
+    from oracles import EfficientNetLite0Features
+    from xai_pipeline.model.net import SPEC_METADATA_KEY, weights_sha256
+
+    torch.manual_seed(1)
+    spec = ModelSpec(name="old", architecture="efficientnet_lite0", class_names=("a", "b"), version="1", input_size=64)
+    reference = EfficientNetLite0Features().eval()
+    head = torch.nn.Linear(1280, 2)
+    state = {f"features.{k}": v for k, v in reference.state_dict().items()} | {f"head.{k}": v for k, v in head.state_dict().items()}
+    spec = replace(spec, weights_sha256=weights_sha256(state))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "old.safetensors"), metadata={SPEC_METADATA_KEY: spec.to_json()})
+    model = load_model(tmp_path / "old.safetensors")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = head(reference(x).mean(dim=(2, 3)))
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-5)

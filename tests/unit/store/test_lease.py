@@ -1,5 +1,5 @@
 """The single-writer table lease on a local folder: exclusive, waited for, taken over once expired,
-lost by a holder that could not renew it (the S3 path: tests/integration/test_concurrent_runs.py)."""
+lost by a holder that could not renew it (the S3 path: tests/integration/job/test_concurrent_runs.py)."""
 
 from __future__ import annotations
 
