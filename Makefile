@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # The shared modality-v1 data set (training and tests); override with DATA=...
 DATA   ?= $(or $(XAI_DATASET_DIR),../shared/datasets/modality-v1)
+# Real non-scan figures (figure types); override with OTHER_DATA=...
+OTHER_DATA ?= $(dir $(DATA))other-v1
 
 .PHONY: install demo test test-fast model bench clean browser
 
@@ -35,7 +37,9 @@ test-fast: install
 model: install
 	$(BIN)/xai-pipeline train --data $(DATA)/manifest.jsonl --out build/model \
 		--holdout-sources agchung/Actualmed-COVID-chestxray-dataset
-	cp build/model/model.safetensors xai_pipeline/weights/modality-default.safetensors
+	$(BIN)/python -m xai_pipeline.train.figure_type --model build/model/model.safetensors --scans $(DATA)/manifest.jsonl \
+		--other $(OTHER_DATA)/manifest.jsonl --out build/model/model-types.safetensors --version 1.1.0 --card build/model/MODEL_CARD.md
+	cp build/model/model-types.safetensors xai_pipeline/weights/modality-default.safetensors
 	cp build/model/MODEL_CARD.md xai_pipeline/weights/MODEL_CARD.md
 
 clean:

@@ -24,11 +24,12 @@ def gradient(width: int = 64, height: int = 48, mode: str = "RGB") -> Image.Imag
 
 
 def tiny_model_file(path: Path, class_names: tuple[str, ...] = ("chest_xray", "ct", "mri"), size: int = 64, seed: int = 0,
-                    head: str = "linear", version: str = "test") -> Path:
+                    head: str = "linear", version: str = "test", figure_types: tuple[str, ...] = ()) -> Path:
     import torch
 
     torch.manual_seed(seed)
-    model = ModalityNet(ModelSpec(name="tiny-test", architecture="tiny_cnn", class_names=class_names, version=version, input_size=size, head=head))
+    model = ModalityNet(ModelSpec(name="tiny-test", architecture="tiny_cnn", class_names=class_names, version=version, input_size=size, head=head,
+                                  figure_types=figure_types))
     save_model(model, path)
     return path
 

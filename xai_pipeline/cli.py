@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import sys
@@ -132,6 +131,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from xai_pipeline.read.runs import format_runs
     from xai_pipeline.store import records
     from xai_pipeline.store.source import make_filesystem
 
@@ -142,17 +142,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         for run in runs:
             print(json.dumps(run))
         return 0
-    print(f"{'run_id':<27}{'kind':<9}{'state':<12}{'inputs':>8}{'processed':>10}{'skipped':>9}{'deleted':>8}{'missing':>8}"
-          f"{'ok':>7}{'errors':>7}{'fig/s':>9}{'seconds':>9}{'version':>8}  model")
-    for r in runs:
-        state = r.get("state") or "finished"  # records written before states were recorded
-        if state in ("running", "interrupted"):
-            print(f"{r['run_id']:<27}{r['kind']:<9}{state:<12}  started {r.get('started_at', '?')}"
-                  + (f", cleaned up by {r['cleaned_up_by']}" if r.get("cleaned_up_by") else ""))
-            continue
-        print(f"{r['run_id']:<27}{r['kind']:<9}{state:<12}{r['inputs']:>8}{r['processed']:>10}{r['skipped']:>9}{r.get('deleted', 0):>8}"
-              f"{r.get('missing', 0):>8}{r['ok']:>7}{r['errors']:>7}{r['figures_per_second']:>9.2f}{r['seconds']:>9.1f}"
-              f"{str(r['table_version']):>8}  {r['model_name']} {r['model_version']}")
+    for line in format_runs(runs):
+        print(line)
     return 0
 
 
@@ -162,47 +153,15 @@ def _settings(args: argparse.Namespace) -> object:
     return S3Settings(args.endpoint_url, args.region)
 
 
-def _printable(table: object) -> object:
-    """Binary columns (maps) as their length in bytes, for text output."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    for i, f in enumerate(table.schema):  # type: ignore[attr-defined]
-        if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type):
-            table = table.set_column(i, f.name, pc.binary_length(table.column(i)))  # type: ignore[attr-defined]
-    return table
-
-
 def cmd_query(args: argparse.Namespace) -> int:
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    from xai_pipeline.read.query import query
+    from xai_pipeline.read.query import query, write_result
 
     cfg = from_namespace(QueryConfig, args)
     _table_location(args)
     result = query(cfg.table, cfg.sql, version=cfg.version, settings=_settings(args), **({} if cfg.sql else cfg.filters()))
-    if cfg.format == "parquet":
-        pq.write_table(result, cfg.out)
+    write_result(result, cfg.format, cfg.out)
+    if cfg.out:
         print(f"{result.num_rows} rows → {cfg.out}", file=sys.stderr)
-        return 0
-    out = open(cfg.out, "w", encoding="utf-8") if cfg.out else sys.stdout
-    try:
-        if cfg.format == "csv":
-            buf = io.BytesIO()
-            pacsv.write_csv(_printable(result), buf)
-            out.write(buf.getvalue().decode())
-        elif cfg.format == "json":
-            for row in _printable(result).to_pylist():
-                out.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
-        else:
-            import pandas as pd
-
-            with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200, "display.max_colwidth", 60):
-                out.write(_printable(result).to_pandas().to_string(index=False) + f"\n({result.num_rows} rows)\n")
-    finally:
-        if cfg.out:
-            out.close()
     return 0
 
 

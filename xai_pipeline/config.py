@@ -29,6 +29,7 @@ class JobConfig:
     precision: str = field(default="auto", metadata=opt("backbone precision: auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16", choices=("auto", "fp32", "bf16")))
     compile: bool = field(default=False, metadata=opt("torch.compile the backbone in each classifier actor (pays off on long GPU runs)"))
     jpeg_decoder: str = field(default="pil", metadata=opt("pil: decode every figure with PIL in CPU tasks; classifier: plain JPEGs are decoded by the classifier actor on its device (nvjpeg on a GPU), the rest with PIL", choices=("pil", "classifier")))
+    panels: bool = field(default=True, metadata=opt("split each figure into panels in the decode tasks and classify each panel too (compound figures: modality 'compound', panels and modalities columns); --no-panels classifies whole figures only"))
     crm_score: str = field(default="logit", metadata=opt("score that CRM perturbs: logits (paper) or softmax probabilities", choices=CRM_SCORES))
     roi_threshold: float = field(default=0.2, metadata=opt("ROI boxes enclose map regions at or above this share of the map's maximum (the paper shows 20%)", metavar="F"))
     max_bytes: int = field(default=DecodeLimits.max_bytes, metadata=opt("largest object decoded, in bytes; larger ones become too_large rows", metavar="N"))

@@ -8,7 +8,9 @@ written into every row so readers can tell tables apart. History: 1 first releas
 ``deleted_at`` (older rows read it as null: present); 3 adds ``roi_boxes``; 4 adds ``crm_score``
 and ``roi_threshold`` (the settings that made the row; rows written before read them as null and
 count as made with the defaults of the time, ``logit`` and 0.2), the statuses ``decode_error``,
-``model_error`` and ``encode_error``, and ETags without quotes.
+``model_error`` and ``encode_error``, and ETags without quotes; 5 adds ``figure_type``, ``panels``,
+``panel_count`` and ``modalities`` (compound figures split into panels; ``modality`` of a compound
+figure is ``compound``; rows written before read them as null).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from enum import Enum
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class Status(str, Enum):
@@ -41,6 +43,13 @@ class Status(str, Enum):
 # bug fixed since. The others describe the object itself and stay until the object changes.
 RETRY_STATUSES = frozenset({Status.READ_ERROR.value, Status.DECODE_ERROR.value, Status.MODEL_ERROR.value,
                             Status.ENCODE_ERROR.value})
+
+
+# What a figure (or panel) is: a medical image of one of the modalities, or another kind of figure.
+MEDICAL_IMAGE = "medical_image"
+FIGURE_TYPES: tuple[str, ...] = (MEDICAL_IMAGE, "chart", "diagram", "table", "microscopy", "photograph", "gel_blot",
+                                 "chemical_structure", "screenshot", "other")
+COMPOUND = "compound"  # the modality of a figure with two or more panels (their modalities: ``modalities``)
 
 
 # Column names. Use these constants instead of string literals elsewhere.
@@ -67,13 +76,27 @@ PROCESSED_AT = "processed_at"
 STATUS = "status"
 ERROR = "error"
 SCHEMA_VERSION_COL = "schema_version"
+FIGURE_TYPE = "figure_type"
+PANELS = "panels"
+PANEL_COUNT = "panel_count"
+MODALITIES = "modalities"
 
 # Intermediate columns passed between pipeline stages; never written to the table.
 PIXELS = "pixels"
 JPEG_BYTES = "jpeg_bytes"  # --jpeg-decoder classifier: plain JPEGs left for the classifier to decode
 CRM_MAP = "crm_map"
 ACTOR = "_actor"  # which classifier actor (host:pid:start) made a row: the run counts its actors
+PANEL_BOXES = "panel_boxes"  # k×4 int32 per figure: its panels in figure pixels (k = 0: single-panel)
+PANEL_PIXELS = "panel_pixels"  # k×3×S×S uint8 per figure: the panel crops the classifier runs
+PANEL_MAPS = "panel_maps"  # k×H×W float32 per figure: the panels' CRM maps
+PANEL_LABELS = "panel_labels"  # JSON per figure: [{"modality", "figure_type", "confidence"}, ...]
 ROUTE = "_route"  # where the write stage puts a row: "append" (no row yet) or "stage" (replaces rows, merged)
+
+PANEL_STRUCT = pa.struct([
+    ("x0", pa.int32()), ("y0", pa.int32()), ("x1", pa.int32()), ("y1", pa.int32()), ("modality", pa.string()),
+    ("figure_type", pa.string()), ("confidence", pa.float32()), ("crm", pa.binary()), ("crm_shape", pa.list_(pa.int32())),
+    ("crm_scale", pa.float32()),
+])
 
 TABLE_SCHEMA = pa.schema(
     [
@@ -100,6 +123,10 @@ TABLE_SCHEMA = pa.schema(
         pa.field(STATUS, pa.string(), nullable=False),
         pa.field(ERROR, pa.string()),
         pa.field(SCHEMA_VERSION_COL, pa.int32(), nullable=False),
+        pa.field(FIGURE_TYPE, pa.string()),
+        pa.field(PANEL_COUNT, pa.int32()),
+        pa.field(MODALITIES, pa.list_(pa.string())),
+        pa.field(PANELS, pa.list_(PANEL_STRUCT)),
     ],
     metadata={b"xai_pipeline.schema_version": str(SCHEMA_VERSION).encode()},
 )
@@ -111,7 +138,7 @@ COLUMN_DOCS: dict[str, str] = {
     SIZE: "object size in bytes",
     WIDTH: "figure width in pixels after EXIF orientation (null if the header gave none)",
     HEIGHT: "figure height in pixels after EXIF orientation (null if the header gave none)",
-    MODALITY: "predicted class name, or 'other' below the model's confidence threshold",
+    MODALITY: "predicted class name; 'other' below the model's confidence threshold or when the figure is not a medical image; 'compound' for a figure with two or more panels",
     CONFIDENCE: "softmax probability of the top class",
     PROBABILITIES: "softmax probabilities in the model's class order",
     CRM: "relevance map at feature-map resolution, uint8, row-major, normalised by its max",
@@ -128,6 +155,10 @@ COLUMN_DOCS: dict[str, str] = {
     STATUS: "'ok' or an error kind: " + ", ".join(s.value for s in Status if s is not Status.OK),
     ERROR: "error message (null when ok)",
     SCHEMA_VERSION_COL: f"table schema version (this code writes {SCHEMA_VERSION})",
+    FIGURE_TYPE: "what the figure is: " + ", ".join(FIGURE_TYPES) + " (a compound figure: medical_image when a panel is one, else its panels' most common type)",
+    PANEL_COUNT: "panels found in the figure (1: a single-panel figure)",
+    MODALITIES: "the distinct modalities of the figure's panels, 'other' left out (a single-panel figure: [modality] unless other)",
+    PANELS: "a compound figure's panels in reading order: box x0, y0, x1, y1 (figure pixels, exclusive), modality, figure_type, confidence and the panel's CRM as crm, crm_shape, crm_scale (null for a single-panel figure)",
 }
 
 

@@ -21,6 +21,8 @@ from xai_pipeline.model import crm as crm_math
 from xai_pipeline.job import decode, device_decode, faults
 from xai_pipeline import schema
 from xai_pipeline.model.net import OTHER_LABEL, ModalityNet, load_model
+from xai_pipeline.model.labels import figure_summary, image_labels
+from xai_pipeline.job.panel_rows import PanelRows
 from xai_pipeline.schema import Status
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class Predictions:
     logits: torch.Tensor  # B×C
     probabilities: torch.Tensor  # B×C
     relevance: torch.Tensor  # B×H×W
+    types: torch.Tensor | None = None  # B×T figure-type probabilities (models with a figure-type head)
 
 
 @torch.inference_mode()
@@ -54,9 +57,11 @@ def predict(model: ModalityNet, pixels: torch.Tensor, score: crm_math.Score = "l
     with torch.autocast(pixels.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
         feats = model.forward_features(model.normalize(pixels))
     feats = feats.float()
-    logits = model.head(feats.mean(dim=(2, 3)))
+    pooled = feats.mean(dim=(2, 3))
+    logits = model.head(pooled)
     relevance = crm_math.crm(feats, model.head, score, base_logits=logits)
-    return Predictions(logits, logits.softmax(dim=-1), relevance)
+    types = model.type_head(pooled).softmax(dim=-1) if model.type_head is not None else None
+    return Predictions(logits, logits.softmax(dim=-1), relevance, types)
 
 
 def labels_for(probabilities: np.ndarray, class_names: tuple[str, ...], other_threshold: float | None) -> list[str]:
@@ -169,7 +174,8 @@ class FigureClassifier:
             start += size
         if len(parts) == 1:
             return parts[0]
-        return Predictions(*(torch.cat([getattr(p, name) for p in parts]) for name in ("logits", "probabilities", "relevance")))
+        return Predictions(*(torch.cat([getattr(p, name) for p in parts]) for name in ("logits", "probabilities", "relevance")),
+                           types=torch.cat([p.types for p in parts]) if parts[0].types is not None else None)
 
     def _decode_deferred(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, torch.Tensor | None]:
         """Decode the rows' ``jpeg_bytes`` on this actor's device. Rejected ones are decoded with
@@ -225,8 +231,10 @@ class FigureClassifier:
         os._exit(1)
 
     def _host(self, out: Predictions) -> np.ndarray:
-        """One device-to-host copy per batch: probabilities and flattened maps side by side."""
-        return torch.cat([out.probabilities, out.relevance.flatten(1)], dim=1).float().cpu().numpy()
+        """One device-to-host copy per batch: probabilities, figure-type probabilities (when the
+        model has them) and flattened maps side by side."""
+        parts = [out.probabilities] + ([out.types] if out.types is not None else []) + [out.relevance.flatten(1)]
+        return torch.cat(parts, dim=1).float().cpu().numpy()
 
     def _run(self, pixels: torch.Tensor, uris: list[str]) -> tuple[np.ndarray, dict[int, str]]:
         """Probabilities + maps of a batch of ``ok`` figures, and the figures that failed.
@@ -243,7 +251,7 @@ class FigureClassifier:
             if _device_fault(exc):
                 self._on_device_fault(exc)
             log.warning("classifier failed on a batch of %d (%s: %s); running its figures one at a time", len(uris), type(exc).__name__, exc)
-        host = np.full((len(uris), self.spec.num_classes + int(np.prod(self.map_shape))), np.nan, dtype=np.float32)
+        host = np.full((len(uris), self.spec.num_classes + len(self.spec.figure_types) + int(np.prod(self.map_shape))), np.nan, dtype=np.float32)
         failed: dict[int, str] = {}
         for j, uri in enumerate(uris):
             try:
@@ -264,34 +272,42 @@ class FigureClassifier:
         status = np.array(batch[schema.STATUS], dtype=object)
         error = np.array(batch.get(schema.ERROR, [""] * n), dtype=object)
         ok = status == Status.OK.value
-        num_classes = self.spec.num_classes
+        num_classes, num_types = self.spec.num_classes, len(self.spec.figure_types)
         probabilities = np.full((n, num_classes), np.nan, dtype=np.float32)
         confidence = np.full(n, np.nan, dtype=np.float32)
         modality = np.full(n, "", dtype=object)
+        figure_type = np.full(n, "", dtype=object)
         relevance = np.zeros((n, *self.map_shape), dtype=np.float32)
+        panels = PanelRows(batch, n, self.map_shape)
         if ok.any():
             rows = np.flatnonzero(ok)
-            host, failed = self._run(self._pixels(batch, ok, on_device, decoded), [uris[i] for i in rows])
+            pixels, owners = panels.with_crops(self._pixels(batch, ok, on_device, decoded), rows, self.device)
+            host, failed = self._run(pixels, [uris[i] for i in owners])
             _maybe_die_for_test()
             for j in np.flatnonzero(~np.isfinite(host).all(axis=1)):
                 failed.setdefault(int(j), "the model gave non-finite values (NaN or infinity)")
             good = np.ones(len(rows), dtype=bool)
             for j, message in failed.items():
-                good[j] = False
-                status[rows[j]], error[rows[j]] = Status.MODEL_ERROR.value, message
-                log.warning("classify %s: %s", uris[rows[j]], message)
-            probs = host[good, :num_classes]
-            kept = rows[good]
-            relevance[kept] = host[good, num_classes:].reshape(-1, *self.map_shape)
-            probabilities[kept] = probs
-            confidence[kept] = probs.max(axis=1)
-            modality[kept] = labels_for(probs, self.spec.class_names, self.spec.other_threshold)
-        result = {k: v for k, v in batch.items() if k not in (schema.PIXELS, schema.JPEG_BYTES)}
+                figure = int(np.searchsorted(rows, owners[j]))  # a panel's failure is its figure's
+                good[figure] = False
+                status[rows[figure]], error[rows[figure]] = Status.MODEL_ERROR.value, message
+                log.warning("classify %s: %s", uris[owners[j]], message)
+            probs, types = host[:, :num_classes], host[:, num_classes:num_classes + num_types] if num_types else None
+            labels, kinds = image_labels(probs, types, self.spec.class_names, self.spec.figure_types, self.spec.other_threshold)
+            maps = host[:, num_classes + num_types:].reshape(-1, *self.map_shape)
+            for j in np.flatnonzero(good):
+                i = rows[j]
+                relevance[i], probabilities[i], confidence[i] = maps[j], probs[j], probs[j].max()
+                crops = panels.rows_of(j)
+                modality[i], figure_type[i], found = figure_summary(labels[j], kinds[j], [labels[k] for k in crops], [kinds[k] for k in crops])
+                panels.record(i, maps[crops], [(labels[k], kinds[k], float(probs[k].max())) for k in crops], found)
+        result = {k: v for k, v in batch.items() if k not in (schema.PIXELS, schema.JPEG_BYTES, schema.PANEL_PIXELS)}
         result.update(
             {
                 schema.STATUS: status,
                 schema.ERROR: error,
                 schema.MODALITY: modality,
+                schema.FIGURE_TYPE: figure_type,
                 schema.CONFIDENCE: confidence,
                 schema.PROBABILITIES: probabilities,
                 schema.CRM_MAP: relevance,
@@ -299,6 +315,7 @@ class FigureClassifier:
                 schema.MODEL_VERSION: np.full(n, self.spec.version, dtype=object),
                 schema.CRM_SCORE: np.full(n, self.crm_score, dtype=object),
                 schema.ACTOR: np.full(n, self.actor_id, dtype=object),
+                **panels.columns(),
             }
         )
         return result

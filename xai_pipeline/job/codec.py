@@ -11,6 +11,7 @@ A map that is zero everywhere is stored with scale 0.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from typing import Any
 
@@ -51,6 +52,14 @@ def decode_map(data: bytes, shape: tuple[int, int] | list[int], scale: float, *,
     return q if normalized else q * np.float32(scale)
 
 
+def _figure_type(batch: dict[str, np.ndarray], i: int) -> str:
+    """The classifier's figure type; for batches without one, from the modality (as a model without
+    a figure-type head: ``medical_image`` unless ``other``)."""
+    if schema.FIGURE_TYPE in batch and batch[schema.FIGURE_TYPE][i]:
+        return str(batch[schema.FIGURE_TYPE][i])
+    return schema.MEDICAL_IMAGE if str(batch[schema.MODALITY][i]) not in ("other", "") else "other"
+
+
 def _null_if_empty(values: np.ndarray) -> list[str | None]:
     return [str(v) if v not in ("", None) else None for v in values]
 
@@ -63,6 +72,21 @@ def _encode_row(relevance: np.ndarray, probabilities: np.ndarray, width: int, he
         raise ValueError("probabilities have NaN or infinite values")
     boxes = [b.as_dict() for b in roi_boxes(relevance, width, height, roi_threshold)]
     return data, list(shape), scale, probs, boxes
+
+
+def _panels_of(boxes: np.ndarray | None, maps: np.ndarray | None, labels: str | None, modality: str) -> tuple[list[dict[str, Any]] | None, int, list[str]]:
+    """``(panels, panel_count, modalities)`` of one ok figure from the classifier's panel columns."""
+    parsed = json.loads(labels) if labels else {"modalities": [modality] if modality not in ("other", "") else [], "panels": []}
+    entries = parsed["panels"]
+    if boxes is None or len(entries) < 2:
+        return None, 1, list(parsed["modalities"])
+    panels = []
+    for box, relevance, entry in zip(np.asarray(boxes), np.asarray(maps), entries):
+        data, shape, scale = encode_map(relevance)
+        x0, y0, x1, y1 = (int(v) for v in box)
+        panels.append({"x0": x0, "y0": y0, "x1": x1, "y1": y1, "modality": entry["modality"], "figure_type": entry["figure_type"],
+                       "confidence": float(entry["confidence"]), "crm": data, "crm_shape": list(shape), "crm_scale": scale})
+    return panels, len(panels), list(parsed["modalities"])
 
 
 def encode_batch(
@@ -82,14 +106,20 @@ def encode_batch(
     errors = _null_if_empty(batch[schema.ERROR])
     processed_at = processed_at or dt.datetime.now(dt.timezone.utc)
     encoded: list[tuple[Any, ...] | None] = []
+
+    def column(name: str, i: int) -> Any:
+        return batch[name][i] if name in batch else None
+
     for i in range(n):
         if status[i] != Status.OK.value:
             encoded.append(None)
             continue
         try:
             faults.maybe_raise("encode", batch[schema.SOURCE_URI][i])
-            encoded.append(_encode_row(batch[schema.CRM_MAP][i], batch[schema.PROBABILITIES][i], int(batch[schema.WIDTH][i]),
-                                       int(batch[schema.HEIGHT][i]), roi_threshold))
+            row = _encode_row(batch[schema.CRM_MAP][i], batch[schema.PROBABILITIES][i], int(batch[schema.WIDTH][i]),
+                              int(batch[schema.HEIGHT][i]), roi_threshold)
+            encoded.append(row + _panels_of(column(schema.PANEL_BOXES, i), column(schema.PANEL_MAPS, i), column(schema.PANEL_LABELS, i),
+                                            str(batch[schema.MODALITY][i])))
         except Exception as exc:  # noqa: BLE001 - errors are data: one figure's failure is its row
             log.warning("encode %s: %s: %s", batch[schema.SOURCE_URI][i], type(exc).__name__, exc)
             status[i], errors[i] = Status.ENCODE_ERROR.value, f"{type(exc).__name__}: {exc}"[:1000]
@@ -131,5 +161,9 @@ def encode_batch(
         schema.STATUS: status,
         schema.ERROR: [None if status[i] == Status.OK.value else errors[i] for i in range(n)],
         schema.SCHEMA_VERSION_COL: [schema.SCHEMA_VERSION] * n,
+        schema.FIGURE_TYPE: [_figure_type(batch, i) if ok[i] else None for i in range(n)],
+        schema.PANEL_COUNT: part(6),
+        schema.MODALITIES: part(7),
+        schema.PANELS: part(5),
     }
     return pa.table(columns, schema=schema.TABLE_SCHEMA)

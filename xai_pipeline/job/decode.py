@@ -25,9 +25,11 @@ from xai_pipeline.job import faults
 from xai_pipeline import schema
 from xai_pipeline.schema import Status
 from xai_pipeline.policies import DecodeLimits
+from xai_pipeline.model.panels import split_panels
 
 log = logging.getLogger(__name__)
 
+PANEL_DRAFT = 3  # panels are cut from the figure decoded at no less than this many times the model's input size
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "TIFF", "BMP", "WEBP", "PPM"})
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
@@ -36,7 +38,8 @@ _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 @dataclass(frozen=True)
 class Decoded:
     """A decoded figure, or the error that stopped it. ``image``: RGB at full size (or JPEG-draft
-    reduced), from :func:`open_rgb`; ``pixels``: ``3×S×S`` uint8, from :func:`decode_image`."""
+    reduced), from :func:`open_rgb`; ``pixels``: ``3×S×S`` uint8, from :func:`decode_image`;
+    for a compound figure, ``panel_boxes`` (k×4, figure pixels) and ``panel_pixels`` (k×3×S×S)."""
 
     status: Status
     error: str = ""
@@ -44,6 +47,8 @@ class Decoded:
     height: int = 0
     image: Image.Image | None = None
     pixels: np.ndarray | None = None
+    panel_boxes: np.ndarray | None = None
+    panel_pixels: np.ndarray | None = None
 
 
 def _sniff_unsupported(data: bytes) -> str | None:
@@ -161,21 +166,45 @@ def probe_plain_jpeg(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Deco
     return Decoded(Status.OK, "", width, height)
 
 
-def decode_image(data: bytes, size: int, limits: DecodeLimits = DecodeLimits()) -> Decoded:
-    """Decode one figure and resize it to ``size × size``. Never raises for bad input."""
-    opened = open_rgb(data, limits, draft=size)
+def decode_image(data: bytes, size: int, limits: DecodeLimits = DecodeLimits(), panels: bool = False) -> Decoded:
+    """Decode one figure and resize it to ``size × size``. Never raises for bad input.
+
+    ``panels``: also split the figure into panels (:func:`xai_pipeline.model.panels.split_panels`,
+    on the figure decoded at ``PANEL_DRAFT × size`` or more) and resize each panel's crop to
+    ``size × size``; a single-panel figure gets no panel arrays."""
+    opened = open_rgb(data, limits, draft=size * PANEL_DRAFT if panels else size)
     if opened.image is None:
         return opened
-    return Decoded(Status.OK, "", opened.width, opened.height, pixels=to_pixels(opened.image, size))
+    pixels = to_pixels(opened.image, size)
+    found = split_panels(opened.image) if panels else []
+    if len(found) < 2:
+        return Decoded(Status.OK, "", opened.width, opened.height, pixels=pixels)
+    sx, sy = opened.width / opened.image.width, opened.height / opened.image.height
+    boxes = np.array([[round(p.x0 * sx), round(p.y0 * sy), round(p.x1 * sx), round(p.y1 * sy)] for p in found], dtype=np.int32)
+    crops = np.stack([to_pixels(opened.image.crop(p.as_tuple()), size) for p in found])
+    return Decoded(Status.OK, "", opened.width, opened.height, pixels=pixels, panel_boxes=boxes, panel_pixels=crops)
 
 
-def decode_batch(batch: dict[str, np.ndarray], size: int, limits: DecodeLimits = DecodeLimits(), defer_jpeg: bool = False) -> dict[str, np.ndarray]:
+def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
+    """An object column of arrays with the same dimensions and different lengths."""
+    column = np.empty(len(arrays), dtype=object)
+    for i, array in enumerate(arrays):
+        column[i] = array
+    return column
+
+
+def decode_batch(batch: dict[str, np.ndarray], size: int, limits: DecodeLimits = DecodeLimits(), defer_jpeg: bool = False,
+                 panels: bool = False) -> dict[str, np.ndarray]:
     """The decode stage: fetched rows (``uri``, ``size``, ``etag``, ``bytes``, ``read_status``,
     ``read_error``) → columns for the classifier, with ``pixels`` zero where not ok. A row that
     failed to read keeps its read status.
 
     ``defer_jpeg``: plain JPEGs (:func:`probe_plain_jpeg`) are not decoded here; their bytes go
-    on in ``jpeg_bytes`` (empty for other rows) for the classifier to decode on its device.
+    on in ``jpeg_bytes`` (empty for other rows) for the classifier to decode on its device (and
+    are not split into panels).
+
+    ``panels``: each decoded figure is split into panels here, in the CPU task; ``panel_boxes``
+    (k×4) and ``panel_pixels`` (k×3×S×S) go on per row, k = 0 for single-panel figures.
 
     Bad inputs get their own statuses from :func:`decode_image`; any other exception while
     decoding one figure (a decoder bug, say) becomes that figure's ``decode_error`` row and the
@@ -191,6 +220,8 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, limits: DecodeLimits =
     read_status = batch.get("read_status", np.full(n, "", dtype=object))
     read_error = batch.get("read_error", np.full(n, "", dtype=object))
     deferred = np.full(n, b"", dtype=object)
+    panel_boxes = [np.zeros((0, 4), dtype=np.int32)] * n
+    panel_pixels = [np.zeros((0, 3, size, size), dtype=np.uint8)] * n
     for i, data in enumerate(batch["bytes"]):
         if read_status[i]:
             status[i], error[i] = read_status[i], read_error[i]
@@ -202,7 +233,7 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, limits: DecodeLimits =
             if result is not None:
                 deferred[i] = data
             else:
-                result = decode_image(data, size, limits)
+                result = decode_image(data, size, limits, panels=panels)
         except Exception as exc:  # noqa: BLE001 - errors are data: one figure's failure is its row
             log.warning("decode %s: %s: %s", uris[i], type(exc).__name__, exc)
             result = Decoded(Status.DECODE_ERROR, f"{type(exc).__name__}: {exc}"[:1000])
@@ -210,6 +241,8 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, limits: DecodeLimits =
         width[i], height[i] = result.width, result.height
         if result.pixels is not None:
             pixels[i] = result.pixels
+        if result.panel_boxes is not None and result.panel_pixels is not None:
+            panel_boxes[i], panel_pixels[i] = result.panel_boxes, result.panel_pixels
     columns = {
         schema.FIGURE_ID: np.array([schema.figure_id(u) for u in uris], dtype=object),
         schema.SOURCE_URI: np.array(uris, dtype=object),
@@ -223,6 +256,9 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, limits: DecodeLimits =
     }
     if defer_jpeg:
         columns[schema.JPEG_BYTES] = deferred
+    if panels:
+        columns[schema.PANEL_BOXES] = _ragged(panel_boxes)
+        columns[schema.PANEL_PIXELS] = _ragged(panel_pixels)
     if schema.ROUTE in batch:
         columns[schema.ROUTE] = np.asarray(batch[schema.ROUTE], dtype=object)
     return columns

@@ -68,8 +68,8 @@ def _fetch_stage(batch: dict[str, np.ndarray], *, location: Location, settings: 
     return fetch_stage.fetch_batch(batch, location, settings, max_bytes, policy)
 
 
-def _decode_stage(batch: dict[str, np.ndarray], *, size: int, limits: DecodeLimits, defer_jpeg: bool) -> dict[str, np.ndarray]:
-    return decode.decode_batch(batch, size, limits, defer_jpeg)
+def _decode_stage(batch: dict[str, np.ndarray], *, size: int, limits: DecodeLimits, defer_jpeg: bool, panels: bool) -> dict[str, np.ndarray]:
+    return decode.decode_batch(batch, size, limits, defer_jpeg, panels)
 
 
 def _encode_stage(batch: dict[str, np.ndarray], *, run_id: str, roi_threshold: float) -> pa.Table:
@@ -152,7 +152,8 @@ def _rows(job: Job, todo: Any, count: int, run_id: str) -> Any:
     ds = ds.map_batches(_fetch_stage, fn_kwargs={"location": job.source, "settings": job.settings, "max_bytes": cfg.max_bytes,
                                                  "policy": cfg.read_policy},
                         batch_size=DECODE_BATCH_SIZE, batch_format="numpy", num_cpus=1, memory=DECODE_TASK_MEMORY)
-    ds = ds.map_batches(_decode_stage, fn_kwargs={"size": job.spec.input_size, "limits": cfg.limits, "defer_jpeg": cfg.jpeg_decoder == "classifier"},
+    ds = ds.map_batches(_decode_stage, fn_kwargs={"size": job.spec.input_size, "limits": cfg.limits, "defer_jpeg": cfg.jpeg_decoder == "classifier",
+                                                  "panels": cfg.panels},
                         batch_size=DECODE_BATCH_SIZE, batch_format="numpy", num_cpus=1, memory=DECODE_TASK_MEMORY)
     ds = ds.map_batches(
         FigureClassifier,

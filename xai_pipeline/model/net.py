@@ -37,7 +37,9 @@ class ModelSpec:
 
     ``head`` is ``"linear"`` (GAP + one linear layer, the paper's setting) or ``"mlp"`` (GAP +
     Linear-ReLU-Linear, to exercise CRM's general path). ``other_threshold``: a top softmax
-    probability below it is reported as ``"other"``; ``None`` disables it.
+    probability below it is reported as ``"other"``; ``None`` disables it. ``figure_types``: the
+    outputs of the figure-type head (a linear layer on the pooled features,
+    :mod:`xai_pipeline.train.figure_type`); empty for a model without one.
     """
 
     name: str
@@ -50,6 +52,7 @@ class ModelSpec:
     head: str = "linear"
     head_hidden: int = 256
     other_threshold: float | None = None
+    figure_types: tuple[str, ...] = ()
     weights_sha256: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -73,8 +76,9 @@ class ModelSpec:
     @classmethod
     def from_json(cls, text: str) -> "ModelSpec":
         data = json.loads(text)
-        for key in ("class_names", "mean", "std"):
-            data[key] = tuple(data[key])
+        for key in ("class_names", "mean", "std", "figure_types"):
+            if key in data:
+                data[key] = tuple(data[key])
         return cls(**data)
 
 
@@ -91,6 +95,7 @@ class ModalityNet(nn.Module):
             self.head = nn.Sequential(
                 nn.Linear(channels, spec.head_hidden), nn.ReLU(), nn.Linear(spec.head_hidden, spec.num_classes)
             )
+        self.type_head: nn.Linear | None = nn.Linear(channels, len(spec.figure_types)) if spec.figure_types else None
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 

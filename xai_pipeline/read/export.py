@@ -22,7 +22,9 @@ from xai_pipeline.store.source import S3Settings, parse_location
 
 FORMATS = ("jsonl", "opensearch-bulk")
 DOC_COLUMNS = [schema.FIGURE_ID, schema.SOURCE_URI, schema.MODALITY, schema.CONFIDENCE, schema.ROI_BOXES, schema.STATUS,
-               schema.WIDTH, schema.HEIGHT, schema.MODEL_VERSION, schema.PROCESSED_AT]
+               schema.WIDTH, schema.HEIGHT, schema.MODEL_VERSION, schema.PROCESSED_AT, schema.FIGURE_TYPE, schema.PANEL_COUNT,
+               schema.MODALITIES, schema.PANELS]
+PANEL_FIELDS = ("x0", "y0", "x1", "y1", "modality", "figure_type", "confidence")  # a panel in a document: no map bytes
 
 
 def _documents(table_uri: str, settings: S3Settings) -> tuple[int, Iterator[dict[str, Any]]]:
@@ -45,6 +47,9 @@ def _doc(row: dict[str, Any]) -> dict[str, Any]:
     doc[schema.PROCESSED_AT] = row[schema.PROCESSED_AT].isoformat() if row[schema.PROCESSED_AT] else None
     if doc[schema.CONFIDENCE] is not None:
         doc[schema.CONFIDENCE] = round(float(doc[schema.CONFIDENCE]), 5)
+    if doc[schema.PANELS] is not None:
+        doc[schema.PANELS] = [{k: round(p[k], 5) if k == "confidence" and p[k] is not None else p[k] for k in PANEL_FIELDS}
+                              for p in doc[schema.PANELS]]
     return doc
 
 

@@ -41,13 +41,18 @@ class Filters:
     limit: int | None = None
     order_by: tuple[str, ...] = field(default=(schema.CONFIDENCE + " DESC", schema.FIGURE_ID))
 
-    def to_sql(self) -> str:
+    def to_sql(self, panels: bool = True) -> str:
+        """The filters as SQL; ``panels=False`` for tables written before schema 5 (no ``modalities``)."""
         unknown = [c for c in self.columns if c not in schema.TABLE_SCHEMA.names]
         if unknown:
             raise ValueError(f"unknown columns {unknown}; the table has {schema.TABLE_SCHEMA.names}")
         where = []
         if self.modality:
-            where.append(f"{schema.MODALITY} IN ({', '.join(_literal(m) for m in self.modality)})")
+            wanted = ", ".join(_literal(m) for m in self.modality)
+            clause = f"{schema.MODALITY} IN ({wanted})"
+            if panels:  # or a compound figure with a panel of that modality
+                clause = f"({clause} OR array_has_any({schema.MODALITIES}, make_array({wanted})))"
+            where.append(clause)
         if self.min_confidence is not None:
             where.append(f"{schema.CONFIDENCE} >= {float(self.min_confidence)!r}")
         if self.status:
@@ -104,5 +109,52 @@ def query(
         raise ValueError("give SQL or filters, not both")
     if not sql:
         normalised = {k: tuple(v) if isinstance(v, list) else v for k, v in filters.items()}
-        sql = Filters(**normalised).to_sql()  # type: ignore[arg-type]
+        location = parse_location(table_uri, "--table")
+        names = sink.open_table(location, sink.storage_options(location, settings), version).schema().to_arrow().names
+        sql = Filters(**normalised).to_sql(panels=schema.MODALITIES in names)  # type: ignore[arg-type]
     return run_sql(table_uri, sql, version=version, settings=settings)
+
+
+def _printable(table: pa.Table) -> pa.Table:
+    """Binary columns (maps) as their length in bytes, for text output."""
+    import pyarrow.compute as pc
+
+    for i, f in enumerate(table.schema):
+        if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type):
+            table = table.set_column(i, f.name, pc.binary_length(table.column(i)))
+    return table
+
+
+def write_result(result: pa.Table, format: str, out: str | None) -> None:
+    """Write a query's rows as ``table`` (aligned text), ``csv``, ``json`` (lines) or ``parquet``
+    to ``out`` or standard output; maps appear as their length in bytes in the text formats."""
+    import sys
+
+    if format == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(result, out)
+        return
+    handle = open(out, "w", encoding="utf-8") if out else sys.stdout
+    try:
+        if format == "csv":
+            import io
+
+            import pyarrow.csv as pacsv
+
+            buf = io.BytesIO()
+            pacsv.write_csv(_printable(result), buf)
+            handle.write(buf.getvalue().decode())
+        elif format == "json":
+            import json
+
+            for row in _printable(result).to_pylist():
+                handle.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+        else:
+            import pandas as pd
+
+            with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200, "display.max_colwidth", 60):
+                handle.write(_printable(result).to_pandas().to_string(index=False) + f"\n({result.num_rows} rows)\n")
+    finally:
+        if out:
+            handle.close()

@@ -48,10 +48,16 @@ def test_demo_runs_on_the_bundled_samples(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     assert "figures per modality" in out.stdout and str(tmp_path / "demo") in out.stdout
     table = DeltaTable(str(tmp_path / "demo")).to_pyarrow_table()
-    assert table.num_rows == 7 and set(table.column("status").to_pylist()) == {"ok"}
+    assert table.num_rows == 8 and set(table.column("status").to_pylist()) == {"ok"}
+    # The compound sample: four panels through the Ray pipeline, each with its labels and CRM.
+    (compound,) = [r for r in table.to_pylist() if "compound_" in r["source_uri"]]
+    assert compound["modality"] == "compound" and compound["panel_count"] == 4 and len(compound["panels"]) == 4
+    assert "ct" in compound["modalities"] and compound["figure_type"] == "medical_image"
+    assert [p["modality"] for p in compound["panels"]][3] == "other" and all(len(p["crm"]) == 49 for p in compound["panels"])
+    assert {r["modality"] for r in table.to_pylist() if "other_" in r["source_uri"]} == {"other"}
     # Quiet by default: no INFO lines from Ray, Ray Data or this package on the console.
     assert not [line for line in out.stderr.splitlines() if " INFO " in line], out.stderr[-3000:]
     again = _cli("--verbose", "demo", "--output", str(tmp_path / "demo"), cwd=tmp_path)  # overwrite, not duplicate
     assert again.returncode == 0
-    assert DeltaTable(str(tmp_path / "demo")).to_pyarrow_table().num_rows == 7
+    assert DeltaTable(str(tmp_path / "demo")).to_pyarrow_table().num_rows == 8
     assert "INFO xai_pipeline.job.writer" in again.stderr and "streaming_executor" in again.stderr  # --verbose shows them

@@ -33,10 +33,10 @@ def test_an_exception_in_decode_is_that_figures_row(monkeypatch: pytest.MonkeyPa
     png = image_bytes(gradient(), "PNG")
     real = decode.decode_image
 
-    def flaky(data: bytes, size: int, limits: decode.DecodeLimits = decode.DecodeLimits()) -> decode.Decoded:
+    def flaky(data: bytes, size: int, limits: decode.DecodeLimits = decode.DecodeLimits(), panels: bool = False) -> decode.Decoded:
         if data == b"poison" + png:
             raise MemoryError("a decoder bug")
-        return real(data, size, limits)
+        return real(data, size, limits, panels)
 
     monkeypatch.setattr(decode, "decode_image", flaky)
     out = decode.decode_batch(_fetched(["/a.png", "/b.png", "/c.png"], [png, b"poison" + png, png]), 32)

@@ -1,0 +1,53 @@
+"""The figure-type head: logistic regression folded into one linear layer on raw pooled features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xai_pipeline import schema
+from xai_pipeline.job.classify import predict
+from xai_pipeline.model.net import ModalityNet, ModelSpec
+from xai_pipeline.train.figure_type import fit_type_head, held_out_accuracy, pooled_features, type_of_kind, with_type_head
+
+
+def test_kinds_of_real_figures_map_to_figure_types() -> None:
+    assert type_of_kind("chart (plotnine test baseline)") == "chart"
+    assert type_of_kind("microscopy/fluorescence (nuclei)") == "microscopy"
+    assert type_of_kind("flowchart (CONSORT)") == "diagram" and type_of_kind("molecular_structure") == "chemical_structure"
+    assert type_of_kind("table/infographic") == "table" and type_of_kind("silhouette/drawing") == "other"
+    assert {type_of_kind(k) for k in ("photograph/astronomy", "screenshot (code)")} == {"photograph", "screenshot"}
+
+
+def test_the_folded_head_predicts_what_the_regression_predicts() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (3, 16)) + 50  # far from zero, unequal scales: the folding must undo both
+    scales = rng.uniform(0.5, 20, 16)
+    features = np.concatenate([(c + rng.normal(0, 1, (40, 16))) * scales for c in centres])
+    types = [schema.MEDICAL_IMAGE] * 40 + ["chart"] * 40 + ["microscopy"] * 40
+    weight, bias, names = fit_type_head(features, types)
+    assert names == (schema.MEDICAL_IMAGE, "chart", "microscopy")  # schema order
+    mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
+    reference = LogisticRegression(C=1.0, class_weight="balanced", max_iter=3000).fit((features - mean) / std, [names.index(t) for t in types])
+    logits = features @ weight.T + bias
+    np.testing.assert_allclose(torch.from_numpy(logits).softmax(-1).numpy(), reference.predict_proba((features - mean) / std), atol=1e-4)
+    assert held_out_accuracy(features, types, seed=0)["balanced"] == pytest.approx(1.0)
+
+
+def test_a_model_with_the_head_gives_type_probabilities() -> None:
+    torch.manual_seed(0)
+    model = ModalityNet(ModelSpec(name="t", architecture="tiny_cnn", class_names=("ct", "mri"), input_size=32)).eval()
+    from PIL import Image
+
+    images = [Image.fromarray(np.full((40, 40, 3), v, dtype=np.uint8)) for v in (10, 120, 240)]
+    features = pooled_features(model, images)
+    weight = np.random.default_rng(1).normal(size=(2, features.shape[1])).astype(np.float32)
+    typed = with_type_head(model, weight, np.zeros(2, dtype=np.float32), (schema.MEDICAL_IMAGE, "chart"), version="2")
+    assert typed.spec.figure_types == (schema.MEDICAL_IMAGE, "chart") and typed.spec.version == "2"
+    pixels = torch.stack([torch.from_numpy(np.asarray(im.resize((32, 32))).transpose(2, 0, 1).copy()) for im in images])
+    out = predict(typed, pixels)
+    np.testing.assert_allclose(out.types.numpy(), torch.from_numpy(features @ weight.T).softmax(-1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(out.probabilities.numpy(), predict(model, pixels).probabilities.numpy(), atol=1e-6)  # modality head unchanged
