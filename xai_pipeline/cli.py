@@ -232,6 +232,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     metrics, paths = run_evaluation(from_namespace(EvaluateConfig, args))
     print(metrics.table())
+    checks = json.loads(Path(paths["figures.json"]).read_text())
+    panels, types = checks["panels"], checks["figure_types"]
+    print(f"panels on {panels['compound_figures']} synthetic compound figures: precision {panels['precision_iou50']:.3f} "
+          f"recall {panels['recall_iou50']:.3f} (IoU >= 0.5), exact count {panels['exact_count']:.3f}; "
+          f"single figures kept whole {panels['single_figures_kept_whole']:.3f}")
+    print(f"figure types: accuracy {types['accuracy']:.3f}; non-scan figures given a modality {types['non_scans_given_a_modality']:.3f}")
     print("\n" + "\n".join(f"{k}: {v}" for k, v in paths.items()))
     return 0
 

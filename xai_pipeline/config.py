@@ -286,10 +286,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """``xai-pipeline evaluate``: metrics, confusion matrix, calibration and class-mean CRM maps."""
+    """``xai-pipeline evaluate``: metrics, confusion matrix, calibration, class-mean CRM maps, panel detection and figure types."""
 
     model: str | None = field(default=None, metadata=opt("model .safetensors file (default: the bundled model)", metavar="PATH"))
     data: str = field(default="", metadata=opt("labelled figures: class folders or a manifest, local or s3://", required=True, metavar="URI"))
-    out: str = field(default="evaluation", metadata=opt("folder for metrics.json, confusion.png and class_mean_crm.png", metavar="DIR"))
+    out: str = field(default="evaluation", metadata=opt("folder for metrics.json, confusion.png, class_mean_crm.png and figures.json (panel detection, figure types)", metavar="DIR"))
+    compound_figures: int = field(default=200, metadata=opt("synthetic compound figures, made of --data's figures, to score panel detection on", metavar="N"))
     endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint for --data", metavar="URL"))
     region: str | None = field(default=None, metadata=opt("S3 region for --data"))

@@ -98,7 +98,7 @@ def test_the_report_template_escapes_values_from_the_table() -> None:
 
     evil = "<script>alert(1)</script>"
     page = _render(total=1, ok=1, errors_total=0, deleted=0, table_uri="file:///t", modalities=[(evil, 1)], modality_chart="data:,",
-                   confidence_chart="data:,", errors=[], threshold=0.2, class_maps="", samples=[(evil, "data:,")],
+                   confidence_chart="data:,", errors=[], threshold=0.2, figure_types=[("chart", 3)], panel_modalities=[], class_maps="", samples=[(evil, "data:,")],
                    runs=[[evil, "index", "finished", 1, 1, 0, 0, 0, 1, 0, 1.0, 0]])
     assert evil not in page
     assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 4  # modality row, sample heading and alt text, run id

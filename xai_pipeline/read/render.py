@@ -63,6 +63,21 @@ def overlay(figure: Image.Image, relevance: np.ndarray, threshold: float = 0.2, 
     return out
 
 
+def boxed(figure: Image.Image, panels: list[dict[str, Any]]) -> Image.Image:
+    """The figure with each panel's box and its number, modality and confidence drawn on it."""
+    out = figure.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    width = max(2, round(max(out.size) / 300))
+    for k, panel in enumerate(panels):
+        medical = panel.get("modality") not in (None, "other")
+        colour = (230, 30, 30) if medical else (40, 90, 220)
+        draw.rectangle([panel["x0"], panel["y0"], panel["x1"] - 1, panel["y1"] - 1], outline=colour, width=width)
+        text = f"{k + 1} {panel.get('modality')} {panel.get('confidence', 0):.2f}"
+        draw.rectangle([panel["x0"], panel["y0"], panel["x0"] + 7 * len(text), panel["y0"] + 12], fill=colour)
+        draw.text((panel["x0"] + 2, panel["y0"] + 1), text, fill=(255, 255, 255))
+    return out
+
+
 def tile_grid(tiles: list[tuple[str, Image.Image]], tile: int = 224, columns: int = 3) -> Image.Image:
     """Labelled tiles in a grid on white; each image fitted into its tile, aspect kept."""
     columns = max(1, min(columns, len(tiles)))

@@ -27,7 +27,7 @@ from xai_pipeline.read.render import bar_chart, crm_heatmap, overlay, tile_grid
 from xai_pipeline.read.show import load_figure
 from xai_pipeline.store.source import S3Settings, SourceError, make_filesystem, parse_location
 
-SECTIONS = ("summary", "modalities", "confidence", "errors", "class-maps", "samples", "runs")
+SECTIONS = ("summary", "modalities", "figure-types", "panel-modalities", "confidence", "errors", "class-maps", "samples", "runs")
 MAPS_PER_MODALITY = 2000
 ALIVE = f"{schema.DELETED_AT} IS NULL"
 
@@ -57,6 +57,20 @@ def _class_map(table: str, modality: str, settings: S3Settings) -> tuple[np.ndar
     return np.mean(maps, axis=0), len(maps)
 
 
+def _figure_counts(table: str, settings: S3Settings) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Figures per figure type, and compound figures per modality found in their panels (a
+    figure with a CT and an MRI panel counts once for each); empty for tables before schema 5."""
+    columns = set(run_sql(table, "SELECT * FROM figures LIMIT 0", settings=settings).schema.names)
+    if schema.MODALITIES not in columns:
+        return [], []
+    ok = f"{ALIVE} AND {schema.STATUS} = 'ok'"
+    types = run_sql(table, f"SELECT {schema.FIGURE_TYPE} AS t, COUNT(*) AS n FROM figures WHERE {ok} GROUP BY 1 ORDER BY n DESC, t",
+                    settings=settings).to_pylist()
+    panels = run_sql(table, f"SELECT m, COUNT(*) AS n FROM (SELECT unnest({schema.MODALITIES}) AS m FROM figures WHERE {ok} "
+                            f"AND {schema.MODALITY} = '{schema.COMPOUND}') GROUP BY m ORDER BY n DESC, m", settings=settings).to_pylist()
+    return [(r["t"] or "unknown", r["n"]) for r in types], [(r["m"], r["n"]) for r in panels]
+
+
 def build_report(table: str, out: str | Path, *, samples: int = 3, threshold: float = 0.2, settings: S3Settings = S3Settings(),
                  progress: bool = False) -> Path:
     """Write the report for ``table`` to ``out``; returns its path."""
@@ -74,6 +88,7 @@ def build_report(table: str, out: str | Path, *, samples: int = 3, threshold: fl
     for r in histogram:
         bins[min(19, int(r["bin"]))] += r["n"]
     deleted = run_sql(table, f"SELECT COUNT(*) AS n FROM figures WHERE NOT ({ALIVE})", settings=settings).to_pylist()[0]["n"]
+    figure_types, panel_modalities = _figure_counts(table, settings)
 
     with progress_bar("report", len(modalities) * (1 + samples), force=progress) as bar:
         tiles = []
@@ -109,6 +124,7 @@ def build_report(table: str, out: str | Path, *, samples: int = 3, threshold: fl
         total=total, ok=sum(n for _, n in modalities), errors_total=sum(n for _, n in errors), deleted=deleted, table_uri=location.uri,
         modalities=modalities, modality_chart=_png(bar_chart([m for m, _ in modalities], [n for _, n in modalities])),
         confidence_chart=_png(bar_chart([f"{i / 20:.2f}" for i in range(20)], bins)), errors=errors, threshold=threshold,
+        figure_types=figure_types, panel_modalities=panel_modalities,
         class_maps=class_maps, samples=sample_pictures, runs=run_rows,
     )
     path = Path(out)

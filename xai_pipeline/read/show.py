@@ -1,5 +1,6 @@
-"""``xai-pipeline show``: a figure with its CRM overlaid, its label and confidence; with
-``--compare``, CRM beside CAM and Grad-CAM of the same model, computed on demand (not stored)."""
+"""``xai-pipeline show``: a figure with its CRM overlaid, its label and confidence; for a compound
+figure, its panel boxes with their labels and each panel's CRM over its crop; with ``--compare``,
+CRM beside CAM and Grad-CAM of the same model, computed on demand (not stored)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from xai_pipeline import schema
 from xai_pipeline.job.codec import decode_map
 from xai_pipeline.job.decode import DecodeLimits, open_rgb, to_pixels
 from xai_pipeline.read.query import run_sql
-from xai_pipeline.read.render import overlay, tile_grid
+from xai_pipeline.read.render import boxed, overlay, tile_grid
 from xai_pipeline.job.fetch import read_object
 from xai_pipeline.store.source import S3Settings, SourceError, parse_location
 
@@ -80,6 +81,13 @@ def show(table_uri: str, figure_id: str, out: str | Path, *, compare: bool = Fal
     stored = decode_map(row[schema.CRM], row[schema.CRM_SHAPE], row[schema.CRM_SCALE])  # type: ignore[arg-type]
     label = f"{row[schema.MODALITY]} {float(row[schema.CONFIDENCE]):.2f}"  # type: ignore[arg-type]
     tiles = [(f"figure: {label}", image), (f"CRM (stored) {label}", overlay(image, stored, threshold))]
+    panels = row.get(schema.PANELS) or []
+    if panels:
+        tiles.append((f"{len(panels)} panels: {', '.join(row.get(schema.MODALITIES) or []) or 'no modality'}", boxed(image, panels)))
+        for k, panel in enumerate(panels):  # type: ignore[union-attr]
+            crop = image.crop((panel["x0"], panel["y0"], panel["x1"], panel["y1"]))
+            relevance = decode_map(panel["crm"], panel["crm_shape"], panel["crm_scale"])
+            tiles.append((f"panel {k + 1}: {panel['modality']} {panel['confidence']:.2f} ({panel['figure_type']})", overlay(crop, relevance, threshold)))
     if compare:
         for name, relevance in compare_maps(image, model, str(row.get(schema.CRM_SCORE) or schema.LEGACY_CRM_SCORE)).items():
             tiles.append((f"{name} (recomputed)", overlay(image, relevance, threshold)))

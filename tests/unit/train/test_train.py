@@ -95,9 +95,12 @@ def test_evaluate_command_prints_metrics_and_writes_plots(tmp_path: Path, datase
         (data / label).mkdir(parents=True)
         for src in sorted((dataset_dir / label).iterdir())[:3]:
             (data / label / src.name).write_bytes(src.read_bytes())
-    assert main(["evaluate", "--data", str(data), "--out", str(tmp_path / "eval")]) == 0
+    assert main(["evaluate", "--data", str(data), "--out", str(tmp_path / "eval"), "--compound-figures", "12"]) == 0
     printed = capsys.readouterr().out
-    assert "macro-F1" in printed and "confusion" in printed and "ECE" in printed
+    assert "macro-F1" in printed and "confusion" in printed and "ECE" in printed and "exact count" in printed
+    checks = json.loads((tmp_path / "eval" / "figures.json").read_text())
+    assert checks["panels"]["compound_figures"] == 12 and 0 <= checks["panels"]["recall_iou50"] <= 1
+    assert checks["panels"]["single_figures"] == 9 and checks["figure_types"]["accuracy_by_type"]["medical_image"] >= 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n"] == 9 and sum(map(sum, metrics["confusion"])) == 9
     for name in ("confusion.png", "class_mean_crm.png"):
