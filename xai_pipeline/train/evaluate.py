@@ -171,3 +171,13 @@ def evaluate_examples(model: ModalityNet, images: list, labels: list[str]) -> tu
     metrics = compute_metrics(y_true, probabilities, names, model.spec.other_threshold)
     return metrics, y_true, probabilities, maps
 
+
+@torch.inference_mode()
+def pooled_features(model: ModalityNet, images: list, batch_size: int = 32) -> np.ndarray:
+    """The backbone's pooled features (the heads' input) of PIL images."""
+    size = model.spec.input_size
+    out = []
+    for start in range(0, len(images), batch_size):
+        pixels = torch.from_numpy(np.stack([to_pixels(im, size) for im in images[start:start + batch_size]]))
+        out.append(model.forward_features(model.normalize(pixels)).mean(dim=(2, 3)).numpy())
+    return np.concatenate(out)

@@ -23,11 +23,9 @@ from PIL import Image
 from xai_pipeline import schema
 from xai_pipeline.model.panels import split_panels
 from xai_pipeline.train.compound import LAYOUTS, compound_figure, match_boxes
-from xai_pipeline.train.synthetic import GENERATORS
+from xai_pipeline.train.synthetic import FIGURE_TYPES_OF, GENERATORS
 
 EVALUATION_SEED = 424242  # not used by any training step
-SYNTHETIC_TYPES = {"bar_chart": "chart", "line_plot": "chart", "scatter_plot": "chart", "flow_diagram": "diagram",
-                   "table": "table", "text_page": "other", "western_blot": "gel_blot", "shapes_photo": "photograph"}
 
 
 def panel_detection(singles: list[Image.Image], figures: int = 200, seed: int = EVALUATION_SEED) -> dict[str, Any]:
@@ -58,12 +56,12 @@ def panel_detection(singles: list[Image.Image], figures: int = 200, seed: int = 
 def figure_type_checks(model: Any, scans: list[Image.Image], per_kind: int = 30, seed: int = EVALUATION_SEED) -> dict[str, Any]:
     """Figure-type accuracy on scans and on procedural figures of each kind."""
     from xai_pipeline.model.labels import image_labels
-    from xai_pipeline.train.figure_type import pooled_features
+    from xai_pipeline.train.evaluate import pooled_features
 
     rng = np.random.default_rng(seed + 1)
     procedural = [(name, GENERATORS[name](rng, 256)) for name in GENERATORS for _ in range(per_kind)]
     images = list(scans) + [image for _, image in procedural]
-    expected = [schema.MEDICAL_IMAGE] * len(scans) + [SYNTHETIC_TYPES[name] for name, _ in procedural]
+    expected = [schema.MEDICAL_IMAGE] * len(scans) + [FIGURE_TYPES_OF[name] for name, _ in procedural]
     spec = model.spec
     features = pooled_features(model, images)
     import torch

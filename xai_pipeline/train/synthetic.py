@@ -149,6 +149,11 @@ GENERATORS: dict[str, Generator] = {
 }
 
 
+FIGURE_TYPES_OF: dict[str, str] = {"bar_chart": "chart", "line_plot": "chart", "scatter_plot": "chart", "flow_diagram": "diagram",
+                                   "table": "table", "text_page": "other", "western_blot": "gel_blot", "shapes_photo": "photograph"}
+"""The figure type (``schema.FIGURE_TYPES``) of each generator's figures."""
+
+
 def other_figure(rng: np.random.Generator, size: int = 256, kinds: tuple[str, ...] | None = None) -> Image.Image:
     """One random figure of a random kind (from ``kinds``, default all)."""
     names = kinds or tuple(GENERATORS)

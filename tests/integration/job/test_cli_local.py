@@ -55,6 +55,10 @@ def test_demo_runs_on_the_bundled_samples(tmp_path: Path) -> None:
     assert "ct" in compound["modalities"] and compound["figure_type"] == "medical_image"
     assert [p["modality"] for p in compound["panels"]][3] == "other" and all(len(p["crm"]) == 49 for p in compound["panels"])
     assert {r["modality"] for r in table.to_pylist() if "other_" in r["source_uri"]} == {"other"}
+    from xai_pipeline.read.query import query
+
+    found = query(str(tmp_path / "demo"), modality=["mri"]).column("source_uri").to_pylist()
+    assert sorted(Path(u).name for u in found) == ["compound_ct_mri_fundus_chart.png", "mri_nema_wg04.png"]  # a panel counts
     # Quiet by default: no INFO lines from Ray, Ray Data or this package on the console.
     assert not [line for line in out.stderr.splitlines() if " INFO " in line], out.stderr[-3000:]
     again = _cli("--verbose", "demo", "--output", str(tmp_path / "demo"), cwd=tmp_path)  # overwrite, not duplicate
