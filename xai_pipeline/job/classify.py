@@ -11,7 +11,6 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,8 @@ import torch
 from xai_pipeline.model import crm as crm_math
 from xai_pipeline.job import decode, device_decode, faults
 from xai_pipeline import schema
-from xai_pipeline.model.net import OTHER_LABEL, ModalityNet, load_model
+from xai_pipeline.model.inference import Predictions, predict, resolve_device
+from xai_pipeline.model.net import load_model
 from xai_pipeline.model.labels import figure_summary, image_labels
 from xai_pipeline.job.panel_rows import PanelRows
 from xai_pipeline.schema import Status
@@ -30,48 +30,6 @@ log = logging.getLogger(__name__)
 # Test hook for fault-injection tests, not a production switch: when this variable names a file
 # that does not exist yet, the first batch creates it and kills its actor process mid-batch.
 KILL_ONCE_ENV = "XAI_PIPELINE_TEST_KILL_ACTOR_ONCE"
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else is passed to torch."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-@dataclass(frozen=True)
-class Predictions:
-    logits: torch.Tensor  # B×C
-    probabilities: torch.Tensor  # B×C
-    relevance: torch.Tensor  # B×H×W
-    types: torch.Tensor | None = None  # B×T figure-type probabilities (models with a figure-type head)
-
-
-@torch.inference_mode()
-def predict(model: ModalityNet, pixels: torch.Tensor, score: crm_math.Score = "logit", autocast: torch.dtype | None = None) -> Predictions:
-    """Logits, softmax probabilities and CRM maps of a uint8 ``B×3×S×S`` batch, on its device.
-
-    ``autocast`` (e.g. ``torch.bfloat16`` on a GPU) runs the backbone in lower precision; the
-    head and CRM always run in float32 on the feature map.
-    """
-    with torch.autocast(pixels.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-        feats = model.forward_features(model.normalize(pixels))
-    feats = feats.float()
-    pooled = feats.mean(dim=(2, 3))
-    logits = model.head(pooled)
-    relevance = crm_math.crm(feats, model.head, score, base_logits=logits)
-    types = model.type_head(pooled).softmax(dim=-1) if model.type_head is not None else None
-    return Predictions(logits, logits.softmax(dim=-1), relevance, types)
-
-
-def labels_for(probabilities: np.ndarray, class_names: tuple[str, ...], other_threshold: float | None) -> list[str]:
-    """Top class name per row, or ``"other"`` when its probability is below the threshold."""
-    top = probabilities.argmax(axis=1)
-    labels = [class_names[i] for i in top]
-    if other_threshold is not None:
-        conf = probabilities.max(axis=1)
-        labels = [OTHER_LABEL if c < other_threshold else lab for lab, c in zip(labels, conf)]
-    return labels
 
 
 def _maybe_die_for_test() -> None:

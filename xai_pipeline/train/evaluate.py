@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xai_pipeline.job.classify import predict
+from xai_pipeline.model.inference import predict
 from xai_pipeline.job.decode import to_pixels
 from xai_pipeline.model.net import OTHER_LABEL, ModalityNet
 from xai_pipeline.read.render import confusion_png, crm_heatmap, tile_grid

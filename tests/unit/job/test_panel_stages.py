@@ -16,7 +16,8 @@ from helpers import image_bytes, tiny_model_file
 from xai_pipeline import schema
 from xai_pipeline.job import classify, decode
 from xai_pipeline.job.codec import decode_map, encode_batch
-from xai_pipeline.job.classify import FigureClassifier, predict
+from xai_pipeline.job.classify import FigureClassifier
+from xai_pipeline.model.inference import predict
 
 TYPES = (schema.MEDICAL_IMAGE, "chart", "other")
 

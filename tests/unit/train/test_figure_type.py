@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xai_pipeline import schema
-from xai_pipeline.job.classify import predict
+from xai_pipeline.model.inference import predict
 from xai_pipeline.model.net import ModalityNet, ModelSpec
 from xai_pipeline.train.figure_type import fit_type_head, held_out_accuracy, pooled_features, type_of_kind, with_type_head
 
