@@ -1,7 +1,8 @@
 """Panels of a compound figure by layout analysis: recursive XY cuts on gutters and separator lines.
 
 A figure is reduced to a grey ``G`` (longest side at most ``ANALYSIS_SIDE`` px) and a background
-value ``b``: the median of its one-pixel border (white or black gutters alike). A pixel is ink when
+value ``b``: the median of its one-pixel border when ``BORDER_UNIFORM`` of the border is that grey
+(white or black gutters alike), else white (panels that run to the figure's edge). A pixel is ink when
 ``|G − b| > INK_LEVEL``. A *gutter* along an axis is a run of at least ``MIN_GAP`` of the side in
 lines (rows or columns) of the region whose ink share is at most ``GUTTER_INK``. Cutting a region
 at its interior gutters, then cutting the pieces again, rows before columns, recursively (Nagy &
@@ -30,9 +31,10 @@ from PIL import Image
 ANALYSIS_SIDE = 512
 INK_LEVEL = 24
 GUTTER_INK = 0.002
+BORDER_UNIFORM = 0.6
 DARK_BACKGROUND = 96
 RECT_EDGE = 0.6
-MIN_GAP = 0.012  # of the figure's side along the cut
+MIN_GAP = 0.005  # of the figure's side along the cut: real gutters are thin (3–5 px at 1,000 px)
 MIN_PANEL_SIDE = 0.12
 MIN_PANEL_AREA = 0.03
 MAX_DEPTH = 6
@@ -63,8 +65,13 @@ def _grey(image: Image.Image) -> tuple[np.ndarray, float]:
 
 
 def _background(grey: np.ndarray) -> float:
+    """The page's grey: the median of the one-pixel border when most of the border is that grey;
+    white when panels run to the figure's edge (papers are printed on white)."""
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    return float(np.median(border))
+    median = float(np.median(border))
+    if np.mean(np.abs(border - median) <= INK_LEVEL) >= BORDER_UNIFORM:
+        return median
+    return 255.0
 
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:

@@ -97,3 +97,13 @@ def test_a_compound_figure_summarises_its_panels() -> None:
     assert figure_summary("other", "chart", ["mri", "ct", "other", "ct"], [schema.MEDICAL_IMAGE] * 3 + ["chart"]) == \
         (schema.COMPOUND, schema.MEDICAL_IMAGE, ["ct", "mri"])
     assert figure_summary("other", "chart", ["other", "other", "other"], ["chart", "chart", "diagram"]) == (schema.COMPOUND, "chart", [])
+
+
+@pytest.mark.parametrize("name, panels", [("microscopyfo_4c095879cb7b.jpg", 6), ("microscopyfo_95d6571887e4.jpg", 2)])
+def test_real_compound_figures_of_other_v1(dataset_dir: Path, name: str, panels: int) -> None:
+    """Two real figures from a microscopy guide (other-v1, BSD-3-Clause): a 2×3 montage whose panels
+    run to the figure's edges, and a pair split by a thin white gutter."""
+    image = Image.open(dataset_dir.parent / "other-v1" / "other" / name)
+    found = split_panels(image)
+    assert len(found) == panels
+    assert all(p.area > 0.1 * image.width * image.height for p in found)
