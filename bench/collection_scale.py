@@ -72,7 +72,10 @@ def synthetic_rows(start: int, stop: int, spec_name: str, spec_version: str, buc
         schema.CRM_SCORE: ["logit"] * n, schema.ROI_THRESHOLD: np.full(n, 0.2, np.float32),
         schema.DELETED_AT: [None] * n, schema.RUN_ID: ["synthetic"] * n, schema.PROCESSED_AT: [when] * n,
         schema.STATUS: ["ok"] * n, schema.ERROR: [None] * n, schema.SCHEMA_VERSION_COL: np.full(n, schema.SCHEMA_VERSION, np.int32),
+        schema.FIGURE_TYPE: [schema.MEDICAL_IMAGE] * n, schema.PANEL_COUNT: np.ones(n, np.int32),
     }
+    columns[schema.MODALITIES] = [[m] for m in columns[schema.MODALITY]]
+    columns[schema.PANELS] = [None] * n  # single-panel figures
     return pa.table(columns, schema=schema.TABLE_SCHEMA)
 
 
