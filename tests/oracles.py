@@ -64,20 +64,16 @@ def components_bfs(mask: np.ndarray) -> list[set[tuple[int, int]]]:
 
 def roi_boxes_bfs(relevance: np.ndarray, width: int, height: int, threshold: float = 0.2, max_boxes: int = 8) -> list[dict[str, float]]:
     """ROI boxes by the literal definition: the same grid as :func:`xai_pipeline.model.roi.roi_boxes`
-    (its ``upsample``), regions by :func:`components_bfs`, boxes from each region's cells, the score
-    from the feature cells under them, ordered by score then by each region's first cell."""
-    from xai_pipeline.model.roi import UPSAMPLE, upsample
+    (its ``analysis_grid``), regions by :func:`components_bfs`, boxes from each region's cells, the
+    score from the feature cells under them, ordered by score then by each region's first cell."""
+    from xai_pipeline.model.roi import analysis_grid
 
-    relevance = np.asarray(relevance, dtype=np.float32)
-    peak = float(relevance.max()) if relevance.size else 0.0
-    if peak <= 0 or width <= 0 or height <= 0:
+    found = analysis_grid(relevance, width, height)
+    if found is None:
         return []
-    h, w = relevance.shape
-    longer = max(h, w) * UPSAMPLE
-    gw = max(w, int(round(longer * min(1.0, width / height))))
-    gh = max(h, int(round(longer * min(1.0, height / width))))
-    norm = relevance / peak
-    regions = sorted((sorted(cells) for cells in components_bfs(upsample(norm, gw, gh) >= threshold)), key=lambda c: c[0])
+    norm, grid = found
+    (h, w), (gh, gw) = norm.shape, grid.shape
+    regions = sorted((sorted(cells) for cells in components_bfs(grid >= threshold)), key=lambda c: c[0])
     boxes = []
     for cells in regions:
         r = np.array([rc[0] for rc in cells])

@@ -185,7 +185,7 @@ def decode_image(data: bytes, size: int, limits: DecodeLimits = DecodeLimits(), 
     return Decoded(Status.OK, "", opened.width, opened.height, pixels=pixels, panel_boxes=boxes, panel_pixels=crops)
 
 
-def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
+def ragged(arrays: list[np.ndarray]) -> np.ndarray:
     """An object column of arrays with the same dimensions and different lengths."""
     column = np.empty(len(arrays), dtype=object)
     for i, array in enumerate(arrays):
@@ -257,8 +257,8 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, limits: DecodeLimits =
     if defer_jpeg:
         columns[schema.JPEG_BYTES] = deferred
     if panels:
-        columns[schema.PANEL_BOXES] = _ragged(panel_boxes)
-        columns[schema.PANEL_PIXELS] = _ragged(panel_pixels)
+        columns[schema.PANEL_BOXES] = ragged(panel_boxes)
+        columns[schema.PANEL_PIXELS] = ragged(panel_pixels)
     if schema.ROUTE in batch:
         columns[schema.ROUTE] = np.asarray(batch[schema.ROUTE], dtype=object)
     return columns

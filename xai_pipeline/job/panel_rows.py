@@ -16,13 +16,7 @@ import numpy as np
 import torch
 
 from xai_pipeline import schema
-
-
-def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
-    column = np.empty(len(arrays), dtype=object)
-    for i, array in enumerate(arrays):
-        column[i] = array
-    return column
+from xai_pipeline.job.decode import ragged
 
 
 class PanelRows:
@@ -74,6 +68,6 @@ class PanelRows:
         self.labels[i] = json.dumps({"modalities": modalities, "panels": panels})
 
     def columns(self) -> dict[str, np.ndarray]:
-        boxes = self.boxes if self.boxes is not None else _ragged([np.zeros((0, 4), dtype=np.int32)] * self.n)
-        return {schema.PANEL_BOXES: boxes, schema.PANEL_MAPS: _ragged(self.maps),
+        boxes = self.boxes if self.boxes is not None else ragged([np.zeros((0, 4), dtype=np.int32)] * self.n)
+        return {schema.PANEL_BOXES: boxes, schema.PANEL_MAPS: ragged(self.maps),
                 schema.PANEL_LABELS: np.array(self.labels, dtype=object)}

@@ -45,20 +45,30 @@ def upsample(relevance: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(image.resize((int(width), int(height)), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
-def roi_boxes(relevance: np.ndarray, width: int, height: int, threshold: float = DEFAULT_THRESHOLD, max_boxes: int = MAX_BOXES) -> list[Box]:
-    """Boxes around the regions of ``relevance`` (H×W, any scale) at or above ``threshold`` of its
-    maximum, in the pixel coordinates of a ``width × height`` figure."""
+def analysis_grid(relevance: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The map normalised by its maximum, and that map upsampled to a grid with the figure's
+    aspect ratio, ``UPSAMPLE`` cells per feature cell along the longer side; ``None`` for an
+    all-zero map or an empty figure."""
     relevance = np.asarray(relevance, dtype=np.float32)
     peak = float(relevance.max()) if relevance.size else 0.0
     if peak <= 0 or width <= 0 or height <= 0:
-        return []
+        return None
     h, w = relevance.shape
-    # Grid with the figure's aspect ratio, UPSAMPLE cells per feature cell along the longer side.
     longer = max(h, w) * UPSAMPLE
     gw = max(w, int(round(longer * min(1.0, width / height))))
     gh = max(h, int(round(longer * min(1.0, height / width))))
     norm = relevance / peak
-    grid = upsample(norm, gw, gh)
+    return norm, upsample(norm, gw, gh)
+
+
+def roi_boxes(relevance: np.ndarray, width: int, height: int, threshold: float = DEFAULT_THRESHOLD, max_boxes: int = MAX_BOXES) -> list[Box]:
+    """Boxes around the regions of ``relevance`` (H×W, any scale) at or above ``threshold`` of its
+    maximum, in the pixel coordinates of a ``width × height`` figure."""
+    found = analysis_grid(relevance, width, height)
+    if found is None:
+        return []
+    norm, grid = found
+    (h, w), (gh, gw) = norm.shape, grid.shape
     labels, count = ndimage.label(grid >= threshold, structure=_EIGHT_CONNECTED)
     if count == 0:
         return []

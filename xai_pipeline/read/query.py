@@ -11,12 +11,16 @@ and only the columns and files it needs are read. The table is registered as ``f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from xai_pipeline import schema
 from xai_pipeline.store import sink
 from xai_pipeline.store.source import S3Settings, parse_location
+
+if TYPE_CHECKING:  # pragma: no cover
+    from deltalake import DeltaTable
 
 TABLE_NAME = "figures"
 DEFAULT_COLUMNS = (schema.FIGURE_ID, schema.SOURCE_URI, schema.MODALITY, schema.CONFIDENCE, schema.STATUS, schema.WIDTH, schema.HEIGHT)
@@ -80,10 +84,17 @@ def run_sql(table_uri: str, sql: str, *, version: int | None = None, settings: S
 
     Columns come back with plain types (``string``, not ``string_view``) for every consumer.
     """
+    return _execute(_open(table_uri, version, settings), sql)
+
+
+def _open(table_uri: str, version: int | None, settings: S3Settings) -> "DeltaTable":
+    location = parse_location(table_uri, "--table")
+    return sink.open_table(location, sink.storage_options(location, settings), version)
+
+
+def _execute(table: "DeltaTable", sql: str) -> pa.Table:
     from deltalake import QueryBuilder
 
-    location = parse_location(table_uri, "--table")
-    table = sink.open_table(location, sink.storage_options(location, settings), version)
     result = pa.table(QueryBuilder().register(TABLE_NAME, table).execute(sql).read_all())
     return result.cast(pa.schema([pa.field(f.name, _plain(f.type), f.nullable) for f in result.schema]))
 
@@ -109,10 +120,11 @@ def query(
         raise ValueError("give SQL or filters, not both")
     if not sql:
         normalised = {k: tuple(v) if isinstance(v, list) else v for k, v in filters.items()}
-        location = parse_location(table_uri, "--table")
-        names = sink.open_table(location, sink.storage_options(location, settings), version).schema().to_arrow().names
+    table = _open(table_uri, version, settings)
+    if not sql:
+        names = table.schema().to_arrow().names
         sql = Filters(**normalised).to_sql(panels=schema.MODALITIES in names)  # type: ignore[arg-type]
-    return run_sql(table_uri, sql, version=version, settings=settings)
+    return _execute(table, sql)
 
 
 def _printable(table: pa.Table) -> pa.Table:

@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
               "weights_sha256": spec.weights_sha256}
     (args.out.parent / "figure_type_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.card is not None:
-        card = args.card.read_text().replace(f"Weights: safetensors, SHA-256 `{load_model(args.model).spec.weights_sha256}`",
+        card = args.card.read_text().replace(f"Weights: safetensors, SHA-256 `{model.spec.weights_sha256}`",
                                              f"Weights: safetensors, SHA-256 `{spec.weights_sha256}` (with the figure-type head)")
         args.card.write_text(card.rstrip() + "\n" + card_section(report))
     print(json.dumps(report))
