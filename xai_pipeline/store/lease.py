@@ -8,7 +8,7 @@ same figures as not yet done and both append them. The lease is the object
     {"run_id": ..., "host": ..., "pid": ..., "acquired_at": ..., "expires_at": ...}
 
 * taken with a conditional create: S3 ``PUT`` with ``If-None-Match: *`` (AWS S3 and moto honour
-  it), locally ``O_CREAT | O_EXCL``;
+  it), locally a read-compare-rename under an exclusive ``flock`` of ``lease.json.lock``;
 * renewed every ``ttl / 3`` seconds by a thread, with a conditional replace of the version it
   wrote (S3 ``If-Match`` on its ETag); a run whose renewal is refused has lost the lease and stops
   before its next commit;
@@ -23,7 +23,9 @@ A run that finds the lease held waits up to ``--lease-wait`` seconds, then stops
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -33,7 +35,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from xai_pipeline.store.source import Location, S3Settings, s3_client
 from xai_pipeline.errors import LeaseHeld, LeaseLost
@@ -42,8 +44,6 @@ log = logging.getLogger(__name__)
 
 LEASE_NAME = "_xai_pipeline/lease.json"
 DEFAULT_TTL = 300.0
-
-
 
 
 def _dead_here(holder: dict[str, Any]) -> bool:
@@ -112,33 +112,39 @@ class _Store:
                 return None
             raise
 
-    def _write_local(self, data: bytes, if_version: str | None) -> str | None:
+    @contextlib.contextmanager
+    def _local_lock(self) -> Iterator[None]:
+        """An exclusive ``flock`` on ``lease.json.lock``: a compare-and-swap of the local lease is
+        read, compare and replace under it. ``flock`` locks belong to the open file, so threads of
+        one process exclude each other as processes do."""
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        if if_version is not None:
-            current = self.read()
-            if current is None or current[1] != if_version:
-                return None
-            # Move the old version aside: of two runs replacing the same version, one rename wins.
-            aside = f"{self.path}.{uuid.uuid4().hex}"
+        with open(f"{self.path}.lock", "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
-                os.rename(self.path, aside)
-            except FileNotFoundError:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _write_local(self, data: bytes, if_version: str | None) -> str | None:
+        """Compare-and-swap under the lock; the new version is written to a temporary file and
+        renamed over the lease, so a reader never sees a half-written lease."""
+        with self._local_lock():
+            current = self.read()
+            if (current is not None) if if_version is None else (current is None or current[1] != if_version):
                 return None
-            os.unlink(aside)
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return None
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, self.path)
         return hashlib.sha256(data).hexdigest()
 
     def delete(self) -> None:
         if self.location.scheme == "file":
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            with self._local_lock():
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
             return
         bucket, _, key = self.path.partition("/")
         s3_client(self.settings).delete_object(Bucket=bucket, Key=key)

@@ -47,22 +47,28 @@ def test_an_expired_lease_is_taken_over_and_its_holder_stops_committing(tmp_path
         crashed._renew_once()
         with pytest.raises(LeaseLost):
             crashed.check()
-    # Two runs taking over the same stale lease: exactly one wins.
-    stale = _lease(tmp_path, "stale", ttl=0.3).acquire()
-    stale._stop.set()
-    time.sleep(0.5)
-    results: list[str] = []
+    # Runs taking over the same stale lease: exactly one wins, and none ever reads a
+    # half-written lease (a run that crashes on one would be an error, not "held").
+    for round_ in range(5):
+        stale = _lease(tmp_path, f"stale{round_}", ttl=0.2).acquire()
+        stale._stop.set()
+        time.sleep(0.3)
+        results: list[str] = []
 
-    def take(name: str) -> None:
-        try:
-            _lease(tmp_path, name, ttl=30.0).acquire()
-            results.append(name)
-        except LeaseHeld:
-            results.append("held")
+        def take(name: str) -> None:
+            try:
+                lease = _lease(tmp_path, name, ttl=0.2).acquire()
+                lease._stop.set()
+                results.append("won")
+            except LeaseHeld:
+                results.append("held")
+            except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                results.append(f"error: {exc!r}")
 
-    threads = [threading.Thread(target=take, args=(f"r{i}",)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(results).count("held") == 3
+        threads = [threading.Thread(target=take, args=(f"r{round_}.{i}",)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == ["held", "held", "held", "won"], (round_, results)
+        time.sleep(0.3)  # the winner's lease expires too; the next round takes it over
