@@ -238,6 +238,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"recall {panels['recall_iou50']:.3f} (IoU >= 0.5), exact count {panels['exact_count']:.3f}; "
           f"single figures kept whole {panels['single_figures_kept_whole']:.3f}")
     print(f"figure types: accuracy {types['accuracy']:.3f}; non-scan figures given a modality {types['non_scans_given_a_modality']:.3f}")
+    faithfulness = json.loads(Path(paths["metrics.json"]).read_text()).get("faithfulness")
+    if faithfulness:
+        print(f"faithfulness on {faithfulness['figures']} figures (deletion lower, insertion higher, ROAD lower, randomisation lower are better):")
+        for name in ("crm", "cam", "grad_cam", "random"):
+            m = faithfulness[name]
+            print(f"  {name:<9}deletion {m['deletion_auc']:.3f}  insertion {m['insertion_auc']:.3f}  ROAD {m.get('road_auc', float('nan')):.3f}"
+                  f"  randomisation rho {m['randomisation_rank_correlation']:.3f}")
     print("\n" + "\n".join(f"{k}: {v}" for k, v in paths.items()))
     return 0
 

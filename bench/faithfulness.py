@@ -1,0 +1,60 @@
+"""What the faithfulness metrics cost per figure on the CPU, for the bundled model.
+
+    python -m bench.faithfulness [--smoke]
+
+One batch of figures from the shared data set (224 px, one torch thread); for one map (CRM) the
+seconds per figure of: the four maps, a deletion curve and an insertion curve (10 steps: 11
+forward passes of the batch each), ROAD (9 fractions; the imputation is pytorch-grad-cam's sparse
+solve, one figure at a time) and the randomisation check (a second model's maps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.common import DEFAULT_DATASET, print_table, write_results
+from xai_pipeline.job.decode import to_pixels
+from xai_pipeline.model.net import load_model
+from xai_pipeline.train import faithfulness as fa
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    batch = 2 if args.smoke else 8
+    rows = [json.loads(line) for line in (Path(args.dataset) / "manifest.jsonl").read_text().splitlines()]
+    picks = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))[:batch]]
+    model = load_model()
+    pixels = torch.from_numpy(np.stack([to_pixels(Image.open(Path(args.dataset) / r["file"]).convert("RGB"), 224) for r in picks]))
+    x = model.normalize(pixels)
+    timings = {}
+
+    def timed(name: str, fn) -> object:  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        out = fn()
+        timings[name] = (time.perf_counter() - started) / batch
+        return out
+
+    maps, predicted = timed("maps (4 methods)", lambda: fa.relevance_maps(model, x))  # type: ignore[misc]
+    timed("deletion (11 passes)", lambda: fa.perturbation_curve(model, x, maps["crm"], predicted, "deletion", 10))
+    timed("insertion (11 passes)", lambda: fa.perturbation_curve(model, x, maps["crm"], predicted, "insertion", 10))
+    timed("ROAD (9 fractions)", lambda: fa.road_curve(model, x, maps["crm"], predicted))
+    timed("randomisation", lambda: fa.rank_correlations(maps["crm"], fa.relevance_maps(fa.randomised(model), x)[0]["crm"]))
+    print_table(["metric (one map)", "seconds per figure"], [[k, v] for k, v in timings.items()])
+    write_results("faithfulness", args.smoke, {"batch": batch, "threads": 1, "seconds_per_figure": timings})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
