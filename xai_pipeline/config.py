@@ -295,5 +295,14 @@ class EvaluateConfig:
     faithfulness_figures: int = field(default=120, metadata=opt("figures of --data (stratified by class) the faithfulness metrics use", metavar="N"))
     faithfulness_steps: int = field(default=10, metadata=opt("steps of the deletion and insertion curves", metavar="N"))
     compound_figures: int = field(default=200, metadata=opt("synthetic compound figures, made of --data's figures, to score panel detection on", metavar="N"))
+    held_out: bool = field(default=False, metadata=opt("evaluate only the figures train's split of --data kept out of training: its validation groups (train's default --seed and --val-fraction) and --holdout-sources"))
+    holdout_sources: str = field(default="", metadata=opt("with --held-out: the source_repo values train was given as --holdout-sources", metavar="SOURCES"))
     endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint for --data", metavar="URL"))
     region: str | None = field(default=None, metadata=opt("S3 region for --data"))
+
+    def __post_init__(self) -> None:
+        for name in ("faithfulness_figures", "faithfulness_steps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
+        if self.holdout_sources and not self.held_out:
+            raise ConfigError("--holdout-sources is used only with --held-out")

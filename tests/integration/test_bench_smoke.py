@@ -14,10 +14,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("name", ["crm_overhead", "crm_vs_bruteforce", "decode", "listing", "gpu_check", "table_bytes",
-                                  "pipeline_vs_script", "scale", "encode", "collection_scale", "panels", "backbone", "cli_startup"])
+                                  "pipeline_vs_script", "scale", "encode", "collection_scale", "panels", "backbone", "cli_startup", "faithfulness"])
 def test_benchmark_smoke(name: str, dataset_dir: Path, ray_session: None, capsys) -> None:
     module = importlib.import_module(f"bench.{name}")
-    args = ["--smoke"] + (["--dataset", str(dataset_dir)] if name in ("decode", "table_bytes", "pipeline_vs_script", "collection_scale", "panels") else [])
+    args = ["--smoke"] + (["--dataset", str(dataset_dir)] if name in ("decode", "table_bytes", "pipeline_vs_script", "collection_scale", "panels", "faithfulness") else [])
     assert module.main(args) == 0
     printed = capsys.readouterr().out
     assert printed.strip(), "a benchmark prints its table"

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from xai_pipeline.config import ConfigError, EvaluateConfig
-from xai_pipeline.train.dataset import load_images, read_examples
+from xai_pipeline.config import ConfigError, EvaluateConfig, TrainConfig
+from xai_pipeline.train.dataset import Example, load_images, read_examples, split_by_group
 from xai_pipeline.train.evaluate import Metrics, evaluate_examples, write_reports
 from xai_pipeline.train.evaluate_panels import figure_type_checks, panel_detection
 from xai_pipeline.model.net import load_model
@@ -46,6 +46,16 @@ def _faithfulness(model: Any, images: list, labels: np.ndarray, class_names: lis
     return {"faithfulness.png": str(out / "faithfulness.png")}
 
 
+def held_out_examples(examples: list[Example], holdout_sources: str) -> list[Example]:
+    """The figures ``train`` keeps out of training when given the same data: its validation groups
+    (split with train's default ``--seed`` and ``--val-fraction``) and the ``--holdout-sources``."""
+    defaults = TrainConfig(data="-", out="-", holdout_sources=holdout_sources)
+    _, validation, holdout = split_by_group(examples, defaults.val_fraction, defaults.seed, defaults.holdout)
+    if not validation and not holdout:
+        raise ConfigError(f"--held-out: train's split of --data keeps no figure out of training ({len(examples)} figures)")
+    return [examples[i] for i in sorted(validation + holdout)]
+
+
 def run_evaluation(cfg: EvaluateConfig) -> tuple[Metrics, dict[str, str]]:
     """Evaluate ``cfg.model`` (default: the bundled model) on ``cfg.data``; writes reports to
     ``cfg.out``: the modality metrics, and ``figures.json`` with panel detection on synthetic
@@ -53,6 +63,8 @@ def run_evaluation(cfg: EvaluateConfig) -> tuple[Metrics, dict[str, str]]:
     settings = S3Settings(cfg.endpoint_url, cfg.region)
     model = load_model(Path(cfg.model) if cfg.model else None)
     examples = read_examples(cfg.data, settings)
+    if cfg.held_out:
+        examples = held_out_examples(examples, cfg.holdout_sources)
     images = load_images(examples, settings)
     metrics, y_true, probabilities, maps = evaluate_examples(model, images, [e.label for e in examples])
     paths = write_reports(cfg.out, metrics, maps, np.asarray(y_true), probabilities)

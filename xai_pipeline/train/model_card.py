@@ -1,8 +1,16 @@
-"""``MODEL_CARD.md`` from a training report: data, method, metrics, limits."""
+"""``MODEL_CARD.md`` from a training report: data, method, metrics, limits; and its *Faithfulness*
+section from an ``evaluate --held-out --faithfulness`` run (``python -m
+xai_pipeline.train.model_card --evaluation DIR --card MODEL_CARD.md``, run by ``make model``)."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import shutil
+from pathlib import Path
 from typing import Any
+
+_FAITHFULNESS_METHODS = {"crm": "CRM", "cam": "CAM", "grad_cam": "Grad-CAM", "random": "random"}
 
 
 def _metrics_section(title: str, m: dict[str, Any]) -> list[str]:
@@ -97,3 +105,56 @@ def render_model_card(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def faithfulness_section(metrics: dict[str, Any], held_out: bool) -> str:
+    """The card's *Faithfulness of the maps* section from an evaluation's ``metrics.json`` (its
+    ``faithfulness`` key), with the curves and the class-mean CRM maps copied beside the card."""
+    f = metrics["faithfulness"]
+    where = "held-out figures of the training data (validation groups and held-out sources)" if held_out else "figures"
+    lines = ["", "## Faithfulness of the maps", "",
+             f"{f['figures']} {where}, stratified by class (`xai-pipeline evaluate --held-out --faithfulness`; "
+             "`train/faithfulness.py`): deletion and insertion curves over "
+             f"{f['steps']} steps of the 7×7 cells, most relevant first, blurred baseline, the predicted class's "
+             "probability; ROAD (noisy linear imputation, 10–90% of the cells removed; matched to pytorch-grad-cam's "
+             "`ROADMostRelevantFirst`); randomisation: Spearman ρ between the maps of the model and of a copy whose head "
+             "and last backbone block are re-initialised.", "",
+             "| map | deletion AUC (lower better) | insertion AUC (higher better) | ROAD AUC (lower better) | randomisation ρ (lower better) |",
+             "|---|---|---|---|---|"]
+    for key, name in _FAITHFULNESS_METHODS.items():
+        m = f[key]
+        lines.append(f"| {name} | {m['deletion_auc']:.3f} | {m['insertion_auc']:.3f} | {m.get('road_auc', float('nan')):.3f} | "
+                     f"{m['randomisation_rank_correlation']:.3f} |")
+    lines += ["", "Per class (deletion / insertion AUC):", "",
+              "| class | " + " | ".join(_FAITHFULNESS_METHODS.values()) + " |", "|---" * (len(_FAITHFULNESS_METHODS) + 1) + "|"]
+    for cls in f["crm"]["per_class"]:
+        cells = [f"{f[k]['per_class'][cls]['deletion_auc']:.3f} / {f[k]['per_class'][cls]['insertion_auc']:.3f}" for k in _FAITHFULNESS_METHODS]
+        lines.append(f"| {cls} | " + " | ".join(cells) + " |")
+    lines += ["", "With a global-average-pooling + linear head, Grad-CAM's channel weights are the head's row of the "
+              "class (up to 1/HW), so CAM and Grad-CAM give the same maps and the same numbers.", "",
+              "![Deletion, insertion and ROAD curves](faithfulness.png)", "",
+              "Class-mean CRM maps of the same evaluation (the paper's Fig. 6 analogue: mean normalised CRM of the "
+              "correctly classified figures of each class):", "", "![Class-mean CRM maps](class_mean_crm.png)", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Append the faithfulness section of an evaluation to a model card.")
+    parser.add_argument("--evaluation", required=True, type=Path, help="an evaluate --faithfulness --out folder")
+    parser.add_argument("--card", required=True, type=Path, help="MODEL_CARD.md to append to; the plots are copied beside it")
+    parser.add_argument("--held-out", action="store_true", help="the evaluation was run with --held-out")
+    args = parser.parse_args(argv)
+    metrics = json.loads((args.evaluation / "metrics.json").read_text())
+    if "faithfulness" not in metrics:
+        parser.error(f"--evaluation {args.evaluation}: metrics.json has no faithfulness results (run evaluate with --faithfulness)")
+    for name in ("faithfulness.png", "class_mean_crm.png"):
+        shutil.copyfile(args.evaluation / name, args.card.parent / name)
+    card = args.card.read_text()
+    if "\n## Faithfulness of the maps\n" in card:
+        card = card[:card.index("\n## Faithfulness of the maps\n")]
+    args.card.write_text(card.rstrip() + "\n" + faithfulness_section(metrics, args.held_out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from xai_pipeline.config import TrainConfig
+from xai_pipeline.config import ConfigError, EvaluateConfig, TrainConfig
 from xai_pipeline.train.dataset import Example, read_examples, split_by_group
 from xai_pipeline.model.net import load_model
 from xai_pipeline.train.fit import TrainData, build_model, choose_threshold, fit
@@ -105,3 +105,38 @@ def test_evaluate_command_prints_metrics_and_writes_plots(tmp_path: Path, datase
     assert metrics["n"] == 9 and sum(map(sum, metrics["confusion"])) == 9
     for name in ("confusion.png", "class_mean_crm.png"):
         assert Image.open(tmp_path / "eval" / name).size[0] > 100
+
+
+def test_evaluate_held_out_with_faithfulness_and_its_model_card_section(tmp_path: Path, dataset_dir: Path, capsys) -> None:
+    """``evaluate --held-out`` scores only the figures train's split keeps out of training;
+    ``--faithfulness`` adds the four maps' areas to metrics.json, which the model card renders."""
+    from xai_pipeline.cli import main
+    from xai_pipeline.train import model_card
+
+    data = tmp_path / "data"
+    for label in ("fundus", "histology"):
+        (data / label).mkdir(parents=True)
+        for src in sorted((dataset_dir / label).iterdir())[:5]:
+            (data / label / src.name).write_bytes(src.read_bytes())
+    _, validation, _ = split_by_group(read_examples(str(data)), 0.2, 0, ())
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(data), "--out", str(out), "--compound-figures", "4", "--held-out",
+                 "--faithfulness", "--faithfulness-figures", "2", "--faithfulness-steps", "2"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == len(validation) < 10
+    faith = metrics["faithfulness"]
+    assert faith["figures"] == 2 and faith["steps"] == 2
+    for name in ("crm", "cam", "grad_cam", "random"):
+        assert 0 <= faith[name]["deletion_auc"] <= 1 and 0 <= faith[name]["insertion_auc"] <= 1 and "road_auc" in faith[name]
+        assert len(faith[name]["curves"]["deletion"]) == 3
+    assert "randomisation rho" in capsys.readouterr().out
+    card = tmp_path / "card" / "MODEL_CARD.md"
+    card.parent.mkdir()
+    card.write_text("# Model card\n")
+    assert model_card.main(["--evaluation", str(out), "--card", str(card), "--held-out"]) == 0
+    assert model_card.main(["--evaluation", str(out), "--card", str(card), "--held-out"]) == 0  # replaced, not appended twice
+    text = card.read_text()
+    assert text.count("## Faithfulness of the maps") == 1 and "| Grad-CAM |" in text and "| histology |" in text
+    assert (card.parent / "faithfulness.png").is_file() and (card.parent / "class_mean_crm.png").is_file()
+    with pytest.raises(ConfigError, match="--holdout-sources is used only with --held-out"):
+        EvaluateConfig(data=str(data), holdout_sources="x")
