@@ -3,12 +3,38 @@
 - Kubernetes objects: the OpenAPI schemas that the kubernetes-validate package ships, strict
   (unknown fields rejected), for Kubernetes 1.31, the minor version of the kubectl the reindex
   CronJob pins.
-- KubeRay objects: KUBERAY_SPEC_SCHEMA below, the RayCluster and RayJob spec fields of KubeRay
-  v1.5.1 that these manifests may use, with unknown fields rejected; every pod template inside
-  is checked strictly against Kubernetes' PodTemplateSpec (the CRD embeds core/v1's). This is a
-  subset written from ray-operator/apis/ray/v1/{raycluster,rayjob}_types.go, not the CRD
-  itself: a field missing here fails the test, and is added here once checked against v1.5.1.
-- KubeRay v1.5.1's JobDeploymentStatus values, and the node types' allocatable resources.
+- KubeRay objects: KUBERAY_SCHEMA below, the RayCluster and RayJob spec fields of KubeRay v1.5
+  that these manifests may use, with unknown fields rejected; every pod template inside is
+  checked strictly against Kubernetes' PodTemplateSpec (the CRD embeds core/v1's). This is a
+  hand-written subset, not the CRD (ray.io_rayclusters.yaml / ray.io_rayjobs.yaml are over 1 MB
+  each): a field missing here fails the test, and is added here once checked against the Go types.
+- KubeRay's JobDeploymentStatus values, and the node types' allocatable resources.
+
+What the KubeRay parts were checked against: github.com/ray-project/kuberay, files
+ray-operator/apis/ray/v1/rayjob_types.go and raycluster_types.go, read in a stored mirror of the
+repository that lists 140 and 241 versions of them but names the commit of only some. No copy at
+the v1.5.1 tag (PR #4220, "update KubeRay version to v1.5.1") could be located there, so no
+v1.5.1 commit hash is quoted; the version was pinned down from the contents instead:
+- rayjob_types.go, a v1.5-line copy (commit not exposed by the mirror): DeletionStrategy has
+  deletionRules, added in v1.5.0, and its doc says onSuccess/onFailure are "deprecated; removal
+  planned for 1.6.0". Every RayJobSpec field and type below, the JobSubmissionMode consts and the
+  JobDeploymentStatus const block match it. A v1.4-line copy (DeletionStrategy with onSuccess/
+  onFailure only) has the same ten statuses and four modes; older copies at commits
+  f6ef3f7b32639dc6555797512d7cb784bd436901 (v1.3: deletionPolicy) and
+  0057210ed5a94e830c864af372577328c3542b44 have the same RayJobSpec fields used here but lack
+  SidecarMode and ValidationFailed, so they are not what this file follows.
+- raycluster_types.go, two copies that bracket v1.5.1, neither with an exposed commit: a v1.4 one
+  (AutoscalerOptions.version, `+optional` on rayStartParams, no upgradeStrategy/authOptions) and a
+  master one later than v1.5.1 (upgradeStrategy, authOptions, networkPolicy, tlsOptions,
+  historyServerOptions; a worker-group priority documented for "Ray >= 2.56"). Every
+  RayClusterSpec / HeadGroupSpec / WorkerGroupSpec field used below has the same JSON name, Go
+  type and markers in both, so v1.5.1, between them, has them too. (The v1.3-era copy at commit
+  3275ee09f6a6c899c37e82ea6349785536de6bd4 agrees too, except that rayStartParams is required.)
+`required` follows controller-gen's rule (doc.go of ray.io/v1 sets no package-wide Optional
+marker): a field is required when its json tag has no omitempty and it has no `+optional`
+marker; `+kubebuilder:default` does not change that. Go types map as int32/*int32 -> integer
+(int32 range), float32 -> number, bool/*bool -> boolean, map[string]string -> object of strings,
+corev1.ServiceType -> string (no enum in the CRD).
 """
 
 from __future__ import annotations
@@ -24,12 +50,16 @@ from referencing import Registry, Resource
 
 K8S_VERSION = "1.31"
 
-# ray-operator/apis/ray/v1/rayjob_types.go (KubeRay v1.5.x), const block of JobDeploymentStatus.
+# rayjob_types.go (v1.5 line), the const block of JobDeploymentStatus, exactly (the v1.4-line copy
+# has the same ten).
 JOB_DEPLOYMENT_STATUSES = frozenset({"", "Initializing", "Running", "Complete", "Failed", "ValidationFailed",
                                      "Suspending", "Suspended", "Retrying", "Waiting"})
 # The states the RayJob controller leaves a RayJob in for good (with backoffLimit 0 and no suspend):
-# IsJobDeploymentTerminal's Complete and Failed, plus ValidationFailed, whose reconcile case does
-# nothing more (the spec must be fixed and the RayJob recreated).
+# IsJobDeploymentTerminal's Complete and Failed (rayjob_types.go), plus ValidationFailed. The
+# controller (rayjob_controller.go, v1.5 line) has no switch case for ValidationFailed: every
+# reconcile first re-runs validateRayJob and, while it fails, sets ValidationFailed and returns
+# without a requeue; were it to pass, the switch's default case only logs "Unknown
+# JobDeploymentStatus" and requeues. Either way the RayJob never moves on (recreate it).
 TERMINAL_JOB_DEPLOYMENT_STATUSES = frozenset({"Complete", "Failed", "ValidationFailed"})
 
 
@@ -51,8 +81,8 @@ def validate_pod_template(template: dict) -> None:
     _pod_template_validator().validate(template)
 
 
-_STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-_INT = {"type": "integer"}
+_STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}  # map[string]string
+_INT = {"type": "integer", "minimum": -2**31, "maximum": 2**31 - 1}  # int32 / *int32 (format: int32)
 _TEMPLATE = {"type": "object"}  # checked by validate_pod_template
 
 
@@ -60,25 +90,42 @@ def _strict(properties: dict, required: tuple[str, ...] = ()) -> dict:
     return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
 
 
+# HeadGroupSpec: template has no omitempty (required); rayStartParams has none either but is
+# `+optional` since KubeRay 1.4 (required before); serviceType and enableIngress are omitempty.
 _HEAD_GROUP = _strict({"rayStartParams": _STR_MAP, "template": _TEMPLATE, "serviceType": {"type": "string"},
                        "enableIngress": {"type": "boolean"}}, ("template",))
+# WorkerGroupSpec: groupName and template have no omitempty; minReplicas and maxReplicas
+# (*int32, `json:"minReplicas"` / `json:"maxReplicas"`) have neither omitempty nor `+optional`,
+# so the CRD lists them as required even though they carry `+kubebuilder:default` (0 and
+# 2147483647) that the API server applies before validating; required here as in the CRD.
+# replicas, numOfHosts (int32, default 1), idleTimeoutSeconds, suspend: `+optional`.
 _WORKER_GROUP = _strict({"groupName": {"type": "string"}, "replicas": _INT, "minReplicas": _INT, "maxReplicas": _INT,
                          "numOfHosts": _INT, "idleTimeoutSeconds": _INT, "suspend": {"type": "boolean"},
-                         "rayStartParams": _STR_MAP, "template": _TEMPLATE}, ("groupName", "template"))
+                         "rayStartParams": _STR_MAP, "template": _TEMPLATE},
+                        ("groupName", "minReplicas", "maxReplicas", "template"))
+# RayClusterSpec: only headGroupSpec lacks omitempty.
 RAY_CLUSTER_SPEC = _strict({"rayVersion": {"type": "string"}, "enableInTreeAutoscaling": {"type": "boolean"},
                             "suspend": {"type": "boolean"}, "headGroupSpec": _HEAD_GROUP,
                             "workerGroupSpecs": {"type": "array", "items": _WORKER_GROUP}}, ("headGroupSpec",))
+# RayJobSpec: every field is omitempty/`+optional`, so none is required. submissionMode's type,
+# JobSubmissionMode, has no `+kubebuilder:validation:Enum` marker (the CRD takes any string); the
+# enum here is its const block (K8sJobMode is the `+kubebuilder:default`), stricter than the CRD.
+# ttlSecondsAfterFinished is a plain int32, the others *int32; entrypointNumCpus/Gpus float32;
+# entrypointResources a string (a JSON object in a string); metadata and clusterSelector
+# map[string]string.
 RAY_JOB_SPEC = _strict({
     "entrypoint": {"type": "string"}, "runtimeEnvYAML": {"type": "string"}, "jobId": {"type": "string"},
     "shutdownAfterJobFinishes": {"type": "boolean"}, "ttlSecondsAfterFinished": _INT,
     "activeDeadlineSeconds": _INT, "backoffLimit": _INT, "suspend": {"type": "boolean"},
-    "submissionMode": {"enum": ["K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"]},
+    "submissionMode": {"type": "string", "enum": ["K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"]},
     "clusterSelector": _STR_MAP, "metadata": _STR_MAP, "entrypointNumCpus": {"type": "number"},
     "entrypointNumGpus": {"type": "number"}, "entrypointResources": {"type": "string"},
     "rayClusterSpec": RAY_CLUSTER_SPEC, "submitterPodTemplate": _TEMPLATE,
 })
 _META = _strict({"name": {"type": "string"}, "generateName": {"type": "string"}, "namespace": {"type": "string"},
                  "labels": _STR_MAP, "annotations": _STR_MAP})
+# Top level: this project requires apiVersion, kind, metadata and spec in every manifest; in the
+# CRD itself spec (`json:"spec,omitempty"`) is optional.
 KUBERAY_SCHEMA = {
     "RayCluster": _strict({"apiVersion": {"const": "ray.io/v1"}, "kind": {"const": "RayCluster"}, "metadata": _META,
                            "spec": RAY_CLUSTER_SPEC}, ("apiVersion", "kind", "metadata", "spec")),
