@@ -2,7 +2,7 @@
 
 * Folder: one subfolder per class (``DATA/ct/x.jpg`` is labelled ``ct``).
 * Manifest: ``.jsonl`` or ``.csv`` or ``.parquet`` with ``file`` (relative to the manifest's folder,
-  or a full URI) and ``label``; optional ``source_repo`` and ``source_path``.
+  or a full URI) and ``label``; optional ``source_repo``, ``source_path`` and ``kind`` (a sub-type).
 
 Splits are by group, never by image: MedPix figures of one case, crops of one histology tile and
 the same source image share a group, so no group straddles training and validation.
@@ -37,6 +37,7 @@ class Example:
     label: str
     source: str = ""
     group: str = ""
+    kind: str = ""
 
 
 def group_of(source_path: str, uri: str) -> str:
@@ -47,7 +48,7 @@ def group_of(source_path: str, uri: str) -> str:
     return source_path or uri
 
 
-def _manifest_rows(location: Location, settings: S3Settings, flag: str) -> list[dict[str, str]]:
+def manifest_rows(location: Location, settings: S3Settings, flag: str) -> list[dict[str, str]]:
     fetched = read_object(location, location.path, settings)
     if fetched.status:
         raise SourceError(f"{flag} {location.uri}: {fetched.error}")
@@ -62,19 +63,24 @@ def _manifest_rows(location: Location, settings: S3Settings, flag: str) -> list[
     return list(csv.DictReader(io.StringIO(text)))
 
 
+def example_from_row(row: dict[str, str], location: Location, base: str) -> Example:
+    """The :class:`Example` of one manifest row (``file`` relative to ``base``, the manifest's folder)."""
+    file = str(row["file"])
+    uri = file if "://" in file else location.to_uri(posixpath.join(base, file))
+    source_path = str(row.get("source_path") or "")
+    return Example(uri, str(row["label"]), str(row.get("source_repo") or ""), group_of(source_path, uri), str(row.get("kind") or ""))
+
+
 def read_examples(data: str, settings: S3Settings = S3Settings(), flag: str = "--data") -> list[Example]:
     """List labelled examples from a folder or a manifest."""
     location = parse_location(data, flag)
     if location.path.endswith(MANIFEST_SUFFIXES):
         base = posixpath.dirname(location.path)
         examples = []
-        for row in _manifest_rows(location, settings, flag):
+        for row in manifest_rows(location, settings, flag):
             if "file" not in row or "label" not in row:
                 raise SourceError(f"{flag} {data}: manifest rows need 'file' and 'label'")
-            file = str(row["file"])
-            uri = file if "://" in file else location.to_uri(posixpath.join(base, file))
-            source_path = str(row.get("source_path") or "")
-            examples.append(Example(uri, str(row["label"]), str(row.get("source_repo") or ""), group_of(source_path, uri)))
+            examples.append(example_from_row(row, location, base))
         return examples
     examples = []
     for path in list_objects(location, settings, flag).column("path").to_pylist():
