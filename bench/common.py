@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -13,6 +14,16 @@ from typing import Any, Callable
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = RESULTS.parent.parent
 DEFAULT_DATASET = os.environ.get("XAI_DATASET_DIR", str(REPO.parent / "shared" / "datasets" / "modality-v1"))
+
+
+def bench_parser(doc: str | None, dataset: bool = False) -> argparse.ArgumentParser:
+    """The arguments every bench takes: ``--smoke`` (a few figures, for the test suite) and, with
+    ``dataset``, ``--dataset`` (the shared modality-v1 folder)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a few figures only (the test suite's run)")
+    if dataset:
+        parser.add_argument("--dataset", default=DEFAULT_DATASET, help="the modality-v1 folder")
+    return parser
 
 
 def machine() -> dict[str, Any]:

@@ -9,7 +9,6 @@ nvjpeg runs only where CUDA exists (batched ``decode_jpeg(device="cuda")``).
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from bench.common import DEFAULT_DATASET, print_table, write_results
+from bench.common import bench_parser, print_table, write_results
 from xai_pipeline.job.decode import decode_image
 
 SIZE = 224
@@ -69,9 +68,7 @@ def rate(fn, datas: list[bytes]) -> float:  # type: ignore[no-untyped-def]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--dataset", default=DEFAULT_DATASET)
+    parser = bench_parser(__doc__, dataset=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     count = 16 if args.smoke else 300

@@ -13,7 +13,6 @@ row: compressed Parquet bytes of the columns ``figure_type``, ``panel_count``, `
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -27,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from bench.common import DEFAULT_DATASET, print_table, write_results
+from bench.common import bench_parser, print_table, write_results
 from xai_pipeline import schema
 from xai_pipeline.job.classify import FigureClassifier
 from xai_pipeline.job.codec import encode_batch
@@ -84,9 +83,7 @@ def _column_bytes(table: pa.Table) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--dataset", default=DEFAULT_DATASET)
+    parser = bench_parser(__doc__, dataset=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     datas = _figures(16 if args.smoke else 160, Path(args.dataset), np.random.default_rng(0))

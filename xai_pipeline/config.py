@@ -292,7 +292,7 @@ class EvaluateConfig:
     data: str = field(default="", metadata=opt("labelled figures: class folders or a manifest, local or s3://", required=True, metavar="URI"))
     out: str = field(default="evaluation", metadata=opt("folder for metrics.json, confusion.png, class_mean_crm.png and figures.json (panel detection, figure types)", metavar="DIR"))
     faithfulness: bool = field(default=False, metadata=opt("also measure how faithful CRM, CAM, Grad-CAM and a random map are: deletion, insertion and ROAD curves, the randomisation check (needs the 'faithfulness' extra: pytorch-grad-cam)"))
-    faithfulness_figures: int = field(default=120, metadata=opt("figures of --data (stratified by class) the faithfulness metrics use", metavar="N"))
+    faithfulness_figures: int = field(default=60, metadata=opt("figures of --data (stratified by class) the faithfulness metrics use", metavar="N"))
     faithfulness_steps: int = field(default=10, metadata=opt("steps of the deletion and insertion curves", metavar="N"))
     compound_figures: int = field(default=200, metadata=opt("synthetic compound figures, made of --data's figures, to score panel detection on", metavar="N"))
     held_out: bool = field(default=False, metadata=opt("evaluate only the figures train's split of --data kept out of training: its validation groups (train's default --seed and --val-fraction) and --holdout-sources"))

@@ -12,10 +12,10 @@ p_c(·) its softmax probability:
   mean colour); curve p_c(x_k); a faithful map makes it fall fast: *lower* area is better;
 - **insertion**: x_k = b with the top cells of x revealed; *higher* area is better;
 - **ROAD** (Rong et al., ICML 2022), most relevant first: the removed cells' pixels are filled by
-  noisy linear imputation (each the weighted mean of its 8 neighbours, plus N(0, 0.01²) noise),
-  solved for the whole batch on its device by conjugate gradients (:func:`impute`; checked against
-  pytorch-grad-cam's ``NoisyLinearImputer``, the ROAD authors' implementation), at the fractions
-  0.1 … 0.9, which avoids the out-of-distribution blur/mean patches; *lower* area is better.
+  noisy linear imputation (each the weighted mean of its 8 neighbours, plus N(0, 0.01²) noise;
+  :func:`impute`: pytorch-grad-cam's ``NoisyLinearImputer``, the ROAD authors' implementation, on
+  the CPU, our batched conjugate gradients on a GPU), at the fractions 0.1 … 0.9, which avoids the
+  out-of-distribution blur/mean patches; *lower* area is better.
 
 Area under a curve: the trapezoid rule over t ∈ [0, 1] (ROAD: over its fractions, divided by
 their span). Each step is one forward pass of the whole batch on the model's device.
@@ -110,32 +110,35 @@ def perturbation_curve(model: ModalityNet, x: torch.Tensor, maps: torch.Tensor, 
 _NEIGHBOURS = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]])
 
 
-def impute(x: torch.Tensor, missing: torch.Tensor, noise: float = 0.01, tolerance: float = 1e-5, max_iterations: int = 2000,
-           generator: torch.Generator | None = None) -> torch.Tensor:
-    """Noisy linear imputation (Rong et al. 2022) of a batch on its device: every missing pixel
-    (``missing`` B×1×S×S = 1) becomes the weighted mean of its 8 neighbours (weights 1/6 across,
-    1/12 diagonal, renormalised at the image border), known or imputed alike, plus N(0, noise²).
+def _solve(x: torch.Tensor, missing: torch.Tensor, tolerance: float, max_iterations: int) -> torch.Tensor:
+    """The noiseless imputation of :func:`impute` (values at the missing pixels, 0 elsewhere).
 
-    That is one sparse linear system per image; it is solved for the whole batch at once by
-    conjugate gradients on the (symmetric, positive definite) operator ``y ↦ s·y − K∗y`` restricted
-    to the missing pixels, K the neighbour weights and s their in-image sum: the same system as
-    pytorch-grad-cam's ``NoisyLinearImputer`` (a sparse direct solve per image), to 1e-4 in the
-    tests."""
-    kernel = _NEIGHBOURS.to(x)[None, None].repeat(x.shape[1], 1, 1, 1)
-    channels = x.shape[1]
+    Conjugate gradients on the (symmetric, positive definite) operator ``y ↦ s·y − K∗y``
+    restricted to the missing pixels, K the neighbour weights and s their in-image sum, started
+    from the solution of the same problem at half the resolution (coarse to fine, down to ~32 px):
+    a Laplace-like system over large holes needs O(hole width) iterations from zero, far fewer from
+    a coarse solution; the answer is the same, only the start differs."""
+    kernel = _NEIGHBOURS.to(x)[None, None]
 
     def neighbours(v: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(v, kernel, padding=1, groups=channels)
+        # channels folded into the batch: 3x faster on the CPU than a grouped convolution
+        return F.conv2d(v.reshape(-1, 1, *v.shape[-2:]), kernel, padding=1).view_as(v)
 
-    weight_sum = neighbours(torch.ones_like(x))
     unknown = missing.expand_as(x)
     known = x * (1 - unknown)
+    y = torch.zeros_like(x)
+    if min(x.shape[-2:]) >= 64 and bool(missing.any()):
+        present = F.avg_pool2d(1 - missing, 2, ceil_mode=True)
+        coarse_x = F.avg_pool2d(known, 2, ceil_mode=True) / present.clamp_min(1e-12)
+        coarse = _solve(coarse_x, (present == 0).to(x), tolerance, max_iterations)
+        coarse = coarse + coarse_x * (present > 0).to(x)
+        y = unknown * F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    weight_sum = neighbours(torch.ones_like(x))
     b = unknown * neighbours(known)  # the known neighbours' share, moved to the right-hand side
 
     def operator(v: torch.Tensor) -> torch.Tensor:
         return unknown * (weight_sum * v - neighbours(v))
 
-    y = torch.zeros_like(x)
     r = b - operator(y)
     p = r.clone()
     rs = (r * r).sum(dim=(1, 2, 3), keepdim=True)
@@ -150,12 +153,43 @@ def impute(x: torch.Tensor, missing: torch.Tensor, noise: float = 0.01, toleranc
         rs_new = (r * r).sum(dim=(1, 2, 3), keepdim=True)
         p = r + rs_new / rs.clamp_min(1e-30) * p
         rs = rs_new
+    return y
+
+
+def impute(x: torch.Tensor, missing: torch.Tensor, noise: float = 0.01, tolerance: float = 1e-4, max_iterations: int = 2000,
+           generator: torch.Generator | None = None, solver: str = "auto") -> torch.Tensor:
+    """Noisy linear imputation (Rong et al. 2022): every missing pixel (``missing`` B×1×S×S = 1)
+    becomes the weighted mean of its 8 neighbours (weights 1/6 across, 1/12 diagonal, renormalised
+    at the image border), known or imputed alike, plus N(0, noise²) drawn from ``generator``.
+
+    That is one sparse linear system per figure. ``solver``: ``sparse`` solves it with
+    pytorch-grad-cam's ``NoisyLinearImputer`` (the ROAD authors' sparse direct solve, one figure at
+    a time on the CPU); ``cg`` solves the whole batch at once on its device by conjugate gradients,
+    coarse to fine (:func:`_solve`; equal to the sparse solve to 1e-5 in the tests). ``auto``: ``cg``
+    on a GPU, else ``sparse`` (2.4× faster than ``cg`` on one CPU thread: ``python -m
+    bench.faithfulness``).
+
+    ``tolerance`` (``cg``) is the relative residual at which CG stops. The default 1e-4 leaves errors
+    of at most 6e-3 (RMS 1.5e-3) against a float64 solve on 224-px figures with 10–90% removed,
+    below the imputation's own noise (σ = 0.01), at 2–4× fewer iterations than 1e-5."""
+    if solver == "auto":
+        solver = "cg" if x.device.type != "cpu" else "sparse"
+    unknown = missing.expand_as(x)
+    if solver == "sparse":
+        from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
+        solve = NoisyLinearImputer(noise=0.0)
+        y = torch.stack([solve(image.float(), 1 - hole[0].float()) for image, hole in zip(x.cpu(), missing.cpu())]).to(x) * unknown
+    elif solver == "cg":
+        y = _solve(x, missing, tolerance, max_iterations)
+    else:
+        raise ValueError(f"solver must be 'auto', 'sparse' or 'cg', got {solver!r}")
     noisy = noise * torch.randn(x.shape, generator=generator, device="cpu").to(x) if noise else 0.0
-    return known + unknown * (y + noisy)
+    return x * (1 - unknown) + unknown * (y + noisy)
 
 
 def road_curve(model: ModalityNet, x: torch.Tensor, maps: torch.Tensor, predicted: torch.Tensor,
-               fractions: tuple[float, ...] = ROAD_FRACTIONS, noise: float = 0.01, seed: int = 0) -> torch.Tensor:
+               fractions: tuple[float, ...] = ROAD_FRACTIONS, noise: float = 0.01, seed: int = 0, solver: str = "auto") -> torch.Tensor:
     """ROAD, most relevant first (B×len(fractions)): the top cells filled by :func:`impute`."""
     ranks = _ranks(maps)
     cells = ranks[0].numel()
@@ -163,7 +197,7 @@ def road_curve(model: ModalityNet, x: torch.Tensor, maps: torch.Tensor, predicte
     out = []
     for fraction in fractions:
         missing = _pixel_mask(ranks, round(fraction * cells), x.shape[-2:])
-        out.append(_probability(model, impute(x, missing, noise, generator=generator), predicted))
+        out.append(_probability(model, impute(x, missing, noise, generator=generator, solver=solver), predicted))
     return torch.stack(out, dim=1)
 
 

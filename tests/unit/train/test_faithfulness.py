@@ -54,20 +54,22 @@ def test_batched_imputation_solves_the_road_authors_system(pixels: torch.Tensor)
     cells = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(3))
     for share in (0.2, 0.6, 0.9):
         missing = torch.nn.functional.interpolate((cells < share).float(), size=(64, 64), mode="nearest")
-        ours = fa.impute(x.double(), missing.double(), noise=0.0, tolerance=1e-10).float()
+        ours = fa.impute(x.double(), missing.double(), noise=0.0, tolerance=1e-10, solver="cg").float()
         reference = torch.stack([NoisyLinearImputer(noise=0.0)(x[i], 1 - missing[i, 0]) for i in range(4)])
         torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
 
 
-def test_road_scores_match_pytorch_grad_cam(model: ModalityNet, pixels: torch.Tensor) -> None:
-    """Our ROAD score at one fraction equals pytorch-grad-cam's ROADMostRelevantFirst (noise off
-    on both sides: its imputer's noise is drawn per image from torch's global generator)."""
+@pytest.mark.parametrize("solver", ["sparse", "cg"])
+def test_road_scores_match_pytorch_grad_cam(model: ModalityNet, pixels: torch.Tensor, solver: str) -> None:
+    """Our ROAD score at one fraction, with either imputation, equals pytorch-grad-cam's
+    ROADMostRelevantFirst (noise off on both sides: its imputer's noise is drawn per image from
+    torch's global generator)."""
     from pytorch_grad_cam.metrics import road
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
     x = model.normalize(pixels)
     maps, predicted = fa.relevance_maps(model, x)
-    ours = fa.road_curve(model, x, maps["crm"], predicted, fractions=(0.25,), noise=0.0)[:, 0]
+    ours = fa.road_curve(model, x, maps["crm"], predicted, fractions=(0.25,), noise=0.0, solver=solver)[:, 0]
     cams = torch.nn.functional.interpolate(maps["crm"][:, None], size=(64, 64), mode="nearest")[:, 0].numpy()
     metric = road.PerturbationConfidenceMetric(road.RemoveMostRelevantFirst(75, road.NoisyLinearImputer(noise=0.0)))
     theirs = metric(x, cams, [ClassifierOutputSoftmaxTarget(int(c)) for c in predicted], model, return_diff=False)
@@ -110,3 +112,22 @@ def test_summary_has_the_areas_of_every_method_per_class(model: ModalityNet, pix
         assert 0 <= result[name]["deletion_auc"] <= 1 and set(result[name]["per_class"]) == {"a", "b", "c"}
     fa.curves_png(result, str(tmp_path / "f.png"))
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_grad_cam_maps_match_pytorch_grad_cam(model: ModalityNet, pixels: torch.Tensor) -> None:
+    """Our Grad-CAM at the feature map, put through pytorch-grad-cam's own post-processing
+    (min-max per figure, its resize to the input, min-max again), equals its GradCAM on the same
+    layer."""
+    import cv2
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    x = model.normalize(pixels)
+    maps, predicted = fa.relevance_maps(model, x)
+    with GradCAM(model=model, target_layers=[model.features]) as cam:
+        theirs = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in predicted])
+    for ours, reference in zip(maps["grad_cam"].numpy(), theirs):
+        ours = ours - ours.min()
+        ours = cv2.resize(np.float32(ours / (1e-7 + ours.max())), (64, 64))
+        ours = (ours - ours.min()) / (1e-7 + (ours - ours.min()).max())
+        np.testing.assert_allclose(ours, reference, atol=1e-4)
