@@ -242,7 +242,7 @@ class DemoConfig:
 class TrainConfig:
     """``xai-pipeline train``: fit a GAP + linear classifier and write a model file, metrics and a model card."""
 
-    data: str = field(default="", metadata=opt("labelled figures: a folder with one subfolder per class, or a manifest (.jsonl/.csv/.parquet); local or s3://", required=True, metavar="URI"))
+    data: str = field(default="", metadata=opt("labelled figures: a folder with one subfolder per class, or a manifest (.jsonl/.csv/.parquet), local or s3://; several, comma-separated, are merged; figures labelled 'other' are real non-modality figures for outlier exposure", required=True, metavar="URI[,URI...]"))
     out: str = field(default="", metadata=opt("output folder for model.safetensors, metrics, plots and MODEL_CARD.md", required=True, metavar="DIR"))
     architecture: str = field(default="efficientnet_lite0", metadata=opt("backbone", choices=ARCHITECTURES))
     name: str = field(default="modality-lite0", metadata=opt("model name recorded in the model description"))
@@ -259,7 +259,8 @@ class TrainConfig:
     augment: bool = field(default=True, metadata=opt("apply literature-style augmentations"))
     val_fraction: float = field(default=0.2, metadata=opt("share of each class's groups (cases, tiles, images) held out for validation", metavar="F"))
     holdout_sources: str = field(default="", metadata=opt("comma-separated source_repo values never trained on, evaluated separately", metavar="SOURCES"))
-    min_accept: float = field(default=0.97, metadata=opt("the 'other' threshold keeps this share of validation figures", metavar="F"))
+    min_accept: float = field(default=0.97, metadata=opt("the 'other' threshold keeps this share of the in-class figures it is set on (see --threshold-on)", metavar="F"))
+    threshold_on: str = field(default="validation", metadata=opt("figures the 'other' threshold is set on: validation (held-out groups of the training sources) or holdout (the in-class figures of --holdout-sources, sources the model never saw)", choices=("validation", "holdout")))
     seed: int = field(default=0, metadata=opt("seed for the split, sampling, augmentation and initialisation", metavar="N"))
     max_steps: int | None = field(default=None, metadata=opt("stop after this many steps (smoke tests)", metavar="N"))
     torch_threads: int = field(default=2, metadata=opt("torch threads on the CPU", metavar="N"))
@@ -278,6 +279,9 @@ class TrainConfig:
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{flag_name(name)} must be in [0, 1), got {getattr(self, name)}")
         check_choice(self, "architecture")
+        check_choice(self, "threshold_on")
+        if self.threshold_on == "holdout" and not self.holdout:
+            raise ConfigError(f"{flag_name('threshold_on')} holdout needs {flag_name('holdout_sources')}")
 
     @property
     def holdout(self) -> tuple[str, ...]:
@@ -289,7 +293,7 @@ class EvaluateConfig:
     """``xai-pipeline evaluate``: metrics, confusion matrix, calibration, class-mean CRM maps, panel detection and figure types."""
 
     model: str | None = field(default=None, metadata=opt("model .safetensors file (default: the bundled model)", metavar="PATH"))
-    data: str = field(default="", metadata=opt("labelled figures: class folders or a manifest, local or s3://", required=True, metavar="URI"))
+    data: str = field(default="", metadata=opt("labelled figures: class folders or a manifest, local or s3://; several, comma-separated, are merged (as train reads them); figures labelled 'other' measure how many non-modality figures get no modality", required=True, metavar="URI[,URI...]"))
     out: str = field(default="evaluation", metadata=opt("folder for metrics.json, confusion.png, class_mean_crm.png and figures.json (panel detection, figure types)", metavar="DIR"))
     faithfulness: bool = field(default=False, metadata=opt("also measure how faithful CRM, CAM, Grad-CAM and a random map are: deletion, insertion and ROAD curves, the randomisation check (needs the 'faithfulness' extra: pytorch-grad-cam)"))
     faithfulness_figures: int = field(default=60, metadata=opt("figures of --data (stratified by class) the faithfulness metrics use", metavar="N"))

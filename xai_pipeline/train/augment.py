@@ -7,6 +7,20 @@ is applied at random; the last step resizes the whole figure to the model's squa
 
 Text and watermark-like marks are drawn on figures of every class, so that a mark seen on one
 source (MedPix's corner watermark on CT and MRI) cannot tell classes apart.
+
+Histology (``stain=True``) also gets the stain and scale variation between laboratories and
+scanners, since the training data has one stain protocol and one organ for most tiles:
+
+* **HED jitter** (Tellez et al., "Quantifying the effects of data augmentation and stain color
+  normalization in convolutional neural networks for computational pathology", Med. Image Anal.
+  58:101544, 2019). Colour deconvolution (Ruifrok & Johnston, Anal. Quant. Cytol. Histol.
+  23:291, 2001) turns the optical density ``OD = −ln(max(I, 1/255))`` of each pixel into stain
+  amounts ``s = OD · M⁻¹`` for the haematoxylin, eosin and DAB vectors (rows of ``M``, the
+  matrix scikit-image's ``rgb2hed`` uses); each stain is rescaled and shifted,
+  ``s'_k = α_k s_k + β_k`` with ``α_k ~ U(1−a, 1+a)``, ``β_k ~ U(−b, b)``, and the pixel is
+  recomposed as ``I' = exp(−s' M)``. Three lines of numpy, so scikit-image is not a dependency.
+* **Magnification**: crops from a wider range of scales (a small field of a large slide, or a
+  tile shrunk to a few dozen pixels), since figures show tissue at any magnification.
 """
 
 from __future__ import annotations
@@ -33,6 +47,30 @@ class AugmentConfig:
     jpeg_probability: float = 0.5
     rescale_probability: float = 0.3
     flip_probability: float = 0.5
+    stain_probability: float = 0.8  # histology only: HED jitter
+    stain_scale: float = 0.3  # a: α_k ~ U(1 − a, 1 + a)
+    stain_shift: float = 0.05  # b: β_k ~ U(−b, b), in optical-density units
+    stain_crop_scale: tuple[float, float] = (0.08, 1.0)  # histology only: magnification range
+
+
+# Ruifrok & Johnston's stain OD vectors (haematoxylin, eosin, DAB), as in skimage.color.rgb_from_hed.
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+
+
+def hed_jitter(pixels: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """``s'_k = α_k s_k + β_k`` on the HED stain amounts of an ``H×W×3`` uint8 RGB image."""
+    od = -np.log(np.maximum(pixels.astype(np.float64), 1.0) / 255.0)
+    stains = od.reshape(-1, 3) @ HED_FROM_RGB
+    jittered = stains * alpha + beta
+    rgb = np.exp(-(jittered @ RGB_FROM_HED)) * 255.0
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8).reshape(pixels.shape)
+
+
+def _stain(img: Image.Image, rng: np.random.Generator, cfg: "AugmentConfig") -> Image.Image:
+    alpha = rng.uniform(1 - cfg.stain_scale, 1 + cfg.stain_scale, 3)
+    beta = rng.uniform(-cfg.stain_shift, cfg.stain_shift, 3)
+    return Image.fromarray(hed_jitter(np.asarray(img.convert("RGB")), alpha, beta))
 
 
 def _random_crop(img: Image.Image, rng: np.random.Generator, scale: tuple[float, float]) -> Image.Image:
@@ -90,9 +128,14 @@ def _jpeg(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.open(buf).convert("RGB")
 
 
-def augment(img: Image.Image, rng: np.random.Generator, size: int, cfg: AugmentConfig = AugmentConfig()) -> np.ndarray:
-    """One random variant of an RGB figure → ``3×size×size`` uint8."""
-    img = _random_crop(img, rng, cfg.crop_scale)
+def augment(
+    img: Image.Image, rng: np.random.Generator, size: int, cfg: AugmentConfig = AugmentConfig(), *, stain: bool = False
+) -> np.ndarray:
+    """One random variant of an RGB figure → ``3×size×size`` uint8; ``stain``: a histology
+    figure (HED jitter and the wider magnification range)."""
+    img = _random_crop(img, rng, cfg.stain_crop_scale if stain else cfg.crop_scale)
+    if stain and rng.random() < cfg.stain_probability:
+        img = _stain(img, rng, cfg)
     if rng.random() < cfg.pad_probability:
         img = _pad(img, rng)
     if rng.random() < cfg.flip_probability:

@@ -181,3 +181,23 @@ def pooled_features(model: ModalityNet, images: list, batch_size: int = 32) -> n
         pixels = torch.from_numpy(np.stack([to_pixels(im, size) for im in images[start:start + batch_size]]))
         out.append(model.forward_features(model.normalize(pixels)).mean(dim=(2, 3)).numpy())
     return np.concatenate(out)
+
+
+@torch.inference_mode()
+def other_rejection(model: ModalityNet, images: list, sources: list[str]) -> dict:
+    """Share of non-modality figures (labelled ``other``) given no modality, overall and per
+    source: the modality threshold and, when the model has one, the figure-type head decide, as
+    at indexing time (:func:`xai_pipeline.model.labels.image_labels`)."""
+    from xai_pipeline.model.labels import image_labels
+
+    spec = model.spec
+    pooled = torch.from_numpy(pooled_features(model, images))
+    probabilities = model.head(pooled).softmax(-1).numpy()
+    types = model.type_head(pooled).softmax(-1).numpy() if model.type_head is not None else None
+    modalities, _ = image_labels(probabilities, types, spec.class_names, spec.figure_types, spec.other_threshold)
+    rejected = [m == OTHER_LABEL for m in modalities]
+    by_source: dict[str, list[bool]] = {}
+    for source, r in zip(sources, rejected):
+        by_source.setdefault(source or "(no source)", []).append(r)
+    return {"figures": len(images), "rejected": float(np.mean(rejected)) if rejected else 0.0,
+            "by_source": {s: {"figures": len(v), "rejected": float(np.mean(v))} for s, v in sorted(by_source.items())}}

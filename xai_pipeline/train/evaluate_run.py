@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 
 from xai_pipeline.config import ConfigError, EvaluateConfig, TrainConfig
-from xai_pipeline.train.dataset import Example, load_images, read_examples, split_by_group
-from xai_pipeline.train.evaluate import Metrics, evaluate_examples, write_reports
+from xai_pipeline.model.net import OTHER_LABEL
+from xai_pipeline.train.dataset import Example, load_images, split_by_group
+from xai_pipeline.train.evaluate import Metrics, evaluate_examples, other_rejection, write_reports
+from xai_pipeline.train.split import read_training_examples
 from xai_pipeline.train.evaluate_panels import figure_type_checks, panel_detection
 from xai_pipeline.model.net import load_model
 from xai_pipeline.store.source import S3Settings
@@ -59,18 +61,25 @@ def held_out_examples(examples: list[Example], holdout_sources: str) -> list[Exa
 def run_evaluation(cfg: EvaluateConfig) -> tuple[Metrics, dict[str, str]]:
     """Evaluate ``cfg.model`` (default: the bundled model) on ``cfg.data``; writes reports to
     ``cfg.out``: the modality metrics, and ``figures.json`` with panel detection on synthetic
-    compound figures and the figure-type checks (:mod:`xai_pipeline.train.evaluate_panels`)."""
+    compound figures, the figure-type checks (:mod:`xai_pipeline.train.evaluate_panels`) and, when
+    ``--data`` has figures labelled ``other``, the share of them given no modality."""
     settings = S3Settings(cfg.endpoint_url, cfg.region)
     model = load_model(Path(cfg.model) if cfg.model else None)
-    examples = read_examples(cfg.data, settings)
+    examples = read_training_examples(cfg.data, settings)
     if cfg.held_out:
         examples = held_out_examples(examples, cfg.holdout_sources)
+    others = [e for e in examples if e.label == OTHER_LABEL]
+    examples = [e for e in examples if e.label != OTHER_LABEL]
+    if not examples:
+        raise ConfigError(f"--data {cfg.data}: no figure of the model's classes to evaluate (only {OTHER_LABEL!r})")
     images = load_images(examples, settings)
     metrics, y_true, probabilities, maps = evaluate_examples(model, images, [e.label for e in examples])
     paths = write_reports(cfg.out, metrics, maps, np.asarray(y_true), probabilities)
     if cfg.faithfulness:
         paths.update(_faithfulness(model, images, np.asarray(y_true), metrics.class_names, cfg))
     checks = {"panels": panel_detection(images, cfg.compound_figures), "figure_types": figure_type_checks(model, images)}
+    if others:  # real non-modality figures of --data: how many get no modality
+        checks["other_rejected"] = other_rejection(model, load_images(others, settings), [e.source for e in others])
     paths["figures.json"] = str(Path(cfg.out) / "figures.json")
     Path(paths["figures.json"]).write_text(json.dumps(checks, indent=2) + "\n")
     return metrics, paths

@@ -1,7 +1,8 @@
 """Training a modality classifier: class-balanced sampling, literature-style augmentation and
-outlier exposure with synthetic non-modality figures.
+outlier exposure with synthetic and real non-modality figures, stain jitter for histology.
 
-Loss per step, with in-distribution figures (x, y) and synthetic outliers x_o:
+Loss per step, with in-distribution figures (x, y) and outliers x_o (procedural figures, and
+real figures labelled ``other`` in ``--data`` when it has any):
 
     L = CE_ε(f(x), y) + λ · mean_o [ −(1/C) Σ_c log softmax(f(x_o))_c ]
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -37,6 +38,10 @@ from xai_pipeline.train.synthetic import other_figure
 log = logging.getLogger(__name__)
 
 OUTLIER_WEIGHT = 0.5
+REAL_OUTLIER_SHARE = 0.5
+"""Share of the outlier slots of a batch filled with real ``other`` figures when there are any."""
+STAINED_CLASSES: tuple[str, ...] = ("histology",)
+"""Classes whose training figures get stain (HED) jitter and the wider magnification range."""
 
 
 @dataclass
@@ -44,6 +49,7 @@ class TrainData:
     images: list[Image.Image]
     labels: np.ndarray  # class index per image
     class_names: tuple[str, ...]
+    outliers: list[Image.Image] = field(default_factory=list)  # real non-modality figures
 
 
 def build_model(cfg: TrainConfig, class_names: tuple[str, ...]) -> ModalityNet:
@@ -71,16 +77,24 @@ def _outlier_loss(logits: torch.Tensor) -> torch.Tensor:
     return -logits.log_softmax(dim=-1).mean(dim=-1).mean()
 
 
+def _outlier(data: TrainData, rng: np.random.Generator) -> Image.Image:
+    """A real non-modality figure (half the time, when the data has any) or a procedural one."""
+    if data.outliers and rng.random() < REAL_OUTLIER_SHARE:
+        return data.outliers[int(rng.integers(len(data.outliers)))]
+    return other_figure(rng, 256)
+
+
 def _batch(
     data: TrainData, indices: np.ndarray, n_outliers: int, rng: np.random.Generator, cfg: TrainConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     size = cfg.input_size
     if cfg.augment:
-        arrays = [augment(data.images[i], rng, size) for i in indices]
-        arrays += [augment(other_figure(rng, 256), rng, size) for _ in range(n_outliers)]
+        stained = {data.class_names.index(c) for c in STAINED_CLASSES if c in data.class_names}
+        arrays = [augment(data.images[i], rng, size, stain=int(data.labels[i]) in stained) for i in indices]
+        arrays += [augment(_outlier(data, rng), rng, size) for _ in range(n_outliers)]
     else:
         arrays = [to_pixels(data.images[i], size) for i in indices]
-        arrays += [to_pixels(other_figure(rng, 256), size) for _ in range(n_outliers)]
+        arrays += [to_pixels(_outlier(data, rng), size) for _ in range(n_outliers)]
     return torch.from_numpy(np.stack(arrays)), torch.from_numpy(data.labels[indices]).long()
 
 

@@ -38,6 +38,28 @@ def _initialisation(architecture: str, cfg: dict[str, Any]) -> str:
     return f"- ImageNet initialisation: {weights}; stem and first {cfg['freeze_blocks']} blocks frozen."
 
 
+def _sources_section(report: dict[str, Any]) -> list[str]:
+    """Every source with its figures and license as its manifest states it, and what the terms
+    mean for the weights."""
+    if not report.get("sources"):
+        return []
+    return ["", "### Sources and their terms", "", report["sources"], "",
+            "The weights are derived from these figures and ship without them. Most sources state no license or "
+            "research-use terms only (modality-v1's README: public research datasets with their own terms, research "
+            "use and citation, not to be redistributed); none grants commercial use of derived weights explicitly. "
+            "Treat the weights as for research and indexing, cite the sources, and check each source's terms before "
+            "any other use."]
+
+
+def _source_limits(report: dict[str, Any]) -> list[str]:
+    """A Limits line per class trained on a single source."""
+    single = {c: v[0] for c, v in report.get("sources_per_class", {}).items() if len(v) == 1}
+    if not single:
+        return []
+    return ["- Classes trained on one source only, whose numbers above say nothing about other hospitals or "
+            "protocols: " + "; ".join(f"{c} ({src})" for c, src in sorted(single.items())) + "."]
+
+
 def render_model_card(report: dict[str, Any]) -> str:
     spec = report["model_spec"]
     cfg = report["config"]
@@ -57,7 +79,7 @@ def render_model_card(report: dict[str, Any]) -> str:
         f"- Weights: safetensors, SHA-256 `{spec['weights_sha256']}`.",
         "",
         "## Data",
-        f"- Source: `{cfg['data']}` (modality-v1: public research datasets, one or two sources per class).",
+        f"- Data: `{cfg['data']}`.",
         "- Split by group, never by image: a MedPix case, a histology tile (four crops) or a source image is "
         f"wholly in training or in validation (seed {cfg['seed']}, {cfg['val_fraction']:.0%} of each class's groups to validation).",
         f"- Sources never trained on: {', '.join(report.get('source_holdout_sources', [])) or 'none'}.",
@@ -67,6 +89,9 @@ def render_model_card(report: dict[str, Any]) -> str:
     ]
     for name in ("train", "validation", "source_holdout"):
         lines.append(f"| {name} | " + " | ".join(str(split[name].get(c, 0)) for c in report["class_names"]) + " |")
+    lines += ["", "Figures labelled `other` (real non-modality figures, outlier exposure): "
+              + ", ".join(f"{name} {split[name].get('other', 0)}" for name in ("train", "validation", "source_holdout")) + "."]
+    lines += _sources_section(report)
     lines += [
         "",
         "## Method",
@@ -75,11 +100,15 @@ def render_model_card(report: dict[str, Any]) -> str:
         f"label smoothing {cfg['label_smoothing']}; class-balanced sampling with replacement.",
         "- Augmentations: random crops (55–100% of the area, aspect 3:4–4:3), white or black padding, flips, "
         "down-and-up resizing, brightness/contrast/saturation/gamma, grayscale, text, arrows and corner "
-        "watermarks (incl. 'MedPix®') drawn on every class, JPEG re-encoding at quality 25–95.",
-        f"- Outlier exposure: {cfg['outlier_fraction']:.0%} of every batch is a procedurally drawn non-modality figure "
-        "(bar/line/scatter charts, flow diagrams, tables, text, western blots, photo-like scenes) trained towards a uniform prediction.",
-        f"- 'other' threshold: the largest top-probability threshold that keeps {cfg['min_accept']:.0%} of the validation figures "
-        "(a higher one only rejects more of both).",
+        "watermarks (incl. 'MedPix®') drawn on every class, JPEG re-encoding at quality 25–95. Histology also gets "
+        "HED stain jitter (Tellez et al. 2019; each stain's amount scaled by U(0.7, 1.3) and shifted by U(−0.05, 0.05) OD) "
+        "and crops of 8–100% of the area (other magnifications).",
+        f"- Outlier exposure: {cfg['outlier_fraction']:.0%} of every batch is a non-modality figure trained towards a uniform "
+        "prediction: procedurally drawn (bar/line/scatter charts, flow diagrams, tables, text, western blots, photo-like scenes)"
+        + (", or half the time a real training figure labelled `other`." if split["train"].get("other") else "."),
+        f"- 'other' threshold: the largest top-probability threshold that keeps {cfg['min_accept']:.0%} of the "
+        + ("in-class figures of the held-out sources (sources the model never saw)" if report.get("threshold_set_on") == "holdout"
+           else "validation figures (held-out groups of the training sources)") + " (a higher one only rejects more of both).",
         f"- Training time: {report['fit_seconds']:.0f} s fitting, {report['seconds']:.0f} s in all on {report['machine']}.",
         "",
         "## Metrics",
@@ -89,6 +118,12 @@ def render_model_card(report: dict[str, Any]) -> str:
         lines += _metrics_section("Held-out groups from the training sources (validation)", report["validation"])
     if "source_holdout" in report:
         lines += _metrics_section("Held-out sources (never seen in training)", report["source_holdout"])
+    for key, title in (("validation_other_rejected", "validation"), ("source_holdout_other_rejected", "held-out sources")):
+        if key in report:
+            r = report[key]
+            lines += [f"### Real non-modality figures called 'other' ({title})", "",
+                      f"{r['figures']} figures, {r['rejected']:.1%} called 'other'.", "", "| source | figures | called 'other' |", "|---|---|---|"]
+            lines += [f"| {src} | {v['figures']} | {v['rejected']:.1%} |" for src, v in r["by_source"].items()] + [""]
     other = report.get("synthetic_other_rejected", {})
     if other:
         lines += ["### Synthetic non-modality figures called 'other'", "",
@@ -97,13 +132,10 @@ def render_model_card(report: dict[str, Any]) -> str:
             "how well real charts and photographs are rejected.", ""]
     lines += [
         "## Limits",
-        "- Each class comes from one or two sources: ultrasound is breast ultrasound only (BUSI); fundus has 40 images "
-        "(DRIVE); histology is H&E glioblastoma tiles; CT and MRI come from MedPix teaching cases. Figures from other "
-        "sources (echocardiography, obstetric or Doppler ultrasound, other stains, fluorescence microscopy) are likely "
-        "to be misclassified or called 'other'.",
-        "- Validation groups share their source with training, so the validation numbers are optimistic; the "
-        "held-out-source numbers cover chest X-rays only, the one class with two sources.",
-        "- Multi-panel figures get one label for the whole figure.",
+        *_source_limits(report),
+        "- Validation groups share their source with training, so the validation numbers are optimistic; only the "
+        "held-out sources say how the model does on a new hospital, and only for the classes they hold.",
+        "- The classifier labels one image: a whole figure or one panel (compound figures are split into panels before it).",
         "- Not a diagnostic device: labels are for indexing and search.",
         "",
         "## Reproduce",
@@ -146,21 +178,71 @@ def faithfulness_section(metrics: dict[str, Any], held_out: bool) -> str:
     return "\n".join(lines)
 
 
+def loso_section(reports: list[dict[str, Any]]) -> str:
+    """The card's *Leave-one-source-out* section from :mod:`xai_pipeline.train.loso` reports (one
+    per backbone): per-class F1 with each source scored by a probe that never saw it, against the
+    same probe cross-validated with sources mixed."""
+    labels = reports[0]["labels"]
+    lines = ["", "## Leave-one-source-out", "",
+             "Each source's figures scored by a classifier fitted without that source "
+             "(`python -m xai_pipeline.train.loso`): a class-balanced logistic regression on the backbone's pooled "
+             "**ImageNet** features, `other` as a 7th class, threshold set on the held-out predictions. The backbone "
+             "is not fine-tuned per fold (that needs a GPU or a Ray cluster), so these numbers bound what the "
+             "sources can teach rather than score the shipped weights. In-source: the same probe, 5-fold "
+             "cross-validation by group with sources mixed (how the validation numbers above are made).", "",
+             "| class | sources | " + " | ".join(f"{r['backbone']} LOSO F1" for r in reports) + f" | {reports[0]['backbone']} in-source F1 |",
+             "|---" * (len(reports) + 3) + "|"]
+    for label in labels:
+        cells = [f"{r['loso']['loso_threshold']['per_class'][label]['f1']:.3f}" for r in reports]
+        lines.append(f"| {label} | {len(reports[0]['sources_per_class'].get(label, []))} | " + " | ".join(cells)
+                     + f" | {reports[0]['in_source']['per_class'][label]['f1']:.3f} |")
+    for key, name in (("macro_f1", "macro-F1, six modalities"), ("other_medical_called_other", "medical images outside the six classes called `other`"),
+                      ("other_figure_called_other", "other figures called `other`")):
+        lines.append(f"| {name} | | " + " | ".join(f"{r['loso']['loso_threshold'][key]:.3f}" for r in reports)
+                     + f" | {reports[0]['in_source'][key]:.3f} |")
+    unseen = ", ".join(f"{k} ({v})" for k, v in reports[0].get("unseen_in_fold", {}).items())
+    lines += ["", f"Classes with a single source cannot be right when it is held out: {unseen or 'none'}. "
+              "A source that is a class's only example of a kind (fetal ultrasound, a stain, an organ) fails the same way.", ""]
+    return "\n".join(lines)
+
+
+def _replace_section(card: str, heading: str, section: str) -> str:
+    """``card`` with its ``heading`` section (up to the next ``## ``) replaced by ``section``, or
+    ``section`` appended."""
+    marker = f"\n{heading}\n"
+    if marker in card:
+        start = card.index(marker)
+        end = card.find("\n## ", start + len(marker))
+        card = card[:start] + (card[end:] if end >= 0 else "")
+    return card.rstrip() + "\n" + section
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Append the faithfulness section of an evaluation to a model card.")
-    parser.add_argument("--evaluation", required=True, type=Path, help="an evaluate --faithfulness --out folder")
-    parser.add_argument("--card", required=True, type=Path, help="MODEL_CARD.md to append to; the plots are copied beside it")
+    parser = argparse.ArgumentParser(description="Add the faithfulness section of an evaluation and the leave-one-source-out section to a model card.")
+    parser.add_argument("--card", required=True, type=Path, help="MODEL_CARD.md to add to (a section already there is replaced); plots are copied beside it")
+    parser.add_argument("--evaluation", type=Path, help="an evaluate --faithfulness --out folder")
     parser.add_argument("--held-out", action="store_true", help="the evaluation was run with --held-out")
+    parser.add_argument("--loso", type=Path, nargs="+", default=[], help="loso-<backbone>-C<C>.json reports of python -m xai_pipeline.train.loso")
     args = parser.parse_args(argv)
-    metrics = json.loads((args.evaluation / "metrics.json").read_text())
-    if "faithfulness" not in metrics:
-        parser.error(f"--evaluation {args.evaluation}: metrics.json has no faithfulness results (run evaluate with --faithfulness)")
-    for name in ("faithfulness.png", "class_mean_crm.png"):
-        shutil.copyfile(args.evaluation / name, args.card.parent / name)
+    if args.evaluation is None and not args.loso:
+        parser.error("nothing to add: give --evaluation and/or --loso")
     card = args.card.read_text()
-    if "\n## Faithfulness of the maps\n" in card:
-        card = card[:card.index("\n## Faithfulness of the maps\n")]
-    args.card.write_text(card.rstrip() + "\n" + faithfulness_section(metrics, args.held_out))
+    if args.evaluation is not None:
+        metrics = json.loads((args.evaluation / "metrics.json").read_text())
+        if "faithfulness" not in metrics:
+            parser.error(f"--evaluation {args.evaluation}: metrics.json has no faithfulness results (run evaluate with --faithfulness)")
+        for name in ("faithfulness.png", "class_mean_crm.png"):
+            shutil.copyfile(args.evaluation / name, args.card.parent / name)
+        card = _replace_section(card, "## Faithfulness of the maps", faithfulness_section(metrics, args.held_out))
+    if args.loso:
+        reports = []
+        for path in args.loso:
+            report = json.loads(path.read_text())
+            if "loso" not in report:
+                parser.error(f"--loso {path}: not a report of python -m xai_pipeline.train.loso")
+            reports.append(report)
+        card = _replace_section(card, "## Leave-one-source-out", loso_section(reports))
+    args.card.write_text(card)
     return 0
 
 

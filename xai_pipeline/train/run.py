@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from xai_pipeline.config import TrainConfig
-from xai_pipeline.train.split import examples_and_split, training_data
-from xai_pipeline.train.evaluate import Metrics, compute_metrics, predict_images, write_reports
+from xai_pipeline.config import ConfigError, TrainConfig
+from xai_pipeline.model.net import OTHER_LABEL
+from xai_pipeline.store.source import SourceError
+from xai_pipeline.train.split import data_parts, examples_and_split, training_data
+from xai_pipeline.train.evaluate import Metrics, compute_metrics, other_rejection, predict_images, write_reports
 from xai_pipeline.model.net import ModalityNet, save_model
 from xai_pipeline.train.model_card import render_model_card
 from xai_pipeline.train.synthetic import GENERATORS, other_figure
@@ -54,6 +56,18 @@ def synthetic_other_rejection(model: ModalityNet, seed: int) -> dict[str, float]
     return result
 
 
+def source_table(cfg: TrainConfig) -> str:
+    """The model card's per-source table with licenses, when every part of ``--data`` is a
+    manifest naming each figure's source (:mod:`xai_pipeline.train.sources`); else empty."""
+    from xai_pipeline.train.sources import read_all_sources, source_table_markdown, sources_by_class
+
+    try:
+        return source_table_markdown(sources_by_class(read_all_sources(data_parts(cfg.data))))
+    except SourceError as exc:
+        log.info("no source table for the model card: %s", exc)
+        return ""
+
+
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Train, evaluate and write everything under ``cfg.out``; returns the training report."""
     started = time.perf_counter()
@@ -62,6 +76,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     examples, class_names, (train_idx, val_idx, hold_idx) = examples_and_split(cfg)
     log.info("%d figures: %d train, %d validation, %d source hold-out", len(examples), len(train_idx), len(val_idx), len(hold_idx))
+    if cfg.threshold_on == "holdout" and all(examples[i].label == OTHER_LABEL for i in hold_idx):
+        raise ConfigError(f"--threshold-on holdout: --holdout-sources {cfg.holdout_sources!r} hold no in-class figure of --data")
     if cfg.ray:
         from xai_pipeline.train.on_ray import fit_on_ray
 
@@ -72,7 +88,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     else:
         train_data = training_data(examples, train_idx, class_names, cfg)
         model = build_model(cfg, class_names)
-        losses = fit(model, train_data, list(range(len(train_idx))), cfg, device=torch.device("cpu"))
+        losses = fit(model, train_data, list(range(len(train_data.labels))), cfg, device=torch.device("cpu"))
     fit_seconds = time.perf_counter() - started
 
     report: dict[str, Any] = {"config": asdict(cfg), "class_names": list(class_names), "fit_seconds": round(fit_seconds, 1),
@@ -81,16 +97,33 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     report["split"] = {"train": dict(Counter(examples[i].label for i in train_idx)),
                        "validation": dict(Counter(examples[i].label for i in val_idx)),
                        "source_holdout": dict(Counter(examples[i].label for i in hold_idx))}
-    if val_idx:
-        val_data = training_data(examples, val_idx, class_names, cfg)
-        val_predicted = predict_images(model, val_data.images)  # the threshold does not change them
-        with_threshold(model, choose_threshold(val_predicted[0].max(axis=1), cfg.min_accept))
-        val_metrics, _ = _evaluate(model, val_data, out, "validation_", val_predicted)
-        report["validation"] = asdict(val_metrics)
+    # Predictions do not depend on the threshold: predict once, set it, then score.
+    val_data = training_data(examples, val_idx, class_names, cfg) if val_idx else None
+    hold_data = training_data(examples, hold_idx, class_names, cfg) if hold_idx else None
+    val_predicted = predict_images(model, val_data.images) if val_data and len(val_data.labels) else None
+    hold_predicted = predict_images(model, hold_data.images) if hold_data and len(hold_data.labels) else None
+    threshold_from = hold_predicted if cfg.threshold_on == "holdout" else val_predicted
+    if threshold_from is not None:
+        with_threshold(model, choose_threshold(threshold_from[0].max(axis=1), cfg.min_accept))
+        report["threshold_set_on"] = cfg.threshold_on
+    if val_predicted is not None:
+        report["validation"] = asdict(_evaluate(model, val_data, out, "validation_", val_predicted)[0])
+    if hold_predicted is not None:
+        report["source_holdout"] = asdict(_evaluate(model, hold_data, out, "source_holdout_", hold_predicted)[0])
     if hold_idx:
-        hold_metrics, _ = _evaluate(model, training_data(examples, hold_idx, class_names, cfg), out, "source_holdout_")
-        report["source_holdout"] = asdict(hold_metrics)
         report["source_holdout_sources"] = sorted({examples[i].source for i in hold_idx})
+    for name, indices, data in (("validation", val_idx, val_data), ("source_holdout", hold_idx, hold_data)):
+        if data is not None and data.outliers:
+            sources = [examples[i].source for i in indices if examples[i].label == OTHER_LABEL]
+            report[f"{name}_other_rejected"] = other_rejection(model, data.outliers, sources)
+    trained_sources: dict[str, set[str]] = {}
+    for i in train_idx:
+        if examples[i].label != OTHER_LABEL and examples[i].source:
+            trained_sources.setdefault(examples[i].label, set()).add(examples[i].source)
+    report["sources_per_class"] = {c: sorted(v) for c, v in sorted(trained_sources.items())}
+    table = source_table(cfg)
+    if table:
+        report["sources"] = table
     report["synthetic_other_rejected"] = synthetic_other_rejection(model, cfg.seed + 7919)
     spec = save_model(model, out / MODEL_FILE)
     report["model_spec"] = json.loads(spec.to_json())

@@ -1,0 +1,63 @@
+"""Stain augmentation: HED jitter is colour deconvolution, a per-stain affine map and
+recomposition; histology figures, and only they, get it in training batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xai_pipeline.train import fit as fit_module
+from xai_pipeline.train.augment import AugmentConfig, RGB_FROM_HED, augment, hed_jitter
+
+
+def _stained(amounts: np.ndarray) -> np.ndarray:
+    """RGB uint8 pixels (n×1×3) with the given H, E, DAB amounts (n×3)."""
+    return np.clip(np.rint(np.exp(-(amounts @ RGB_FROM_HED)) * 255), 0, 255).astype(np.uint8)[:, None, :]
+
+
+def test_identity_jitter_keeps_the_image() -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(1, 256, (16, 16, 3), dtype=np.uint8)
+    out = hed_jitter(pixels, np.ones(3), np.zeros(3))
+    assert out.dtype == np.uint8 and out.shape == pixels.shape
+    assert np.abs(out.astype(int) - pixels.astype(int)).max() <= 1
+
+
+def test_jitter_changes_only_the_stain_it_scales() -> None:
+    amounts = np.array([[0.6, 0.0, 0.0], [0.0, 0.5, 0.0], [0.3, 0.4, 0.0]])
+    out = hed_jitter(_stained(amounts), np.array([1.5, 1.0, 1.0]), np.zeros(3))
+    expected = _stained(amounts * np.array([1.5, 1.0, 1.0]))
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 2
+    assert not np.array_equal(out[0], _stained(amounts)[0])  # haematoxylin pixel darkened
+    assert np.abs(out[1].astype(int) - _stained(amounts)[1].astype(int)).max() <= 2  # eosin pixel kept
+    shifted = hed_jitter(_stained(amounts), np.ones(3), np.array([0.0, 0.1, 0.0]))
+    assert np.abs(shifted.astype(int) - _stained(amounts + [0.0, 0.1, 0.0]).astype(int)).max() <= 2
+
+
+def test_stained_augment_varies_the_colour_of_a_tile() -> None:
+    tile = Image.fromarray(np.broadcast_to(_stained(np.array([[0.5, 0.3, 0.0]])), (64, 64, 3)).copy())
+    quiet = AugmentConfig(pad_probability=0, grayscale_probability=0, color_probability=0, text_probability=0,
+                          jpeg_probability=0, rescale_probability=0, flip_probability=0)
+    means = {
+        stain: np.array([augment(tile, np.random.default_rng(i), 32, quiet, stain=stain).reshape(3, -1).mean(1) for i in range(20)])
+        for stain in (False, True)
+    }
+    assert means[False].std(axis=0).max() < 1.0  # a uniform tile cropped is still the same colour
+    assert means[True].std(axis=0).max() > 5.0
+    assert means[True].shape == (20, 3)
+
+
+def test_only_histology_figures_are_stained_in_a_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bool] = []
+
+    def spy(img: Image.Image, rng: np.random.Generator, size: int, *args: object, stain: bool = False) -> np.ndarray:
+        seen.append(stain)
+        return np.zeros((3, size, size), np.uint8)
+
+    monkeypatch.setattr(fit_module, "augment", spy)
+    images = [Image.new("RGB", (8, 8))] * 4
+    data = fit_module.TrainData(images=images, labels=np.array([0, 1, 2, 1]), class_names=("ct", "histology", "mri"))
+    cfg = type("Cfg", (), {"input_size": 16, "augment": True})()
+    pixels, targets = fit_module._batch(data, np.array([0, 1, 2, 3]), 0, np.random.default_rng(0), cfg)  # type: ignore[arg-type]
+    assert seen == [False, True, False, True] and pixels.shape == (4, 3, 16, 16) and targets.tolist() == [0, 1, 2, 1]

@@ -1,0 +1,125 @@
+"""Training on several manifests: figures labelled ``other`` are real outliers, not a class; the
+"other" threshold can be set on held-out sources; the card names every source with its terms."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from xai_pipeline.config import ConfigError, TrainConfig
+from xai_pipeline.store.source import SourceError
+from xai_pipeline.train.fit import TrainData, _batch, choose_threshold
+from xai_pipeline.train.synthetic import other_figure
+
+
+def _manifest(path: Path, rows: list[dict]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _two_manifests(tmp_path: Path, dataset_dir: Path) -> tuple[str, str]:
+    a_rows, b_rows = [], []
+    for label in ("fundus", "histology"):
+        for src in sorted((dataset_dir / label).iterdir())[:6]:
+            (tmp_path / "a" / label).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "a" / label / src.name).write_bytes(src.read_bytes())
+            a_rows.append({"file": f"{label}/{src.name}", "label": label, "source_repo": "src-a", "source_path": src.name})
+    (tmp_path / "b").mkdir()
+    for i, src in enumerate(sorted((dataset_dir / "fundus").iterdir())[6:10]):
+        (tmp_path / "b" / src.name).write_bytes(src.read_bytes())
+        b_rows.append({"file": src.name, "label": "fundus", "source_repo": "src-b", "source_path": src.name, "license": "CC-BY-4.0"})
+    rng = np.random.default_rng(5)
+    for i in range(8):
+        other_figure(rng, 96).save(tmp_path / "b" / f"chart{i}.png")
+        b_rows.append({"file": f"chart{i}.png", "label": "other", "source_repo": "charts-y" if i < 3 else "charts-x",
+                       "source_path": f"chart{i}.png", "license": "MIT", "kind": "chart"})
+    return _manifest(tmp_path / "a" / "manifest.jsonl", a_rows), _manifest(tmp_path / "b" / "manifest.jsonl", b_rows)
+
+
+@pytest.mark.slow
+def test_two_manifests_other_outliers_and_a_threshold_on_held_out_sources(tmp_path: Path, dataset_dir: Path) -> None:
+    from xai_pipeline.cli import main
+    from xai_pipeline.model.net import load_model
+    from xai_pipeline.train.evaluate import predict_images
+    from xai_pipeline.train.run import run_training
+    from xai_pipeline.train.split import examples_and_split, training_data
+
+    a, b = _two_manifests(tmp_path, dataset_dir)
+    cfg = TrainConfig(data=f"{a},{b}", out=str(tmp_path / "out"), architecture="tiny_cnn", input_size=48, batch_size=8,
+                      max_steps=4, val_fraction=0.34, holdout_sources="src-b,charts-y", threshold_on="holdout")
+    examples, class_names, (train_idx, val_idx, hold_idx) = examples_and_split(cfg)
+    assert class_names == ("fundus", "histology") and len(examples) == 24
+    train = training_data(examples, train_idx, class_names, cfg)
+    assert len(train.outliers) == sum(examples[i].label == "other" for i in train_idx) > 0
+    assert len(train.labels) == len(train.images) == sum(examples[i].label != "other" for i in train_idx)
+
+    report = run_training(cfg)
+    model = load_model(tmp_path / "out" / "model.safetensors")
+    held = training_data(examples, hold_idx, class_names, cfg)
+    assert len(held.labels) == 4 and len(held.outliers) == 3
+    expected = round(choose_threshold(predict_images(model, held.images)[0].max(axis=1), cfg.min_accept), 4)
+    assert report["threshold_set_on"] == "holdout" and model.spec.other_threshold == expected
+    assert report["source_holdout_other_rejected"]["figures"] == 3
+    assert set(report["source_holdout_other_rejected"]["by_source"]) == {"charts-y"}
+    assert report["sources_per_class"] == {"fundus": ["src-a"], "histology": ["src-a"]}
+    card = (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    assert "| fundus | in_class | src-b | b | 4 | CC-BY-4.0 |" in card and "| other | other_figure | charts-x | b | 5 | MIT |" in card
+    assert "in-class figures of the held-out sources" in card and "called 'other' (held-out sources)" in card
+    assert "Classes trained on one source only" in card
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(tmp_path / "out" / "model.safetensors"), "--data", f"{a},{b}",
+                 "--out", str(out), "--compound-figures", "2"]) == 0
+    checks = json.loads((out / "figures.json").read_text())
+    assert checks["other_rejected"]["figures"] == 8 and json.loads((out / "metrics.json").read_text())["n"] == 16
+
+
+def test_threshold_on_holdout_needs_held_out_in_class_figures(tmp_path: Path, dataset_dir: Path) -> None:
+    from xai_pipeline.train.run import run_training
+
+    with pytest.raises(ConfigError, match="--threshold-on holdout needs --holdout-sources"):
+        TrainConfig(data="x", out="y", threshold_on="holdout")
+    with pytest.raises(ConfigError, match="--threshold-on must be one of"):
+        TrainConfig(data="x", out="y", threshold_on="training")
+    a, b = _two_manifests(tmp_path, dataset_dir)
+    cfg = TrainConfig(data=f"{a},{b}", out=str(tmp_path / "out"), architecture="tiny_cnn", holdout_sources="charts-y", threshold_on="holdout")
+    with pytest.raises(ConfigError, match="hold no in-class figure"):
+        run_training(cfg)
+    with pytest.raises(SourceError, match="listed more than once"):
+        run_training(TrainConfig(data=f"{a},{a}", out=str(tmp_path / "out"), architecture="tiny_cnn"))
+
+
+def test_batches_mix_real_and_procedural_outliers() -> None:
+    green = Image.new("RGB", (40, 40), (0, 200, 0))
+    data = TrainData([Image.new("RGB", (40, 40), (200, 0, 0))], np.array([0]), ("ct",), [green])
+    cfg = TrainConfig(data="x", out="y", input_size=16, augment=False)
+    pixels, targets = _batch(data, np.array([0, 0]), 40, np.random.default_rng(0), cfg)
+    outliers = pixels[2:].float()
+    real = ((outliers[:, 1] == 200) & (outliers[:, 0] == 0)).flatten(1).all(dim=1)
+    assert pixels.shape == (42, 3, 16, 16) and targets.tolist() == [0, 0]
+    assert 8 <= int(real.sum()) <= 32  # about half of the 40 slots
+    assert torch.equal(pixels[0], pixels[1])
+
+
+def test_model_card_leave_one_source_out_section(tmp_path: Path) -> None:
+    from xai_pipeline.train import model_card
+
+    results = Path(__file__).parents[3] / "bench" / "results" / "loso"
+    reports = [results / f"loso-efficientnet_lite{k}-C0.1.json" for k in (0, 1, 2)]
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# Model card\n\n## Limits\n- few sources\n")
+    for _ in range(2):  # a second run replaces the section
+        assert model_card.main(["--card", str(card), "--loso", *map(str, reports)]) == 0
+    text = card.read_text()
+    assert text.count("## Leave-one-source-out") == 1 and text.startswith("# Model card\n\n## Limits\n- few sources\n")
+    lite0 = json.loads(reports[0].read_text())
+    f1 = lite0["loso"]["loso_threshold"]["per_class"]["chest_xray"]["f1"]
+    assert f"| chest_xray | 3 | {f1:.3f} |" in text and "efficientnet_lite2 LOSO F1" in text and "ct (300)" in text
+    with pytest.raises(SystemExit):
+        model_card.main(["--card", str(card)])
