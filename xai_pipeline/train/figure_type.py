@@ -25,6 +25,7 @@ import logging
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,6 +119,19 @@ def with_type_head(model: ModalityNet, weight: np.ndarray, bias: np.ndarray, nam
     return out.eval()
 
 
+def card_with_type_head(card: str, before: Any, after: Any) -> str:
+    """A training card (of model spec ``before``) retitled for ``after``, the same model with the
+    figure-type head: new version in the title, a line on the head, the new weights hash."""
+    from xai_pipeline.model.labels import MEDICAL_MIN
+
+    head = (f"- Figure-type head ({after.version}): one linear layer on the same pooled features, {len(after.figure_types)} outputs "
+            f"({', '.join(after.figure_types)}); a figure (or panel) whose `medical_image` probability is below {MEDICAL_MIN} gets "
+            "modality `other`. See *Figure types* below.\n")
+    card = card.replace(f"# Model card: {before.name} {before.version}\n", f"# Model card: {after.name} {after.version}\n", 1)
+    return card.replace(f"- Weights: safetensors, SHA-256 `{before.weights_sha256}`",
+                        head + f"- Weights: safetensors, SHA-256 `{after.weights_sha256}` (with the figure-type head)", 1)
+
+
 def card_section(report: dict) -> str:
     """The model card's *Figure types* section for a :func:`main` report."""
     acc, counts = report["cross_validated_accuracy"], report["training_figures"]
@@ -192,9 +206,7 @@ def main(argv: list[str] | None = None) -> int:
               "weights_sha256": spec.weights_sha256}
     (args.out.parent / "figure_type_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.card is not None:
-        card = args.card.read_text().replace(f"Weights: safetensors, SHA-256 `{model.spec.weights_sha256}`",
-                                             f"Weights: safetensors, SHA-256 `{spec.weights_sha256}` (with the figure-type head)")
-        args.card.write_text(card.rstrip() + "\n" + card_section(report))
+        args.card.write_text(card_with_type_head(args.card.read_text(), model.spec, spec).rstrip() + "\n" + card_section(report))
     print(json.dumps(report))
     return 0
 

@@ -51,3 +51,17 @@ def test_a_model_with_the_head_gives_type_probabilities() -> None:
     out = predict(typed, pixels)
     np.testing.assert_allclose(out.types.numpy(), torch.from_numpy(features @ weight.T).softmax(-1).numpy(), atol=1e-5)
     np.testing.assert_allclose(out.probabilities.numpy(), predict(model, pixels).probabilities.numpy(), atol=1e-6)  # modality head unchanged
+
+
+def test_the_training_card_is_retitled_for_the_model_with_the_type_head() -> None:
+    from types import SimpleNamespace
+
+    from xai_pipeline.train.figure_type import card_with_type_head
+
+    before = SimpleNamespace(name="m", version="1.0.0", weights_sha256="aaa", figure_types=())
+    after = SimpleNamespace(name="m", version="1.2.0", weights_sha256="bbb", figure_types=("medical_image", "chart"))
+    card = "# Model card: m 1.0.0\n\n## Model\n- 'other': below 0.8.\n- Weights: safetensors, SHA-256 `aaa`.\n\n## Reproduce\nm 1.0.0\n"
+    out = card_with_type_head(card, before, after)
+    assert out.startswith("# Model card: m 1.2.0\n") and out.endswith("## Reproduce\nm 1.0.0\n")
+    assert "- Figure-type head (1.2.0): one linear layer on the same pooled features, 2 outputs (medical_image, chart)" in out
+    assert "- Weights: safetensors, SHA-256 `bbb` (with the figure-type head)." in out and "`aaa`" not in out
