@@ -19,8 +19,10 @@ scanners, since the training data has one stain protocol and one organ for most 
   matrix scikit-image's ``rgb2hed`` uses); each stain is rescaled and shifted,
   ``s'_k = α_k s_k + β_k`` with ``α_k ~ U(1−a, 1+a)``, ``β_k ~ U(−b, b)``, and the pixel is
   recomposed as ``I' = exp(−s' M)``. Three lines of numpy, so scikit-image is not a dependency.
-* **Magnification**: crops from a wider range of scales (a small field of a large slide, or a
-  tile shrunk to a few dozen pixels), since figures show tissue at any magnification.
+* **Magnification** (zoom out): the tile shrunk to 35–70% of its side and mirror-tiled back to
+  its size, so the tissue appears at a lower magnification with its detail kept. (Small crops
+  blown up to the input size were tried first: they taught the model that any blurry, upscaled
+  image is histology, and a 64-pixel MR slice came out histology.)
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class AugmentConfig:
     stain_probability: float = 0.8  # histology only: HED jitter
     stain_scale: float = 0.3  # a: α_k ~ U(1 − a, 1 + a)
     stain_shift: float = 0.05  # b: β_k ~ U(−b, b), in optical-density units
-    stain_crop_scale: tuple[float, float] = (0.08, 1.0)  # histology only: magnification range
+    zoom_out_probability: float = 0.3  # histology only: lower magnification
+    zoom_out_scale: tuple[float, float] = (0.35, 0.7)  # the tile's side shrinks to this share
 
 
 # Ruifrok & Johnston's stain OD vectors (haematoxylin, eosin, DAB), as in skimage.color.rgb_from_hed.
@@ -65,6 +68,18 @@ def hed_jitter(pixels: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.nd
     jittered = stains * alpha + beta
     rgb = np.exp(-(jittered @ RGB_FROM_HED)) * 255.0
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8).reshape(pixels.shape)
+
+
+def zoom_out(img: Image.Image, factor: float) -> Image.Image:
+    """``img`` shrunk by ``factor`` and mirror-tiled back to its own size (a wider field of the
+    same tissue at a lower magnification)."""
+    w, h = img.size
+    small = np.asarray(img.resize((max(4, round(w * factor)), max(4, round(h * factor))), Image.Resampling.LANCZOS))
+    reps = (int(np.ceil(h / small.shape[0])) + 1, int(np.ceil(w / small.shape[1])) + 1)
+    row = [small if j % 2 == 0 else small[:, ::-1] for j in range(reps[1])]
+    strip = np.concatenate(row, axis=1)
+    tiled = np.concatenate([strip if i % 2 == 0 else strip[::-1] for i in range(reps[0])], axis=0)
+    return Image.fromarray(np.ascontiguousarray(tiled[:h, :w]))
 
 
 def _stain(img: Image.Image, rng: np.random.Generator, cfg: "AugmentConfig") -> Image.Image:
@@ -132,10 +147,12 @@ def augment(
     img: Image.Image, rng: np.random.Generator, size: int, cfg: AugmentConfig = AugmentConfig(), *, stain: bool = False
 ) -> np.ndarray:
     """One random variant of an RGB figure → ``3×size×size`` uint8; ``stain``: a histology
-    figure (HED jitter and the wider magnification range)."""
-    img = _random_crop(img, rng, cfg.stain_crop_scale if stain else cfg.crop_scale)
+    figure (HED jitter and zoom-out)."""
+    img = _random_crop(img, rng, cfg.crop_scale)
     if stain and rng.random() < cfg.stain_probability:
         img = _stain(img, rng, cfg)
+    if stain and rng.random() < cfg.zoom_out_probability:
+        img = zoom_out(img, rng.uniform(*cfg.zoom_out_scale))
     if rng.random() < cfg.pad_probability:
         img = _pad(img, rng)
     if rng.random() < cfg.flip_probability:

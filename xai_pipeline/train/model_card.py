@@ -102,7 +102,7 @@ def render_model_card(report: dict[str, Any]) -> str:
         "down-and-up resizing, brightness/contrast/saturation/gamma, grayscale, text, arrows and corner "
         "watermarks (incl. 'MedPix®') drawn on every class, JPEG re-encoding at quality 25–95. Histology also gets "
         "HED stain jitter (Tellez et al. 2019; each stain's amount scaled by U(0.7, 1.3) and shifted by U(−0.05, 0.05) OD) "
-        "and crops of 8–100% of the area (other magnifications).",
+        "and zoom-out (the tile shrunk to 35–70% and mirror-tiled back: lower magnifications).",
         f"- Outlier exposure: {cfg['outlier_fraction']:.0%} of every batch is a non-modality figure trained towards a uniform "
         "prediction: procedurally drawn (bar/line/scatter charts, flow diagrams, tables, text, western blots, photo-like scenes)"
         + (", or half the time a real training figure labelled `other`." if split["train"].get("other") else "."),

@@ -61,3 +61,16 @@ def test_only_histology_figures_are_stained_in_a_batch(monkeypatch: pytest.Monke
     cfg = type("Cfg", (), {"input_size": 16, "augment": True})()
     pixels, targets = fit_module._batch(data, np.array([0, 1, 2, 3]), 0, np.random.default_rng(0), cfg)  # type: ignore[arg-type]
     assert seen == [False, True, False, True] and pixels.shape == (4, 3, 16, 16) and targets.tolist() == [0, 1, 2, 1]
+
+
+def test_zoom_out_keeps_the_size_and_shows_the_tissue_smaller() -> None:
+    from xai_pipeline.train.augment import zoom_out
+
+    stripes = np.zeros((64, 80, 3), np.uint8)
+    stripes[:, ::8] = 255  # a vertical line every 8 pixels
+    out = np.asarray(zoom_out(Image.fromarray(stripes), 0.5))
+    assert out.shape == stripes.shape
+    profile = out[:, :, 0].mean(axis=0)
+    peaks = int((profile > 100).sum())
+    assert peaks >= 2 * int((stripes[:, :, 0].mean(axis=0) > 100).sum()) - 2  # twice the lines in the same width
+    assert np.array_equal(out[:32, :40], out[:32, 40:80][:, ::-1])  # mirror-tiled, no seam
