@@ -91,6 +91,7 @@ PANEL_PIXELS = "panel_pixels"  # k×3×S×S uint8 per figure: the panel crops th
 PANEL_MAPS = "panel_maps"  # k×H×W float32 per figure: the panels' CRM maps
 PANEL_LABELS = "panel_labels"  # JSON per figure: [{"modality", "figure_type", "confidence"}, ...]
 ROUTE = "_route"  # where the write stage puts a row: "append" (no row yet) or "stage" (replaces rows, merged)
+ROUTE_APPEND, ROUTE_STAGE = "append", "stage"  # the values of ROUTE
 
 PANEL_STRUCT = pa.struct([
     ("x0", pa.int32()), ("y0", pa.int32()), ("x1", pa.int32()), ("y1", pa.int32()), ("modality", pa.string()),

@@ -93,8 +93,8 @@ def plan_bucket(bucket: int, *, scratch: Location, fs: pafs.FileSystem, settings
     state = state_schema.empty_table() if overwrite else _read_folder(fs, _folder(scratch, STATE, bucket), state_schema)
     result = plan.plan_run(listing, state, settings, compare_content=compare_content, input_uri=input_uri)
     todo = pa.concat_tables([
-        result.fresh.append_column(schema.ROUTE, pa.array(["append"] * result.new, pa.string())),
-        result.replace.append_column(schema.ROUTE, pa.array(["stage"] * result.changed, pa.string())),
+        result.fresh.append_column(schema.ROUTE, pa.array([schema.ROUTE_APPEND] * result.new, pa.string())),
+        result.replace.append_column(schema.ROUTE, pa.array([schema.ROUTE_STAGE] * result.changed, pa.string())),
     ]).sort_by("path")
     staged = _read_folder(fs, _folder(scratch, STAGED, bucket), schema.TABLE_SCHEMA)
     reused = plan.trusted_staged(staged, todo, settings) if staged.num_rows else staged.slice(0, 0)

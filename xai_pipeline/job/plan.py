@@ -55,10 +55,6 @@ class RunPlan:
         return pa.concat_tables([self.fresh, self.replace]).sort_by("path")
 
 
-def count_in(listing: pa.Table, ids: pa.Array) -> int:
-    return int(pc.sum(pc.is_in(listing.column(schema.FIGURE_ID), value_set=ids)).as_py() or 0)
-
-
 def _column(state: pa.Table, name: str) -> pa.ChunkedArray:
     """A state column; null when the table predates it."""
     if name in state.column_names:

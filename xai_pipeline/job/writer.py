@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 FILE_COLUMNS = pa.schema([("path", pa.string()), ("size", pa.int64()), ("rows", pa.int64()), ("stats", pa.string()),
                           ("kind", pa.string()), ("actors", pa.string())])
-APPEND, STAGE = "append", "stage"
+APPEND, STAGE = schema.ROUTE_APPEND, schema.ROUTE_STAGE
 # Columns with Delta statistics: what readers filter and merges match on.
 STATS_COLUMNS = (schema.FIGURE_ID, schema.SOURCE_URI, schema.SIZE, schema.MODALITY, schema.CONFIDENCE, schema.MODEL_VERSION,
                  schema.RUN_ID, schema.STATUS, schema.PROCESSED_AT)
@@ -122,14 +122,14 @@ class Committer:
     _pending: list[dict[str, Any]] = field(default_factory=list)
     _since: float = field(default_factory=time.monotonic)
 
-    @property
-    def pending_rows(self) -> int:
-        return sum(int(r["rows"]) for r in self._pending)
+    pending_rows: int = 0  # rows of the pending files (a running count)
 
     def add(self, files: pa.Table) -> None:
         """Take the file records of one write task; commit when a threshold is reached."""
         for record in files.to_pylist():
             (self._pending if record["kind"] == APPEND else self.staged).append(record)
+            if record["kind"] == APPEND:
+                self.pending_rows += int(record["rows"])
             self.actors.update(json.loads(record.get("actors") or "[]"))
             if self.pending_rows >= self.every_figures or (self._pending and time.monotonic() - self._since >= self.every_seconds):
                 self.commit()
@@ -147,6 +147,7 @@ class Committer:
         self.committed_rows += self.pending_rows
         log.info("run %s: commit %d, %d files, %d rows", self.run_id, version, len(self._pending), self.pending_rows)
         self._pending = []
+        self.pending_rows = 0
         self._since = time.monotonic()
         if self.on_commit is not None:
             self.on_commit(self)
