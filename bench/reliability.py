@@ -5,7 +5,8 @@
 Scenarios (each runs the real ``xai-pipeline index`` command in its own process and Ray):
 
 * ``bad_inputs``      real figures plus the generated corpus of bad and unusual files, via S3
-* ``driver_sigkill``  SIGKILL the driver after its first commit, then run the same command again
+* ``driver_sigkill``  SIGKILL the driver after its first commit (half the figures decode slowly in
+                      that run, test hook), then run the same command again
 * ``actor_kill``      a classification actor dies mid-batch (test hook); Ray restarts it
 * ``storage_faults``  10% of S3 requests answered 503 SlowDown, 500 or a dropped connection
 * ``body_faults``     ≥ 1,000 figures, 5% of the object GETs faulted in the body: resets after
@@ -35,6 +36,7 @@ from typing import Any
 from bench.corpus import bad_inputs
 from bench.services import MOTO_ENV, fault_proxy, moto_server, ray_tmpdir
 from xai_pipeline.job.classify import KILL_ONCE_ENV
+from xai_pipeline.job.faults import FAULTS_ENV
 from xai_pipeline.schema import figure_id
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,8 +153,13 @@ def scenario_driver_sigkill(work: Path, dataset: Path, n_real: int) -> Outcome:
     expected = _local_collection(folder, dataset, n_real)
     table = work / "sigkill" / "table"
     args = ["--input", str(folder), "--output", str(table), "--commit-every", "2", "--batch-size", "2"]
+    # The second half of the figures decode slowly in the run that is killed, so the kill after the
+    # first commit lands while the run is still streaming, however fast the machine.
+    names = sorted(p.name for p in folder.iterdir())
+    rules = work / "sigkill" / "slow.json"
+    rules.write_text(json.dumps({"delay:decode": names[len(names) // 2:]}))
     with ray_tmpdir() as ray_tmp:  # its Ray is killed with the driver
-        proc = run_cli(args, {"RAY_TMPDIR": ray_tmp}, wait=False)
+        proc = run_cli(args, {"RAY_TMPDIR": ray_tmp, FAULTS_ENV: str(rules)}, wait=False)
         # Kill after the first commit, while the pipeline streams on.
         first_commit = table / "_delta_log" / "00000000000000000000.json"
         deadline = time.time() + 600

@@ -228,6 +228,7 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, limits: DecodeLimits =
             continue
         data = bytes(data)
         try:
+            faults.maybe_delay("decode", uris[i])
             faults.maybe_raise("decode", uris[i])
             result = probe_plain_jpeg(data, limits) if defer_jpeg else None
             if result is not None:

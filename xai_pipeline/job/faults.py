@@ -9,6 +9,9 @@ stages read it (at most once a second per process) and raise :class:`InjectedFau
   per-figure handling: a task failure, which Ray retries and which, if it persists, loses the
   batch (the run then exits with code 3 and the next run redoes it).
 
+* ``{"delay:decode": ["fig07.png"]}``: decoding such a figure first sleeps
+  :data:`DELAY_SECONDS` (a slow figure, so that a test can act while a run is still streaming).
+
 Stages: ``fetch``, ``decode``, ``classify``, ``encode``. The variable must be set where the
 workers start (the ``runtime_env`` of ``ray.init``); the file may change between runs. Without
 the variable every call costs one dictionary look-up.
@@ -23,6 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 FAULTS_ENV = "XAI_PIPELINE_TEST_FAULTS"
+DELAY_SECONDS = 3.0
 _cache: dict[str, Any] = {"at": 0.0, "path": None, "rules": {}}
 
 
@@ -68,3 +72,10 @@ def maybe_raise_task(stage: str, names: Iterable[Any]) -> None:
         hit = _matches(rules, f"task:{stage}", names)
         if hit:
             raise InjectedFault(f"injected {stage} task fault (batch holding {hit})")
+
+
+def maybe_delay(stage: str, name: object) -> None:
+    """Sleep :data:`DELAY_SECONDS` when the hook names this figure under ``delay:<stage>``."""
+    rules = _rules()
+    if rules and _matches(rules, f"delay:{stage}", [name]):
+        time.sleep(DELAY_SECONDS)

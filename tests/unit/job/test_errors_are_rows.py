@@ -205,3 +205,17 @@ def test_task_fault_hook_raises_for_the_batch(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(faults.InjectedFault):
         faults.maybe_raise_task("encode", ["s3://b/ok.png", "s3://b/bad.png"])
 
+
+
+def test_the_delay_hook_slows_only_the_named_figures(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(faults.time, "sleep", slept.append)
+    faults.maybe_delay("decode", "file:///in/fig07.png")
+    assert slept == []  # no hook
+    rules = tmp_path / "faults.json"
+    rules.write_text(json.dumps({"delay:decode": ["fig07.png"]}))
+    monkeypatch.setenv(faults.FAULTS_ENV, str(rules))
+    faults.maybe_delay("decode", "file:///in/fig07.png")
+    faults.maybe_delay("decode", "file:///in/fig08.png")
+    faults.maybe_delay("fetch", "file:///in/fig07.png")
+    assert slept == [faults.DELAY_SECONDS]
