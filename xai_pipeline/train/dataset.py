@@ -95,6 +95,11 @@ def read_examples(data: str, settings: S3Settings = S3Settings(), flag: str = "-
     return examples
 
 
+def repeated_uris(uris: list[str]) -> list[str]:
+    """The URIs listed more than once (a figure in two manifests, or twice in one)."""
+    return [uri for uri, n in Counter(uris).items() if n > 1]
+
+
 def load_images(
     examples: list[Example], settings: S3Settings = S3Settings(), max_side: int = 320
 ) -> list[Image.Image]:

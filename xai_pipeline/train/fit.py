@@ -41,7 +41,7 @@ OUTLIER_WEIGHT = 0.5
 REAL_OUTLIER_SHARE = 0.5
 """Share of the outlier slots of a batch filled with real ``other`` figures when there are any."""
 STAINED_CLASSES: tuple[str, ...] = ("histology",)
-"""Classes whose training figures get stain (HED) jitter and the wider magnification range."""
+"""Classes whose training figures get stain (HED) jitter and zoom-out (:mod:`xai_pipeline.train.augment`)."""
 
 
 @dataclass

@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import os
 import posixpath
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from xai_pipeline.store.source import S3Settings, SourceError, parse_location
-from xai_pipeline.train.dataset import Example, example_from_row, manifest_rows
+from xai_pipeline.train.dataset import Example, example_from_row, manifest_rows, repeated_uris
 
 MODALITIES: tuple[str, ...] = ("chest_xray", "ct", "fundus", "histology", "mri", "ultrasound")
 """The modality classes, in the shipped model's order."""
@@ -124,7 +124,7 @@ def read_sources(manifest: str, settings: S3Settings = S3Settings(), flag: str =
 def read_all_sources(manifests: list[str], settings: S3Settings = S3Settings()) -> list[SourcedExample]:
     """:func:`read_sources` of each manifest, concatenated. A figure (URI) listed twice is an error."""
     examples = [e for manifest in manifests for e in read_sources(manifest, settings)]
-    repeated = [uri for uri, n in Counter(e.example.uri for e in examples).items() if n > 1]
+    repeated = repeated_uris([e.example.uri for e in examples])
     if repeated:
         raise SourceError(f"{len(repeated)} figures are listed more than once, e.g. {repeated[0]}")
     return examples

@@ -9,14 +9,12 @@ and in validation and the source hold-out they measure how often such figures ar
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 
 from xai_pipeline.config import TrainConfig
 from xai_pipeline.model.net import OTHER_LABEL
 from xai_pipeline.store.source import S3Settings, SourceError
-from xai_pipeline.train.dataset import Example, load_images, read_examples, split_by_group
+from xai_pipeline.train.dataset import Example, load_images, read_examples, repeated_uris, split_by_group
 from xai_pipeline.train.fit import TrainData
 
 
@@ -31,7 +29,7 @@ def read_training_examples(data: str, settings: S3Settings = S3Settings(), flag:
     examples = [e for part in data_parts(data) for e in read_examples(part, settings, flag)]
     if not examples:
         raise SourceError(f"{flag} {data!r}: no labelled figures")
-    repeated = [uri for uri, n in Counter(e.uri for e in examples).items() if n > 1]
+    repeated = repeated_uris([e.uri for e in examples])
     if repeated:
         raise SourceError(f"{flag}: {len(repeated)} figures are listed more than once, e.g. {repeated[0]}")
     return examples
