@@ -19,6 +19,13 @@ scanners, since the training data has one stain protocol and one organ for most 
   matrix scikit-image's ``rgb2hed`` uses); each stain is rescaled and shifted,
   ``s'_k = α_k s_k + β_k`` with ``α_k ~ U(1−a, 1+a)``, ``β_k ~ U(−b, b)``, and the pixel is
   recomposed as ``I' = exp(−s' M)``. Three lines of numpy, so scikit-image is not a dependency.
+* **IHC look** (H-DAB): immunohistochemistry slides show a haematoxylin counterstain and brown
+  DAB where the antibody bound, and little eosin. On the stain amounts above,
+  ``s'_H = η s_H``, ``s'_E = ε s_E``, ``s'_D = s_D + γ · m · s_E`` with ``η ~ U(0.5, 1)``,
+  ``ε ~ U(0, 0.3)``, ``γ ~ U(0.6, 1.6)`` and ``m`` a smooth random mask (bilinear upsampling of
+  4×4 uniform noise, ramped from 0 to 1 above a random quantile), so some of the tissue that took eosin
+  takes DAB instead: an H&E tile becomes an IHC-like one. The training data's only IHC is four
+  demo tiles (held out), and the literature's histology figures are often IHC.
 * **Magnification** (zoom out): the tile shrunk to 35–70% of its side and mirror-tiled back to
   its size, so the tissue appears at a lower magnification with its detail kept. (Small crops
   blown up to the input size were tried first: they taught the model that any blurry, upscaled
@@ -52,6 +59,7 @@ class AugmentConfig:
     stain_probability: float = 0.8  # histology only: HED jitter
     stain_scale: float = 0.3  # a: α_k ~ U(1 − a, 1 + a)
     stain_shift: float = 0.05  # b: β_k ~ U(−b, b), in optical-density units
+    ihc_probability: float = 0.25  # histology only: H&E → H-DAB restaining
     zoom_out_probability: float = 0.3  # histology only: lower magnification
     zoom_out_scale: tuple[float, float] = (0.35, 0.7)  # the tile's side shrinks to this share
 
@@ -68,6 +76,25 @@ def hed_jitter(pixels: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.nd
     jittered = stains * alpha + beta
     rgb = np.exp(-(jittered @ RGB_FROM_HED)) * 255.0
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8).reshape(pixels.shape)
+
+
+def ihc_restain(pixels: np.ndarray, mask: np.ndarray, eta: float, epsilon: float, gamma: float) -> np.ndarray:
+    """H&E → H-DAB: ``s'_H = η s_H``, ``s'_E = ε s_E``, ``s'_D = s_D + γ·mask·s_E`` on the HED
+    stain amounts of an ``H×W×3`` uint8 RGB image (``mask``: ``H×W`` in [0, 1])."""
+    od = -np.log(np.maximum(pixels.astype(np.float64), 1.0) / 255.0)
+    stains = od.reshape(-1, 3) @ HED_FROM_RGB
+    eosin = np.maximum(stains[:, 1], 0.0)
+    out = np.stack([eta * stains[:, 0], epsilon * stains[:, 1], stains[:, 2] + gamma * mask.reshape(-1) * eosin], axis=1)
+    rgb = np.exp(-(out @ RGB_FROM_HED)) * 255.0
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8).reshape(pixels.shape)
+
+
+def _ihc(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    pixels = np.asarray(img.convert("RGB"))
+    noise = Image.fromarray((rng.random((4, 4)) * 255).astype(np.uint8)).resize((pixels.shape[1], pixels.shape[0]), Image.Resampling.BILINEAR)
+    field = np.asarray(noise, dtype=np.float64) / 255.0
+    mask = np.clip((field - np.quantile(field, rng.uniform(0.2, 0.7))) / 0.15, 0.0, 1.0)
+    return Image.fromarray(ihc_restain(pixels, mask, rng.uniform(0.5, 1.0), rng.uniform(0.0, 0.3), rng.uniform(0.6, 1.6)))
 
 
 def zoom_out(img: Image.Image, factor: float) -> Image.Image:
@@ -147,8 +174,10 @@ def augment(
     img: Image.Image, rng: np.random.Generator, size: int, cfg: AugmentConfig = AugmentConfig(), *, stain: bool = False
 ) -> np.ndarray:
     """One random variant of an RGB figure → ``3×size×size`` uint8; ``stain``: a histology
-    figure (HED jitter and zoom-out)."""
+    figure (IHC restaining, HED jitter and zoom-out)."""
     img = _random_crop(img, rng, cfg.crop_scale)
+    if stain and rng.random() < cfg.ihc_probability:
+        img = _ihc(img, rng)
     if stain and rng.random() < cfg.stain_probability:
         img = _stain(img, rng, cfg)
     if stain and rng.random() < cfg.zoom_out_probability:

@@ -6,15 +6,18 @@ copied into ``ModalityNet.type_head``: ``P(type | x) = softmax(W_t · p(x) + b_t
 global average of the last feature map. CRM stays the modality head's.
 
 Training figures, each with its figure type:
-- ``medical_image``: the scans of ``modality-v1`` (any of its six classes);
+- ``medical_image``: the in-class scans of the ``--scans`` manifests (``modality-v1``,
+  ``modality-extra-v1``, ``packaged-v1``: any of the six classes), up to ``--per-scan-class`` per
+  class drawn round-robin over its sources, none of the ``--exclude-sources`` (train's held-out
+  sources stay unseen by both heads);
 - real non-scan figures of ``other-v1``, by their manifest's ``kind``: charts, microscopy,
   diagrams and flowcharts, photographs, screenshots, molecular structures (``chemical_structure``),
   a table; text and drawings are ``other``;
 - the procedural figures of :mod:`xai_pipeline.train.synthetic` (charts, diagrams, tables,
   western blots as ``gel_blot``, photo-like scenes, text pages as ``other``).
 
-    python -m xai_pipeline.train.figure_type --model IN.safetensors --scans DIR/manifest.jsonl \\
-        --other DIR/manifest.jsonl --out OUT.safetensors
+    python -m xai_pipeline.train.figure_type --model IN.safetensors --scans DIR/manifest.jsonl [--scans ...] \\
+        --other DIR/manifest.jsonl --out OUT.safetensors [--exclude-sources A,B]
 """
 
 from __future__ import annotations
@@ -50,19 +53,38 @@ def type_of_kind(kind: str) -> str:
     return "other"
 
 
-def labelled_figures(scans: Path, other: Path, per_scan_class: int, synthetic_per_kind: int, seed: int) -> tuple[list[Image.Image], list[str], list[str]]:
+def scan_rows(manifests: list[Path], per_class: int, exclude: set[str], rng: np.random.Generator) -> list[tuple[Path, dict[str, str]]]:
+    """``(manifest folder, row)`` of up to ``per_class`` in-class scans per class, drawn
+    round-robin over the class's sources (each source's rows shuffled), skipping ``exclude``."""
+    by_source: dict[str, dict[str, list[tuple[Path, dict[str, str]]]]] = {}
+    for manifest in manifests:
+        for line in manifest.read_text().splitlines():
+            row = json.loads(line)
+            source = row.get("source_repo", "")
+            if row["label"] == "other" or source in exclude:
+                continue
+            by_source.setdefault(row["label"], {}).setdefault(source, []).append((manifest.parent, row))
+    chosen = []
+    for label in sorted(by_source):
+        queues = [[rows[i] for i in rng.permutation(len(rows))] for _, rows in sorted(by_source[label].items())]
+        taken: list[tuple[Path, dict[str, str]]] = []
+        while len(taken) < per_class and any(queues):
+            for queue in queues:
+                if queue and len(taken) < per_class:
+                    taken.append(queue.pop(0))
+        chosen += taken
+    return chosen
+
+
+def labelled_figures(scans: list[Path], other: Path, per_scan_class: int, synthetic_per_kind: int, seed: int,
+                     exclude: frozenset[str] = frozenset()) -> tuple[list[Image.Image], list[str], list[str]]:
     """Images, their figure types and their sources (for a split by source)."""
     rng = np.random.default_rng(seed)
     images, types, sources = [], [], []
-    by_class: dict[str, list[dict[str, str]]] = {}
-    for line in scans.read_text().splitlines():
-        row = json.loads(line)
-        by_class.setdefault(row["label"], []).append(row)
-    for rows in by_class.values():
-        for i in rng.permutation(len(rows))[:per_scan_class]:
-            images.append(Image.open(scans.parent / rows[i]["file"]).convert("RGB"))
-            types.append("medical_image")
-            sources.append(rows[i].get("source", rows[i].get("source_repo", "")))
+    for folder, row in scan_rows(scans, per_scan_class, set(exclude), rng):
+        images.append(Image.open(folder / row["file"]).convert("RGB"))
+        types.append("medical_image")
+        sources.append(row.get("source_repo", ""))
     for line in other.read_text().splitlines():
         row = json.loads(line)
         images.append(Image.open(other.parent / row["file"]).convert("RGB"))
@@ -141,7 +163,7 @@ def card_section(report: dict) -> str:
 
 The figure-type head was fitted with the backbone frozen (multinomial logistic regression,
 class-balanced, scikit-learn; `python -m xai_pipeline.train.figure_type`, run by `make model`) on
-{sum(counts.values())} figures: {report['per_scan_class']} scans per modality class of modality-v1 (`medical_image`), the real
+{sum(counts.values())} figures: up to {report['per_scan_class']} scans per modality class (`medical_image`) from {', '.join(report.get('scan_manifests', ['modality-v1']))}, round-robin over each class's sources and none from train's held-out sources, the real
 non-scan figures of `other-v1` by their manifest's `kind` (its sources and licenses are listed in
 that data set's README: plotnine, scanpy-tutorials, lifelines, mingrammer/diagrams, consort,
 forestplot, DECIMER, scikit-image and COBA-NIH's microscopy guide under MIT or BSD-3-Clause; the
@@ -183,7 +205,8 @@ printed ones (no captions inside panels, no panels that touch).
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model file (default: the bundled model)")
-    parser.add_argument("--scans", required=True, type=Path, help="modality-v1 manifest.jsonl")
+    parser.add_argument("--scans", required=True, type=Path, action="append", help="a manifest of scans, e.g. modality-v1's (repeat)")
+    parser.add_argument("--exclude-sources", default="", help="comma-separated source_repo values not to fit on (train's --holdout-sources)")
     parser.add_argument("--other", required=True, type=Path, help="other-v1 manifest.jsonl")
     parser.add_argument("--out", required=True, type=Path, help="model file to write")
     parser.add_argument("--version", default=None, help="version of the written model (default: the input's)")
@@ -195,14 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(args.seed)
     model = load_model(args.model)
-    images, types, _ = labelled_figures(args.scans, args.other, args.per_scan_class, args.synthetic_per_kind, args.seed)
+    exclude = frozenset(s.strip() for s in args.exclude_sources.split(",") if s.strip())
+    images, types, _ = labelled_figures(args.scans, args.other, args.per_scan_class, args.synthetic_per_kind, args.seed, exclude)
     features = pooled_features(model, images)
     accuracy = held_out_accuracy(features, types, args.seed)
     weight, bias, names = fit_type_head(features, types)
     spec = save_model(with_type_head(model, weight, bias, names, args.version), args.out)
     scans = [image for image, kind in zip(images, types) if kind == schema.MEDICAL_IMAGE]
     report = {"panels": panel_detection(scans, 200), "figure_types": list(names), "training_figures": dict(Counter(types)), "cross_validated_accuracy": accuracy,
-              "model_version": spec.version, "per_scan_class": args.per_scan_class, "synthetic_per_kind": args.synthetic_per_kind,
+              "model_version": spec.version, "per_scan_class": args.per_scan_class,
+              "scan_manifests": [p.parent.name for p in args.scans], "excluded_sources": sorted(exclude), "synthetic_per_kind": args.synthetic_per_kind,
               "weights_sha256": spec.weights_sha256}
     (args.out.parent / "figure_type_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.card is not None:

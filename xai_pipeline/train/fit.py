@@ -50,6 +50,30 @@ class TrainData:
     labels: np.ndarray  # class index per image
     class_names: tuple[str, ...]
     outliers: list[Image.Image] = field(default_factory=list)  # real non-modality figures
+    sources: list[str] = field(default_factory=list)  # source of each image ("" when unknown)
+    outlier_sources: list[str] = field(default_factory=list)  # source of each outlier
+
+
+def sampling_weights(groups: np.ndarray, sources: list[str], alpha: float) -> np.ndarray:
+    r"""Draw probabilities: each group (class) equally likely, its sources tempered by ``alpha``.
+
+    With :math:`n_{c,s}` figures of source :math:`s` in class :math:`c`,
+
+    .. math:: P(i) = \frac{1}{C}\,\frac{n_{c,s}^{1-\alpha}}{\sum_{s'} n_{c,s'}^{1-\alpha}}\,\frac{1}{n_{c,s}}
+
+    ``alpha`` = 0 is class-balanced sampling (sources in proportion to their size), 1 gives every
+    source of a class the same share: a source of 4 figures is drawn as often as one of 300, so
+    the features cannot settle on the look of the largest one (``--source-balance``).
+    """
+    keys = list(zip(groups.tolist(), sources if len(sources) == len(groups) else [""] * len(groups)))
+    n_cs: dict[tuple[int, str], int] = {}
+    for key in keys:
+        n_cs[key] = n_cs.get(key, 0) + 1
+    mass: dict[int, float] = {}
+    for (c, _), n in n_cs.items():
+        mass[c] = mass.get(c, 0.0) + n ** (1 - alpha)
+    weights = np.array([(n_cs[k] ** (1 - alpha) / mass[k[0]]) / n_cs[k] for k in keys], dtype=np.float64)
+    return weights / weights.sum()
 
 
 def build_model(cfg: TrainConfig, class_names: tuple[str, ...]) -> ModalityNet:
@@ -77,24 +101,26 @@ def _outlier_loss(logits: torch.Tensor) -> torch.Tensor:
     return -logits.log_softmax(dim=-1).mean(dim=-1).mean()
 
 
-def _outlier(data: TrainData, rng: np.random.Generator) -> Image.Image:
-    """A real non-modality figure (half the time, when the data has any) or a procedural one."""
+def _outlier(data: TrainData, rng: np.random.Generator, weights: np.ndarray | None) -> Image.Image:
+    """A real non-modality figure (half the time, when the data has any; drawn with ``weights``)
+    or a procedural one."""
     if data.outliers and rng.random() < REAL_OUTLIER_SHARE:
-        return data.outliers[int(rng.integers(len(data.outliers)))]
+        return data.outliers[int(rng.choice(len(data.outliers), p=weights))]
     return other_figure(rng, 256)
 
 
 def _batch(
-    data: TrainData, indices: np.ndarray, n_outliers: int, rng: np.random.Generator, cfg: TrainConfig
+    data: TrainData, indices: np.ndarray, n_outliers: int, rng: np.random.Generator, cfg: TrainConfig,
+    outlier_weights: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     size = cfg.input_size
     if cfg.augment:
         stained = {data.class_names.index(c) for c in STAINED_CLASSES if c in data.class_names}
         arrays = [augment(data.images[i], rng, size, stain=int(data.labels[i]) in stained) for i in indices]
-        arrays += [augment(_outlier(data, rng), rng, size) for _ in range(n_outliers)]
+        arrays += [augment(_outlier(data, rng, outlier_weights), rng, size) for _ in range(n_outliers)]
     else:
         arrays = [to_pixels(data.images[i], size) for i in indices]
-        arrays += [to_pixels(_outlier(data, rng), size) for _ in range(n_outliers)]
+        arrays += [to_pixels(_outlier(data, rng, outlier_weights), size) for _ in range(n_outliers)]
     return torch.from_numpy(np.stack(arrays)), torch.from_numpy(data.labels[indices]).long()
 
 
@@ -117,9 +143,10 @@ def fit(
     frozen = frozen_modules(net, cfg)
     rng = np.random.default_rng(cfg.seed + 1009 * rank)
     train_idx_arr = np.asarray(train_idx)
-    counts = np.bincount(data.labels[train_idx_arr], minlength=len(data.class_names)).astype(np.float64)
-    weights = 1.0 / counts[data.labels[train_idx_arr]]
-    weights /= weights.sum()
+    sources = [data.sources[i] for i in train_idx_arr] if data.sources else []
+    weights = sampling_weights(data.labels[train_idx_arr], sources, cfg.source_balance)
+    outlier_weights = (sampling_weights(np.zeros(len(data.outliers), dtype=np.int64), data.outlier_sources, cfg.source_balance)
+                       if data.outliers else None)
     n_outliers = int(round(cfg.batch_size * cfg.outlier_fraction))
     n_in = cfg.batch_size - n_outliers
     steps_per_epoch = max(1, math.ceil(len(train_idx_arr) / (n_in * world_size)))
@@ -143,7 +170,7 @@ def fit(
         for group, base in zip(optimizer.param_groups, base_lrs):
             group["lr"] = base * scale
         indices = rng.choice(train_idx_arr, size=n_in, p=weights)
-        pixels, targets = _batch(data, indices, n_outliers, rng, cfg)
+        pixels, targets = _batch(data, indices, n_outliers, rng, cfg, outlier_weights)
         pixels, targets = pixels.to(device), targets.to(device)
         logits = model(net.normalize(pixels))
         loss = F.cross_entropy(logits[:n_in], targets, label_smoothing=cfg.label_smoothing)

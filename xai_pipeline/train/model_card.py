@@ -51,13 +51,29 @@ def _sources_section(report: dict[str, Any]) -> list[str]:
             "any other use."]
 
 
+DOMINANT_SHARE = 0.9
+"""A class whose largest source holds at least this share of its training figures is, for the
+card's Limits, as good as single-source."""
+
+
 def _source_limits(report: dict[str, Any]) -> list[str]:
-    """A Limits line per class trained on a single source."""
+    """Limits lines for classes trained on a single source, and for classes whose other sources
+    together hold under 10% of the figures (``figures_per_source``)."""
     single = {c: v[0] for c, v in report.get("sources_per_class", {}).items() if len(v) == 1}
-    if not single:
-        return []
-    return ["- Classes trained on one source only, whose numbers above say nothing about other hospitals or "
-            "protocols: " + "; ".join(f"{c} ({src})" for c, src in sorted(single.items())) + "."]
+    lines = []
+    if single:
+        lines.append("- Classes trained on one source only, whose numbers above say nothing about other hospitals or "
+                     "protocols: " + "; ".join(f"{c} ({src})" for c, src in sorted(single.items())) + ".")
+    dominated = []
+    for c, counts in sorted(report.get("figures_per_source", {}).items()):
+        total, (top, n) = sum(counts.values()), max(counts.items(), key=lambda kv: kv[1])
+        if len(counts) > 1 and n >= DOMINANT_SHARE * total:
+            others = ", ".join(f"{s} {k}" for s, k in sorted(counts.items()) if s != top)
+            dominated.append(f"{c} ({top}: {n} of {total} training figures; {others})")
+    if dominated:
+        lines.append("- Classes where one source holds almost every training figure, so one hospital's look still "
+                     "dominates what the model learnt: " + "; ".join(dominated) + ".")
+    return lines
 
 
 def render_model_card(report: dict[str, Any]) -> str:
@@ -97,11 +113,14 @@ def render_model_card(report: dict[str, Any]) -> str:
         "## Method",
         _initialisation(spec["architecture"], cfg),
         f"- {report['steps']} steps of {cfg['batch_size']} ({cfg['epochs']} epochs), AdamW, lr {cfg['lr']} (backbone 0.3×), warm-up then cosine, "
-        f"label smoothing {cfg['label_smoothing']}; class-balanced sampling with replacement.",
+        f"label smoothing {cfg['label_smoothing']}; class-balanced sampling with replacement"
+        + (f", sources within a class (and among the real `other` figures) drawn in proportion to n^{1 - cfg['source_balance']:g} "
+           f"(`--source-balance {cfg['source_balance']:g}`)." if cfg.get("source_balance") else "."),
         "- Augmentations: random crops (55–100% of the area, aspect 3:4–4:3), white or black padding, flips, "
         "down-and-up resizing, brightness/contrast/saturation/gamma, grayscale, text, arrows and corner "
         "watermarks (incl. 'MedPix®') drawn on every class, JPEG re-encoding at quality 25–95. Histology also gets "
-        "HED stain jitter (Tellez et al. 2019; each stain's amount scaled by U(0.7, 1.3) and shifted by U(−0.05, 0.05) OD) "
+        "HED stain jitter (Tellez et al. 2019; each stain's amount scaled by U(0.7, 1.3) and shifted by U(−0.05, 0.05) OD), "
+        "IHC restaining (a quarter of the tiles: eosin partly turned into DAB under a smooth random mask, haematoxylin lightened) "
         "and zoom-out (the tile shrunk to 35–70% and mirror-tiled back: lower magnifications).",
         f"- Outlier exposure: {cfg['outlier_fraction']:.0%} of every batch is a non-modality figure trained towards a uniform "
         "prediction: procedurally drawn (bar/line/scatter charts, flow diagrams, tables, text, western blots, photo-like scenes)"

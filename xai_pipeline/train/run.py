@@ -116,11 +116,12 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         if data is not None and data.outliers:
             sources = [examples[i].source for i in indices if examples[i].label == OTHER_LABEL]
             report[f"{name}_other_rejected"] = other_rejection(model, data.outliers, sources)
-    trained_sources: dict[str, set[str]] = {}
+    trained: dict[str, Counter[str]] = {}
     for i in train_idx:
         if examples[i].label != OTHER_LABEL and examples[i].source:
-            trained_sources.setdefault(examples[i].label, set()).add(examples[i].source)
-    report["sources_per_class"] = {c: sorted(v) for c, v in sorted(trained_sources.items())}
+            trained.setdefault(examples[i].label, Counter())[examples[i].source] += 1
+    report["sources_per_class"] = {c: sorted(v) for c, v in sorted(trained.items())}
+    report["figures_per_source"] = {c: dict(sorted(v.items())) for c, v in sorted(trained.items())}
     table = source_table(cfg)
     if table:
         report["sources"] = table

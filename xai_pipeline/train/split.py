@@ -57,7 +57,8 @@ def training_data(examples: list[Example], indices: list[int], class_names: tupl
     chosen = [examples[i] for i in indices if examples[i].label != OTHER_LABEL]
     outliers = [examples[i] for i in indices if examples[i].label == OTHER_LABEL]
     labels = np.array([class_names.index(e.label) for e in chosen], dtype=np.int64)
-    return TrainData(load_images(chosen, settings), labels, class_names, load_images(outliers, settings))
+    return TrainData(load_images(chosen, settings), labels, class_names, load_images(outliers, settings),
+                     [e.source for e in chosen], [e.source for e in outliers])
 
 
 def load_split(cfg: TrainConfig) -> tuple[TrainData, list[int]]:

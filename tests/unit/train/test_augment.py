@@ -74,3 +74,18 @@ def test_zoom_out_keeps_the_size_and_shows_the_tissue_smaller() -> None:
     peaks = int((profile > 100).sum())
     assert peaks >= 2 * int((stripes[:, :, 0].mean(axis=0) > 100).sum()) - 2  # twice the lines in the same width
     assert np.array_equal(out[:32, :40], out[:32, 40:80][:, ::-1])  # mirror-tiled, no seam
+
+
+def test_ihc_restaining_moves_eosin_to_dab_under_the_mask_only() -> None:
+    from xai_pipeline.train.augment import ihc_restain
+
+    amounts = np.array([[0.6, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.5, 0.0]])  # a nucleus, then eosin twice
+    pixels = _stained(amounts)
+    out = ihc_restain(pixels, np.array([[1.0], [1.0], [0.0]]), eta=0.5, epsilon=0.0, gamma=1.0)
+    expected = _stained(np.array([[0.3, 0.0, 0.0], [0.0, 0.0, 0.5], [0.0, 0.0, 0.0]]))
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 2
+    red, green, blue = out[1, 0].astype(int)
+    assert red > green > blue  # brown: DAB absorbs blue most
+    assert (out[2] >= 250).all()  # eosin outside the mask is gone, nothing added: glass
+    same = ihc_restain(pixels, np.zeros((3, 1)), eta=1.0, epsilon=1.0, gamma=1.0)
+    assert np.abs(same.astype(int) - pixels.astype(int)).max() <= 1

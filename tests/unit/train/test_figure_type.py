@@ -65,3 +65,26 @@ def test_the_training_card_is_retitled_for_the_model_with_the_type_head() -> Non
     assert out.startswith("# Model card: m 1.2.0\n") and out.endswith("## Reproduce\nm 1.0.0\n")
     assert "- Figure-type head (1.2.0): one linear layer on the same pooled features, 2 outputs (medical_image, chart)" in out
     assert "- Weights: safetensors, SHA-256 `bbb` (with the figure-type head)." in out and "`aaa`" not in out
+
+
+def test_scans_come_round_robin_from_every_source_but_the_held_out_ones(tmp_path) -> None:
+    import json
+
+    import numpy as np
+
+    from xai_pipeline.train.figure_type import scan_rows
+
+    a, b = tmp_path / "a" / "manifest.jsonl", tmp_path / "b" / "manifest.jsonl"
+    for path, rows in ((a, [("histology", "big", 10), ("ct", "medpix", 3), ("other", "charts", 4)]),
+                       (b, [("histology", "small", 2), ("histology", "held", 5), ("ct", "dicom", 1)])):
+        path.parent.mkdir(parents=True)
+        path.write_text("".join(json.dumps({"file": f"{src}{i}.png", "label": label, "source_repo": src}) + "\n"
+                                for label, src, n in rows for i in range(n)))
+    chosen = scan_rows([a, b], per_class=4, exclude={"held"}, rng=np.random.default_rng(0))
+    by_label: dict[str, list[str]] = {}
+    for folder, row in chosen:
+        by_label.setdefault(row["label"], []).append(row["source_repo"])
+        assert (folder / row["file"]).parent == folder
+    assert sorted(by_label["histology"]) == ["big", "big", "small", "small"]  # the small source is not drowned
+    assert sorted(by_label["ct"]) == ["dicom", "medpix", "medpix", "medpix"]
+    assert "other" not in by_label and all("held" not in v for v in by_label.values())

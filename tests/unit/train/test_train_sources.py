@@ -123,3 +123,51 @@ def test_model_card_leave_one_source_out_section(tmp_path: Path) -> None:
     assert f"| chest_xray | 3 | {f1:.3f} |" in text and "efficientnet_lite2 LOSO F1" in text and "ct (300)" in text
     with pytest.raises(SystemExit):
         model_card.main(["--card", str(card)])
+
+
+def test_source_balance_tempers_big_sources_within_a_class() -> None:
+    from xai_pipeline.train.fit import sampling_weights
+
+    labels = np.array([0] * 300 + [0] * 4 + [1] * 10)
+    sources = ["big"] * 300 + ["small"] * 4 + ["b"] * 10
+    by_size = sampling_weights(labels, sources, 0.0)
+    alike = sampling_weights(labels, sources, 1.0)
+    half = sampling_weights(labels, sources, 0.5)
+    assert by_size.sum() == pytest.approx(1.0) and by_size[:304].sum() == pytest.approx(0.5)  # classes balanced
+    assert by_size[300:304].sum() == pytest.approx(0.5 * 4 / 304)  # sources by size
+    assert alike[300:304].sum() == pytest.approx(0.25) and alike[:300].sum() == pytest.approx(0.25)
+    assert half[300:304].sum() == pytest.approx(0.5 * 2 / (2 + 300 ** 0.5))
+    assert np.allclose(sampling_weights(labels, [], 1.0), by_size)  # no sources: class-balanced
+    with pytest.raises(ConfigError, match="--source-balance"):
+        TrainConfig(data="a", out="b", source_balance=1.5)
+
+
+@pytest.mark.slow
+def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(tmp_path: Path, dataset_dir: Path) -> None:
+    from xai_pipeline.train.loso_fit import fold_dir, main as loso_fit_main, run_folds, table
+
+    a, b = _two_manifests(tmp_path, dataset_dir)
+    out = tmp_path / "folds"
+    out.mkdir()
+    base = TrainConfig(data=f"{a},{b}", out=str(out), architecture="tiny_cnn", input_size=48, batch_size=8, max_steps=3,
+                       val_fraction=0.34, source_balance=1.0)
+    folds = run_folds(base, ["src-b", "charts-y"], out)
+    assert json.loads((out / "loso-fit.json").read_text())["folds"] == folds
+    assert [f["source"] for f in folds] == ["src-b", "charts-y"]
+    assert folds[0]["held_out"] == {"fundus": 4} and set(folds[0]["recall"]) == {"fundus"}
+    assert folds[1]["held_out"] == {"other": 3} and "recall" not in folds[1] and 0 <= folds[1]["other_rejected"] <= 1
+    report = json.loads((fold_dir(out, "src-b") / "training_metrics.json").read_text())
+    assert report["config"]["holdout_sources"] == "src-b" and report["threshold_set_on"] == "validation"
+    assert report["config"]["source_balance"] == 1.0 and fold_dir(out, "pypi:a==1") == out / "pypi_a__1"
+    assert "src-b" in table(folds).splitlines()[1] and "fundus" in table(folds)
+    assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--source-balance", "2"]) == 2  # names the flag
+
+
+def test_card_limits_name_single_and_dominated_sources() -> None:
+    from xai_pipeline.train.model_card import _source_limits
+
+    lines = _source_limits({"sources_per_class": {"ct": ["medpix", "dicom"], "mri": ["medpix"], "fundus": ["a", "b"]},
+                            "figures_per_source": {"ct": {"medpix": 247, "dicom": 1}, "mri": {"medpix": 244}, "fundus": {"a": 60, "b": 60}}})
+    assert lines[0].endswith("mri (medpix).")
+    assert lines[1].endswith("ct (medpix: 247 of 248 training figures; dicom 1).") and "fundus" not in lines[1]
+    assert _source_limits({}) == []
