@@ -59,7 +59,7 @@ model: install $(PACKAGED_DATA)/manifest.jsonl
 	$(BIN)/python -m xai_pipeline.train.loso --backbone efficientnet_lite0 --out build/model/loso --threads 2 \
 		$(foreach m,$(subst $(comma), ,$(TRAIN_DATA)),--manifest $(m))
 	$(BIN)/python -m xai_pipeline.train.model_card --card build/model/MODEL_CARD.md --evaluation build/model/held-out --held-out \
-		--loso $(LOSO_REPORTS)
+		--loso $(LOSO_REPORTS) --loso-fit bench/results/loso/loso-fit.json
 	cp build/model/model-types.safetensors xai_pipeline/weights/modality-default.safetensors
 	cp build/model/MODEL_CARD.md build/model/faithfulness.png build/model/class_mean_crm.png xai_pipeline/weights/
 

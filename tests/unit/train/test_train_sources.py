@@ -120,7 +120,10 @@ def test_model_card_leave_one_source_out_section(tmp_path: Path) -> None:
     assert text.count("## Leave-one-source-out") == 1 and text.startswith("# Model card\n\n## Limits\n- few sources\n")
     lite0 = json.loads(reports[0].read_text())
     f1 = lite0["loso"]["loso_threshold"]["per_class"]["chest_xray"]["f1"]
-    assert f"| chest_xray | 3 | {f1:.3f} |" in text and "efficientnet_lite2 LOSO F1" in text and "ct (300)" in text
+    n_sources = len(lite0["sources_per_class"]["chest_xray"])
+    unseen = ", ".join(f"{c} ({n})" for c, n in lite0["unseen_in_fold"].items()) or "none"
+    assert f"| chest_xray | {n_sources} | {f1:.3f} |" in text and "efficientnet_lite2 LOSO F1" in text
+    assert f"cannot be right when it is held out: {unseen}." in text
     with pytest.raises(SystemExit):
         model_card.main(["--card", str(card)])
 
@@ -161,6 +164,15 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     assert report["config"]["source_balance"] == 1.0 and fold_dir(out, "pypi:a==1") == out / "pypi_a__1"
     assert "src-b" in table(folds).splitlines()[1] and "fundus" in table(folds)
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--source-balance", "2"]) == 2  # names the flag
+    from xai_pipeline.train.model_card import main as card_main
+
+    card = tmp_path / "card.md"
+    card.write_text("# Model card\n\n## Limits\n- x\n")
+    assert card_main(["--card", str(card), "--loso-fit", str(out / "loso-fit.json")]) == 0
+    text = card.read_text()
+    assert text.startswith("# Model card\n\n## Limits\n- x\n") and "## Fine-tuned leave-one-source-out" in text
+    assert f"| src-b | fundus | 4 | {folds[0]['recall']['fundus']:.3f} |" in text and "| charts-y | other | 3 |" in text
+    assert card_main(["--card", str(card), "--loso-fit", str(out / "loso-fit.json")]) == 0 and card.read_text() == text  # replaced, not added
 
 
 def test_card_limits_name_single_and_dominated_sources() -> None:
