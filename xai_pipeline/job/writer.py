@@ -127,9 +127,11 @@ class Committer:
     def add(self, files: pa.Table) -> None:
         """Take the file records of one write task; commit when a threshold is reached."""
         for record in files.to_pylist():
-            (self._pending if record["kind"] == APPEND else self.staged).append(record)
             if record["kind"] == APPEND:
+                self._pending.append(record)
                 self.pending_rows += int(record["rows"])
+            else:
+                self.staged.append(record)
             self.actors.update(json.loads(record.get("actors") or "[]"))
             if self.pending_rows >= self.every_figures or (self._pending and time.monotonic() - self._since >= self.every_seconds):
                 self.commit()

@@ -69,24 +69,30 @@ RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 
 
+def _stain_amounts(pixels: np.ndarray) -> np.ndarray:
+    """``s = OD · M⁻¹`` per pixel (n×3: haematoxylin, eosin, DAB) of an ``H×W×3`` uint8 RGB image."""
+    od = -np.log(np.maximum(pixels.astype(np.float64), 1.0) / 255.0)
+    return od.reshape(-1, 3) @ HED_FROM_RGB
+
+
+def _recompose(stains: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``I = exp(−s M)`` back to uint8 RGB pixels of ``shape``."""
+    rgb = np.exp(-(stains @ RGB_FROM_HED)) * 255.0
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8).reshape(shape)
+
+
 def hed_jitter(pixels: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
     """``s'_k = α_k s_k + β_k`` on the HED stain amounts of an ``H×W×3`` uint8 RGB image."""
-    od = -np.log(np.maximum(pixels.astype(np.float64), 1.0) / 255.0)
-    stains = od.reshape(-1, 3) @ HED_FROM_RGB
-    jittered = stains * alpha + beta
-    rgb = np.exp(-(jittered @ RGB_FROM_HED)) * 255.0
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8).reshape(pixels.shape)
+    return _recompose(_stain_amounts(pixels) * alpha + beta, pixels.shape)
 
 
 def ihc_restain(pixels: np.ndarray, mask: np.ndarray, eta: float, epsilon: float, gamma: float) -> np.ndarray:
     """H&E → H-DAB: ``s'_H = η s_H``, ``s'_E = ε s_E``, ``s'_D = s_D + γ·mask·s_E`` on the HED
     stain amounts of an ``H×W×3`` uint8 RGB image (``mask``: ``H×W`` in [0, 1])."""
-    od = -np.log(np.maximum(pixels.astype(np.float64), 1.0) / 255.0)
-    stains = od.reshape(-1, 3) @ HED_FROM_RGB
+    stains = _stain_amounts(pixels)
     eosin = np.maximum(stains[:, 1], 0.0)
     out = np.stack([eta * stains[:, 0], epsilon * stains[:, 1], stains[:, 2] + gamma * mask.reshape(-1) * eosin], axis=1)
-    rgb = np.exp(-(out @ RGB_FROM_HED)) * 255.0
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8).reshape(pixels.shape)
+    return _recompose(out, pixels.shape)
 
 
 def _ihc(img: Image.Image, rng: np.random.Generator) -> Image.Image:

