@@ -103,9 +103,7 @@ def _ray_node(args: list[str], temp_dir: str) -> None:
     ports = [f"--{name}={free_port()}" for name in ("node-manager-port", "object-manager-port", "metrics-export-port",
                                                    "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port")]
     out = subprocess.run([ray, "start", "--node-ip-address", "127.0.0.1", "--temp-dir", temp_dir, "--disable-usage-stats", *ports, *args],
-                         # HOME = the node's temp dir: a developer's ~/.ray/auth_token must not switch one node to token auth
-                         env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "HOME": temp_dir},
-                         capture_output=True, text=True, timeout=180)
+                         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
 
 
