@@ -5,8 +5,8 @@
 Scenarios (each runs the real ``xai-pipeline index`` command in its own process and Ray):
 
 * ``bad_inputs``      real figures plus the generated corpus of bad and unusual files, via S3
-* ``driver_sigkill``  SIGKILL the driver after its first commit (half the figures decode slowly in
-                      that run, test hook), then run the same command again
+* ``driver_sigkill``  SIGKILL the driver after its first commit (the driver of that run waits after
+                      the commit, test hook), then run the same command again
 * ``actor_kill``      a classification actor dies mid-batch (test hook); Ray restarts it
 * ``storage_faults``  10% of S3 requests answered 503 SlowDown, 500 or a dropped connection
 * ``body_faults``     ≥ 1,000 figures, 5% of the object GETs faulted in the body: resets after
@@ -74,7 +74,9 @@ def run_cli(args: list[str], env: dict[str, str], *, wait: bool = True, timeout:
     command = [sys.executable, "-m", "xai_pipeline.cli", "index", *args, "--summary-json", str(Path(env["RAY_TMPDIR"]) / "summary.json")]
     full_env = {**os.environ, **env}
     if not wait:
-        return subprocess.Popen(command, env=full_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        # Output to a file, not a pipe nobody reads: a full pipe would block the driver.
+        log = open(Path(env["RAY_TMPDIR"]) / "index.log", "w")  # noqa: SIM115 (closed by the child's exit)
+        return subprocess.Popen(command, env=full_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     return subprocess.run(command, env=full_env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
@@ -153,11 +155,11 @@ def scenario_driver_sigkill(work: Path, dataset: Path, n_real: int) -> Outcome:
     expected = _local_collection(folder, dataset, n_real)
     table = work / "sigkill" / "table"
     args = ["--input", str(folder), "--output", str(table), "--commit-every", "2", "--batch-size", "2"]
-    # The second half of the figures decode slowly in the run that is killed, so the kill after the
-    # first commit lands while the run is still streaming, however fast the machine.
-    names = sorted(p.name for p in folder.iterdir())
-    rules = work / "sigkill" / "slow.json"
-    rules.write_text(json.dumps({"delay:decode": names[len(names) // 2:]}))
+    # The killed run's driver sleeps right after its first commit (test hook), so the kill lands
+    # between two commits with rows still in flight, however fast the machine: without it, small
+    # runs reach the driver as one block and every commit can land inside one polling interval.
+    rules = work / "sigkill" / "hold.json"
+    rules.write_text(json.dumps({"delay:commit": ["[commit 1]"], "delay_seconds": 300}))
     with ray_tmpdir() as ray_tmp:  # its Ray is killed with the driver
         proc = run_cli(args, {"RAY_TMPDIR": ray_tmp, FAULTS_ENV: str(rules)}, wait=False)
         # Kill after the first commit, while the pipeline streams on.

@@ -10,7 +10,11 @@ stages read it (at most once a second per process) and raise :class:`InjectedFau
   batch (the run then exits with code 3 and the next run redoes it).
 
 * ``{"delay:decode": ["fig07.png"]}``: decoding such a figure first sleeps
-  :data:`DELAY_SECONDS` (a slow figure, so that a test can act while a run is still streaming).
+  :data:`DELAY_SECONDS` (a slow figure, so that a test can act while a run is still streaming);
+* ``{"delay:commit": ["[commit 1]"], "delay_seconds": 120}``: the driver sleeps 120 s right after
+  its first Delta commit (names are ``[commit N]``), so a test that kills the driver once that
+  commit is visible lands between two commits, with rows still in flight, however fast the
+  machine. ``delay_seconds`` (optional) replaces :data:`DELAY_SECONDS` for every delay rule.
 
 Stages: ``fetch``, ``decode``, ``classify``, ``encode``. The variable must be set where the
 workers start (the ``runtime_env`` of ``ray.init``); the file may change between runs. Without
@@ -34,7 +38,7 @@ class InjectedFault(RuntimeError):
     """The exception a test asked for."""
 
 
-def _rules() -> dict[str, list[str]]:
+def _rules() -> dict[str, Any]:
     path = os.environ.get(FAULTS_ENV)
     if not path:
         return {}
@@ -49,7 +53,7 @@ def _rules() -> dict[str, list[str]]:
     return _cache["rules"]
 
 
-def _matches(rules: dict[str, list[str]], key: str, names: Iterable[Any]) -> str | None:
+def _matches(rules: dict[str, Any], key: str, names: Iterable[Any]) -> str | None:
     patterns = rules.get(key) or []
     for name in names:
         text = str(name)
@@ -75,7 +79,10 @@ def maybe_raise_task(stage: str, names: Iterable[Any]) -> None:
 
 
 def maybe_delay(stage: str, name: object) -> None:
-    """Sleep :data:`DELAY_SECONDS` when the hook names this figure under ``delay:<stage>``."""
+    """Sleep when the hook names this figure (or commit) under ``delay:<stage>``.
+
+    The sleep is the rules' ``delay_seconds``, else :data:`DELAY_SECONDS`.
+    """
     rules = _rules()
     if rules and _matches(rules, f"delay:{stage}", [name]):
-        time.sleep(DELAY_SECONDS)
+        time.sleep(float(rules.get("delay_seconds", DELAY_SECONDS)))

@@ -31,6 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from xai_pipeline import schema
+from xai_pipeline.job import faults
 from xai_pipeline.store import sink
 from xai_pipeline.store.source import Location, S3Settings, make_filesystem
 
@@ -153,3 +154,4 @@ class Committer:
         self._since = time.monotonic()
         if self.on_commit is not None:
             self.on_commit(self)
+        faults.maybe_delay("commit", f"[commit {version}]")

@@ -98,12 +98,12 @@ def test_a_nightly_run_with_only_new_figures_appends(s3, s3_endpoint: str, ray_s
     assert table.to_pyarrow_table(columns=["figure_id"]).num_rows == len(keys) + len(new)
 
 
-def _ray_node(args: list[str], temp_dir: str) -> None:
+def _ray_node(args: list[str], temp_dir: str, env: dict[str, str]) -> None:
     ray = str(Path(sys.executable).parent / "ray")
     ports = [f"--{name}={free_port()}" for name in ("node-manager-port", "object-manager-port", "metrics-export-port",
                                                    "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port")]
     out = subprocess.run([ray, "start", "--node-ip-address", "127.0.0.1", "--temp-dir", temp_dir, "--disable-usage-stats", *ports, *args],
-                         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, capture_output=True, text=True, timeout=180)
+                         env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
 
 
@@ -112,14 +112,19 @@ def test_index_and_reindex_on_a_two_node_cluster(s3, s3_endpoint: str, tmp_path:
     model = str(tiny_model_file(tmp_path / "tiny.safetensors"))
     head_tmp, worker_tmp = (tempfile.mkdtemp(prefix=p, dir="/tmp") for p in ("xh", "xw"))
     port = free_port()
+    # One explicit auth setting for both nodes and the driver. Left to Ray 2.60's defaults, it
+    # depends on the test order: an earlier ray.init() in this process sets RAY_AUTH_MODE=token and
+    # writes ~/.ray/auth_token, and `ray start` takes token mode from that file only when the
+    # variable is unset, so one node could run with a token and the other without.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex())
     try:
         # The head (where the driver runs) has no CPU: every task and actor runs on the other node.
         _ray_node(["--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false",
-                   f"--ray-client-server-port={free_port()}"], head_tmp)
-        _ray_node(["--address", f"127.0.0.1:{port}", "--num-cpus", "2"], worker_tmp)
+                   f"--ray-client-server-port={free_port()}"], head_tmp, env)
+        _ray_node(["--address", f"127.0.0.1:{port}", "--num-cpus", "2"], worker_tmp, env)
         common = ["--input", "s3://nodes/in", "--output", "s3://nodes/table", "--model", model, "--batch-size", "8",
                   "--ray-address", f"127.0.0.1:{port}"]
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
         def run(command: str) -> dict[str, object]:
             out = subprocess.run([sys.executable, "-m", "xai_pipeline.cli", command, *common], env=env, capture_output=True, text=True,

@@ -74,3 +74,21 @@ def test_commits_by_figures_by_seconds_and_never_twice(tmp_path: Path, monkeypat
                                check=lambda: (_ for _ in ()).throw(RuntimeError("lease lost")))
     with pytest.raises(RuntimeError, match="lease lost"):
         stopped.add(files(["f/1.png"]))
+
+
+def test_the_commit_hold_hook_sleeps_after_the_named_commit_once_it_is_visible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reliability bench's driver_sigkill hook: the driver waits after commit 1, not before."""
+    from deltalake import DeltaTable
+
+    from xai_pipeline.job import faults
+
+    location = parse_location(str(tmp_path / "t"), "--output")
+    rules = tmp_path / "hold.json"
+    rules.write_text(json.dumps({"delay:commit": ["[commit 1]"], "delay_seconds": 7}))
+    monkeypatch.setenv(faults.FAULTS_ENV, str(rules))
+    seen: list[tuple[float, int]] = []
+    monkeypatch.setattr(faults.time, "sleep", lambda s: seen.append((s, DeltaTable(str(tmp_path / "t")).to_pyarrow_table().num_rows)))
+    committer = writer.Committer(sink.table_uri(location), None, "r1", every_figures=1, every_seconds=3600)
+    for name in ("a/1.png", "a/2.png", "a/3.png"):
+        committer.add(writer.write_files(_rows([name], writer.APPEND), table=location, staging=location, settings=S3Settings(), run_id="r1"))
+    assert committer.commits == 3 and seen == [(7.0, 1)]
