@@ -42,7 +42,7 @@ PACKAGED_DATA := build/data/packaged-v1
 TRAIN_DATA := $(DATA)/manifest.jsonl,$(EXTRA_DATA)/manifest.jsonl,$(OTHER_DATA)/manifest.jsonl,$(PACKAGED_DATA)/manifest.jsonl
 HOLDOUT := agchung/Actualmed-COVID-chestxray-dataset,Traslational-Visual-Health-Laboratory/OCT-AND-EYE-FUNDUS-DATASET,jnkather/ColorDeconvolutionMatlab,Project-MONAI/MONAI,pypi:scikit-image==0.26.0,pypi:tiatoolbox==2.1.3
 SOURCE_BALANCE := 0
-MODEL_VERSION := 1.3.0
+MODEL_VERSION := 1.3.1
 comma := ,
 LOSO_REPORTS := build/model/loso/loso-efficientnet_lite0-C0.1.json bench/results/loso/loso-efficientnet_lite1-C0.1.json bench/results/loso/loso-efficientnet_lite2-C0.1.json
 $(PACKAGED_DATA)/manifest.jsonl: $(STAMP) xai_pipeline/train/packaged.py
@@ -54,6 +54,8 @@ model: install $(PACKAGED_DATA)/manifest.jsonl
 	$(BIN)/python -m xai_pipeline.train.figure_type --model build/model/model.safetensors --scans $(DATA)/manifest.jsonl \
 		--scans $(EXTRA_DATA)/manifest.jsonl --scans $(PACKAGED_DATA)/manifest.jsonl --exclude-sources $(HOLDOUT) \
 		--other $(OTHER_DATA)/manifest.jsonl --out build/model/model-types.safetensors --version $(MODEL_VERSION) --card build/model/MODEL_CARD.md
+	$(BIN)/python -m xai_pipeline.train.thresholds --model build/model/model-types.safetensors --data $(TRAIN_DATA) \
+		--holdout-sources $(HOLDOUT) --out build/model/model-types.safetensors --card build/model/MODEL_CARD.md
 	$(BIN)/xai-pipeline evaluate --model build/model/model-types.safetensors --data $(TRAIN_DATA) \
 		--held-out --holdout-sources $(HOLDOUT) --faithfulness --out build/model/held-out
 	$(BIN)/python -m xai_pipeline.train.loso --backbone efficientnet_lite0 --out build/model/loso --threads 2 \

@@ -251,7 +251,7 @@ class FigureClassifier:
                 status[rows[figure]], error[rows[figure]] = Status.MODEL_ERROR.value, message
                 log.warning("classify %s: %s", uris[owners[j]], message)
             probs, types = host[:, :num_classes], host[:, num_classes:num_classes + num_types] if num_types else None
-            labels, kinds = image_labels(probs, types, self.spec.class_names, self.spec.figure_types, self.spec.other_threshold)
+            labels, kinds = image_labels(probs, types, self.spec.class_names, self.spec.figure_types, self.spec.decision_thresholds)
             maps = host[:, num_classes + num_types:].reshape(-1, *self.map_shape)
             for j in np.flatnonzero(good):
                 i = rows[j]

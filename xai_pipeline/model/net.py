@@ -37,7 +37,9 @@ class ModelSpec:
 
     ``head`` is ``"linear"`` (GAP + one linear layer, the paper's setting) or ``"mlp"`` (GAP +
     Linear-ReLU-Linear, to exercise CRM's general path). ``other_threshold``: a top softmax
-    probability below it is reported as ``"other"``; ``None`` disables it. ``figure_types``: the
+    probability below it is reported as ``"other"``; ``None`` disables it. ``class_thresholds``:
+    per-class thresholds that replace it for the figures whose top class is named
+    (:mod:`xai_pipeline.train.thresholds`; empty: the one threshold for all). ``figure_types``: the
     outputs of the figure-type head (a linear layer on the pooled features,
     :mod:`xai_pipeline.train.figure_type`); empty for a model without one.
     """
@@ -52,6 +54,7 @@ class ModelSpec:
     head: str = "linear"
     head_hidden: int = 256
     other_threshold: float | None = None
+    class_thresholds: dict[str, float] = field(default_factory=dict)
     figure_types: tuple[str, ...] = ()
     weights_sha256: str = ""
     extra: dict[str, str] = field(default_factory=dict)
@@ -65,6 +68,21 @@ class ModelSpec:
             raise ValueError(f"{OTHER_LABEL!r} is reserved for low-confidence predictions")
         if self.head not in ("linear", "mlp"):
             raise ValueError(f"head must be 'linear' or 'mlp', got {self.head!r}")
+        unknown = sorted(set(self.class_thresholds) - set(self.class_names))
+        if unknown:
+            raise ValueError(f"class_thresholds name classes the model does not have: {unknown}")
+        if any(not 0.0 <= t <= 1.0 for t in self.class_thresholds.values()):
+            raise ValueError(f"class_thresholds must lie in [0, 1]: {self.class_thresholds}")
+
+    @property
+    def decision_thresholds(self) -> float | tuple[float, ...] | None:
+        """What the labels compare the top probability with: one threshold per class (in
+        ``class_names`` order; ``other_threshold`` for a class not in ``class_thresholds``, 0 when
+        that is None too) when the model has per-class thresholds, else ``other_threshold``."""
+        if not self.class_thresholds:
+            return self.other_threshold
+        default = self.other_threshold if self.other_threshold is not None else 0.0
+        return tuple(float(self.class_thresholds.get(c, default)) for c in self.class_names)
 
     @property
     def num_classes(self) -> int:

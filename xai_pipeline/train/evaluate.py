@@ -12,6 +12,7 @@ averaged over the correctly classified figures of a class, displayed above 20% o
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from xai_pipeline.model.inference import predict
+from xai_pipeline.model.labels import confident_rows
 from xai_pipeline.job.decode import to_pixels
 from xai_pipeline.model.net import OTHER_LABEL, ModalityNet
 from xai_pipeline.read.render import confusion_png, crm_heatmap, tile_grid
@@ -80,20 +82,19 @@ def _prf(y_true: np.ndarray, predicted: np.ndarray, n_classes: int) -> tuple[dic
 
 
 def compute_metrics(
-    y_true: np.ndarray, probabilities: np.ndarray, class_names: list[str], other_threshold: float | None = None
+    y_true: np.ndarray, probabilities: np.ndarray, class_names: list[str], other_threshold: float | Sequence[float] | None = None
 ) -> Metrics:
     """Metrics of predictions ``probabilities`` (n×C) against class indices ``y_true``.
 
-    With a threshold, low-confidence predictions are "other": a miss for recall, an extra column
-    in the confusion matrix. Macro-F1 averages over classes present in ``y_true``.
+    With a threshold (one, or one per class: ``ModelSpec.decision_thresholds``), low-confidence
+    predictions are "other": a miss for recall, an extra column in the confusion matrix. Macro-F1 averages over classes present in ``y_true``.
     """
     y_true = np.asarray(y_true, dtype=int)
     c = len(class_names)
     argmax = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
     predicted = argmax.copy()
-    if other_threshold is not None:
-        predicted[confidence < other_threshold] = c  # the "other" column
+    predicted[~confident_rows(probabilities, other_threshold)] = c  # the "other" column
     from sklearn.metrics import confusion_matrix
 
     confusion = confusion_matrix(y_true, predicted, labels=list(range(c + 1)))[:c] if len(y_true) else np.zeros((c, c + 1), dtype=int)
@@ -168,7 +169,7 @@ def evaluate_examples(model: ModalityNet, images: list, labels: list[str]) -> tu
         raise ValueError(f"labels {unknown} are not classes of model {model.spec.name} ({names})")
     y_true = np.array([names.index(label) for label in labels])
     probabilities, maps = predict_images(model, images)
-    metrics = compute_metrics(y_true, probabilities, names, model.spec.other_threshold)
+    metrics = compute_metrics(y_true, probabilities, names, model.spec.decision_thresholds)
     return metrics, y_true, probabilities, maps
 
 
@@ -194,7 +195,7 @@ def other_rejection(model: ModalityNet, images: list, sources: list[str]) -> dic
     pooled = torch.from_numpy(pooled_features(model, images))
     probabilities = model.head(pooled).softmax(-1).numpy()
     types = model.type_head(pooled).softmax(-1).numpy() if model.type_head is not None else None
-    modalities, _ = image_labels(probabilities, types, spec.class_names, spec.figure_types, spec.other_threshold)
+    modalities, _ = image_labels(probabilities, types, spec.class_names, spec.figure_types, spec.decision_thresholds)
     rejected = [m == OTHER_LABEL for m in modalities]
     by_source: dict[str, list[bool]] = {}
     for source, r in zip(sources, rejected):

@@ -70,7 +70,7 @@ def figure_type_checks(model: Any, scans: list[Image.Image], per_kind: int = 30,
         pooled = torch.from_numpy(features)
         probabilities = model.head(pooled).softmax(-1).numpy()
         types = model.type_head(pooled).softmax(-1).numpy() if model.type_head is not None else None
-    modalities, kinds = image_labels(probabilities, types, spec.class_names, spec.figure_types, spec.other_threshold)
+    modalities, kinds = image_labels(probabilities, types, spec.class_names, spec.figure_types, spec.decision_thresholds)
     right = Counter(e for e, k in zip(expected, kinds) if e == k)
     total = Counter(expected)
     non_scans = [m for e, m in zip(expected, modalities) if e != schema.MEDICAL_IMAGE]

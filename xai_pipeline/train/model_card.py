@@ -247,7 +247,7 @@ Only the folds below were run here (the probe above covers every source); `--ray
 """ + "\n".join(rows) + "\n"
 
 
-def _replace_section(card: str, heading: str, section: str) -> str:
+def replace_section(card: str, heading: str, section: str) -> str:
     """``card`` with its ``heading`` section (up to the next ``## ``) replaced by ``section``, or
     ``section`` appended."""
     marker = f"\n{heading}\n"
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--evaluation {args.evaluation}: metrics.json has no faithfulness results (run evaluate with --faithfulness)")
         for name in ("faithfulness.png", "class_mean_crm.png"):
             shutil.copyfile(args.evaluation / name, args.card.parent / name)
-        card = _replace_section(card, "## Faithfulness of the maps", faithfulness_section(metrics, args.held_out))
+        card = replace_section(card, "## Faithfulness of the maps", faithfulness_section(metrics, args.held_out))
     if args.loso:
         reports = []
         for path in args.loso:
@@ -283,12 +283,12 @@ def main(argv: list[str] | None = None) -> int:
             if "loso" not in report:
                 parser.error(f"--loso {path}: not a report of python -m xai_pipeline.train.loso")
             reports.append(report)
-        card = _replace_section(card, "## Leave-one-source-out", loso_section(reports))
+        card = replace_section(card, "## Leave-one-source-out", loso_section(reports))
     if args.loso_fit is not None:
         report = json.loads(args.loso_fit.read_text())
         if "folds" not in report:
             parser.error(f"--loso-fit {args.loso_fit}: not a report of python -m xai_pipeline.train.loso_fit")
-        card = _replace_section(card, "## Fine-tuned leave-one-source-out", loso_fit_section(report))
+        card = replace_section(card, "## Fine-tuned leave-one-source-out", loso_fit_section(report))
     args.card.write_text(card)
     return 0
 

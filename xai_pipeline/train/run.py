@@ -37,21 +37,22 @@ def _evaluate(
 ) -> tuple[Metrics, dict[str, str]]:
     """Metrics and plots of ``data``; ``predicted`` = (probabilities, maps) if already computed."""
     probabilities, maps = predicted if predicted is not None else predict_images(model, data.images)
-    metrics = compute_metrics(data.labels, probabilities, list(data.class_names), model.spec.other_threshold)
+    metrics = compute_metrics(data.labels, probabilities, list(data.class_names), model.spec.decision_thresholds)
     paths = write_reports(out, metrics, maps, data.labels, probabilities, prefix=prefix)
     return metrics, paths
 
 
 def synthetic_other_rejection(model: ModalityNet, seed: int) -> dict[str, float]:
     """Share of synthetic non-modality figures (seed unseen in training) reported as "other"."""
-    threshold = model.spec.other_threshold
+    from xai_pipeline.model.labels import confident_rows
+
+    thresholds = model.spec.decision_thresholds
     rng = np.random.default_rng(seed)
     result = {}
     for kind in GENERATORS:
         images = [other_figure(rng, 256, (kind,)) for _ in range(SYNTHETIC_OTHER_PER_KIND)]
         probabilities, _ = predict_images(model, images)
-        confidence = probabilities.max(axis=1)
-        result[kind] = float((confidence < threshold).mean()) if threshold is not None else 0.0
+        result[kind] = float((~confident_rows(probabilities, thresholds)).mean()) if thresholds is not None else 0.0
     result["all"] = float(np.mean(list(result.values())))
     return result
 

@@ -1,0 +1,131 @@
+"""Per-class "other" thresholds: set on held-out sources (validation groups only where those are
+too few), never above the pooled threshold, carried by the model file and used by every label."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import tiny_model_file
+from tests.unit.train.test_train_sources import _two_manifests
+from xai_pipeline.model.labels import confident_rows, image_labels
+from xai_pipeline.model.net import ModelSpec, load_model, read_spec, save_model
+from xai_pipeline.train.evaluate import compute_metrics
+from xai_pipeline.train.thresholds import HELD_OUT_SOURCES, WITH_VALIDATION, class_thresholds
+
+
+def _rows(top: int, confidences: list[float], classes: int = 3) -> np.ndarray:
+    """Probability rows whose top class is ``top`` with these top probabilities."""
+    rows = np.full((len(confidences), classes), 0.0)
+    for i, c in enumerate(confidences):
+        rows[i] = (1.0 - c) / (classes - 1)
+        rows[i, top] = c
+    return rows
+
+
+def test_each_class_keeps_its_share_of_right_figures_on_held_out_sources_capped_by_the_pooled_threshold() -> None:
+    held_a = np.linspace(0.60, 0.99, 20)  # class 0: 20 right figures of held-out sources
+    p = np.vstack([_rows(0, list(held_a)), _rows(0, [0.30]),  # class 0 in validation: not used (enough held-out)
+                   _rows(1, [0.95, 0.97]), _rows(1, [0.52, 0.70, 0.91]),  # class 1: 2 held-out, 3 validation
+                   _rows(2, [0.99]), _rows(0, [0.99])])  # a class-1 figure called class 0 (wrong: not counted)
+    y = np.array([0] * 21 + [1] * 5 + [2, 1])
+    held = np.array([True] * 20 + [False] + [True, True, False, False, False] + [False, True])
+    names = ("a", "b", "c")
+    got = class_thresholds(p, y, held, names, pooled=0.9, min_accept=0.9, min_figures=3)
+    assert got["a"].basis == HELD_OUT_SOURCES and got["a"].figures == 20
+    assert got["a"].threshold == pytest.approx(np.floor(np.quantile(held_a, 0.1, method="lower") * 1e4) / 1e4)
+    assert got["b"].basis == WITH_VALIDATION and got["b"].figures == 5 and got["b"].threshold == 0.52
+    assert got["c"].threshold == 0.9 and got["c"].basis == WITH_VALIDATION  # 0.99 capped by the pooled threshold
+    none = class_thresholds(p[:20], y[:20], held[:20], names, pooled=0.9, min_accept=0.9, min_figures=3)
+    assert none["b"].figures == 0 and none["b"].threshold == 0.9
+    with pytest.raises(ValueError, match="min_accept"):
+        class_thresholds(p, y, held, names, pooled=0.9, min_accept=0.0, min_figures=3)
+
+
+def test_the_spec_carries_per_class_thresholds_into_labels_and_metrics(tmp_path: Path) -> None:
+    spec = ModelSpec(name="m", architecture="tiny_cnn", class_names=("a", "b", "c"), other_threshold=0.8, class_thresholds={"b": 0.5})
+    assert spec.decision_thresholds == (0.8, 0.5, 0.8)
+    assert replace(spec, class_thresholds={}).decision_thresholds == 0.8
+    assert ModelSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(ValueError, match="does not have"):
+        replace(spec, class_thresholds={"z": 0.5})
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        replace(spec, class_thresholds={"a": 1.5})
+    p = np.vstack([_rows(0, [0.7]), _rows(1, [0.6]), _rows(2, [0.85])])
+    assert confident_rows(p, spec.decision_thresholds).tolist() == [False, True, True]
+    assert confident_rows(p, 0.8).tolist() == [False, False, True] and confident_rows(p, None).all()
+    modalities, _ = image_labels(p, None, spec.class_names, (), spec.decision_thresholds)
+    assert modalities == ["other", "b", "c"]
+    metrics = compute_metrics(np.array([0, 1, 2]), p, list(spec.class_names), spec.decision_thresholds)
+    assert metrics.other_rate == pytest.approx(1 / 3)
+    path = tiny_model_file(tmp_path / "m.safetensors", class_names=("a", "b"))
+    model = load_model(path)
+    model.spec = replace(model.spec, other_threshold=0.7, class_thresholds={"a": 0.55})
+    save_model(model, path)
+    assert read_spec(path).decision_thresholds == (0.55, 0.7)
+
+
+def test_the_thresholds_command_sets_them_on_held_out_sources_and_reports_before_and_after(tmp_path: Path, dataset_dir: Path) -> None:
+    from xai_pipeline.train.dataset import load_images
+    from xai_pipeline.train.evaluate import predict_images
+    from xai_pipeline.train.evaluate_run import held_out_examples
+    from xai_pipeline.train.split import read_training_examples
+    from xai_pipeline.train.thresholds import main
+
+    a, b = _two_manifests(tmp_path, dataset_dir)
+    path = tiny_model_file(tmp_path / "in.safetensors", class_names=("fundus", "histology"), size=48)
+    random_head = load_model(path)
+    random_head.spec = replace(random_head.spec, other_threshold=0.9)
+    fundus_head = load_model(path)  # every figure fundus at 0.7: fundus set on its 4 held-out figures
+    fundus_head.spec = random_head.spec
+    fundus_head.head.weight.data.zero_()
+    fundus_head.head.bias.data = torch.log(torch.tensor([0.7, 0.3]))
+    for model, bases in ((random_head, None), (fundus_head, {"fundus": HELD_OUT_SOURCES})):
+        _check_command(tmp_path, a, b, model, bases)
+
+
+def _check_command(tmp_path: Path, a: str, b: str, model: Any, bases: dict[str, str] | None) -> None:
+    from xai_pipeline.train.dataset import load_images
+    from xai_pipeline.train.evaluate import predict_images
+    from xai_pipeline.train.evaluate_run import held_out_examples
+    from xai_pipeline.train.split import read_training_examples
+    from xai_pipeline.train.thresholds import main
+
+    path = tmp_path / "in.safetensors"
+    save_model(model, path)
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text(f"# Model card: tiny-test test\n\n- 'other': reported when the top softmax probability is below **0.9**.\n"
+                    f"- Weights: safetensors, SHA-256 `{model.spec.weights_sha256}`.\n\n## Limits\n\nx\n")
+    args = ["--model", str(path), "--data", f"{a},{b}", "--holdout-sources", "src-b,charts-y", "--out", str(tmp_path / "out.safetensors"),
+            "--min-figures", "2", "--version", "t2", "--card", str(card)]
+    assert main(args) == 0 and main(args) == 0  # a second run replaces its section
+    spec = read_spec(tmp_path / "out.safetensors")
+    report = json.loads((tmp_path / "class_thresholds.json").read_text())
+    assert spec.version == "t2" and set(spec.class_thresholds) == {"fundus", "histology"}
+    # Independently: the full forward pass on the same held-out figures.
+    examples = held_out_examples(read_training_examples(f"{a},{b}"), "src-b,charts-y")
+    in_class = [e for e in examples if e.label != "other"]
+    p, _ = predict_images(model, load_images(in_class))
+    y = np.array([spec.class_names.index(e.label) for e in in_class])
+    held = np.array([e.source == "src-b" for e in in_class])
+    for c, name in enumerate(spec.class_names):
+        right = (p.argmax(1) == c) & (y == c)
+        basis = right & held if (right & held).sum() >= 2 else right
+        expected = min(0.9, np.floor(np.sort(p.max(1)[basis])[0] * 1e4) / 1e4) if basis.any() else 0.9  # 10 or fewer: the minimum
+        assert spec.class_thresholds[name] == pytest.approx(expected, abs=2e-4), name
+        assert report["class_thresholds"][name]["figures"] == int(basis.sum())
+    for name, basis_name in (bases or {}).items():
+        assert report["class_thresholds"][name]["basis"] == basis_name and report["class_thresholds"][name]["figures"] == 4
+    groups = report["groups"]
+    assert groups["fundus (held-out source)"]["figures"] == 4 and groups["other (held-out source)"]["figures"] == 3
+    assert all(g["kept_per_class"] >= g["kept_pooled"] for k, g in groups.items() if not k.startswith("other"))
+    text = card.read_text()
+    assert text.startswith("# Model card: tiny-test t2\n") and text.count("## Per-class thresholds") == 1
+    assert "or below its top class's own threshold" in text and text.index("## Limits") < text.index("## Per-class thresholds")

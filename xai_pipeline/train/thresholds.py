@@ -1,0 +1,201 @@
+"""Per-class "other" thresholds, set on figures the model never trained on.
+
+``train`` sets one threshold ``t`` on the top softmax probability: the largest that keeps
+``min_accept`` of the in-class figures of its held-out sources, pooled. Pooled, the large held-out
+classes decide (Actualmed's chest X-rays, the Mexican fundus photographs), and the classes that a
+new source makes least sure of pay: model 1.3.0's ``t = 0.8588`` kept 7 of its 12 held-out
+histology tiles (argmax had 11 right) and 47 of 57 validation CT (argmax 54).
+
+Here each class ``c`` gets its own threshold, for the figures whose top class is ``c``:
+
+    t_c = min(t, Q_{1−a}({ max_k P_k(x) : x ∈ H_c, argmax_k P_k(x) = c }))
+
+with ``Q_q`` the lower ``q``-quantile, ``a`` = ``--min-accept`` and ``H_c`` the figures of class
+``c`` from train's held-out sources; when those hold fewer than ``--min-figures`` that the argmax
+gets right, ``H_c`` is the held-out sources and train's validation groups together (CT and MRI
+have one real source each, so theirs are in-source numbers, optimistic for a new hospital; the
+report says which basis each class used). A figure's modality is then ``c = argmax P`` when
+``max P ≥ t_c`` (:attr:`xai_pipeline.model.net.ModelSpec.decision_thresholds`).
+
+Because ``t_c ≤ t``, per-class thresholds only give back figures the pooled threshold dropped;
+what they can cost is out-of-taxonomy figures whose top probability lies in ``[t_c, t)``, which
+the report measures on the held-out figures labelled ``other`` (figure-type head included).
+
+    python -m xai_pipeline.train.thresholds --model IN.safetensors --data A.jsonl,B.jsonl \\
+        --holdout-sources S1,S2 --out OUT.safetensors [--version V] [--card MODEL_CARD.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from collections.abc import Collection
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xai_pipeline.config import ConfigError
+from xai_pipeline.model.labels import image_labels
+from xai_pipeline.model.net import OTHER_LABEL, ModalityNet, ModelSpec, load_model, save_model
+from xai_pipeline.store.source import S3Settings
+from xai_pipeline.train.dataset import load_images
+from xai_pipeline.train.evaluate import pooled_features
+from xai_pipeline.train.evaluate_run import held_out_examples
+from xai_pipeline.train.model_card import replace_section
+from xai_pipeline.train.split import read_training_examples
+
+log = logging.getLogger(__name__)
+
+HELD_OUT_SOURCES = "held-out sources"
+WITH_VALIDATION = "held-out sources + validation groups"
+
+
+@dataclass(frozen=True)
+class ClassThreshold:
+    """One class's threshold, the basis it was set on and the right figures it was set over."""
+
+    threshold: float
+    basis: str
+    figures: int
+
+
+def _floor4(value: float) -> float:
+    """Round down to 4 decimals (rounding up would drop the figure the quantile sits on)."""
+    return math.floor(value * 1e4) / 1e4
+
+
+def class_thresholds(probabilities: np.ndarray, y_true: np.ndarray, from_held_source: np.ndarray, class_names: tuple[str, ...],
+                     pooled: float, min_accept: float, min_figures: int) -> dict[str, ClassThreshold]:
+    """``t_c`` of each class (module docstring): ``probabilities`` n×C, ``y_true`` class indices,
+    ``from_held_source`` True for figures of train's held-out sources, ``pooled`` = ``t``."""
+    if not 0.0 < min_accept <= 1.0:
+        raise ValueError(f"min_accept must lie in (0, 1], got {min_accept}")
+    top, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
+    result = {}
+    for index, name in enumerate(class_names):
+        right = (np.asarray(y_true) == index) & (top == index)
+        basis, chosen = HELD_OUT_SOURCES, right & from_held_source
+        if chosen.sum() < min_figures:
+            basis, chosen = WITH_VALIDATION, right
+        if not chosen.any():  # nothing to set it on: the pooled threshold stays
+            result[name] = ClassThreshold(pooled, "none (pooled threshold)", 0)
+            continue
+        quantile = float(np.quantile(confidence[chosen], 1.0 - min_accept, method="lower"))
+        result[name] = ClassThreshold(min(pooled, _floor4(quantile)), basis, int(chosen.sum()))
+    return result
+
+
+@torch.inference_mode()
+def _predict(model: ModalityNet, images: list) -> tuple[np.ndarray, np.ndarray | None]:
+    pooled = torch.from_numpy(pooled_features(model, images))
+    types = model.type_head(pooled).softmax(-1).numpy() if model.type_head is not None else None
+    return model.head(pooled).softmax(-1).numpy(), types
+
+
+def _kept(probabilities: np.ndarray, types: np.ndarray | None, y: np.ndarray, model: ModalityNet, thresholds: Any) -> list[bool]:
+    """Per figure: given its own class (in-class figures) or a modality at all (``y == -1``)."""
+    spec = model.spec
+    modalities, _ = image_labels(probabilities, types, spec.class_names, spec.figure_types, thresholds)
+    return [m != OTHER_LABEL if label < 0 else m == spec.class_names[label] for m, label in zip(modalities, y)]
+
+
+def report_of(model: ModalityNet, chosen: dict[str, ClassThreshold], probabilities: np.ndarray, types: np.ndarray | None,
+              y: np.ndarray, sources: list[str], held: Collection[str]) -> dict[str, Any]:
+    """Per class and per held-out group: figures kept before (pooled ``t``) and after (``t_c``)."""
+    pooled = model.spec.other_threshold
+    per_class = tuple(chosen[c].threshold for c in model.spec.class_names)
+    before, after = (np.array(_kept(probabilities, types, y, model, t)) for t in (pooled, per_class))
+    groups: dict[str, dict[str, Any]] = {}
+    for i, label in enumerate(y):
+        name = OTHER_LABEL if label < 0 else model.spec.class_names[label]
+        key = f"{name} ({'held-out source' if sources[i] in held else 'validation groups'})"
+        group = groups.setdefault(key, {"figures": 0, "kept_pooled": 0, "kept_per_class": 0})
+        group["figures"] += 1
+        group["kept_pooled"] += int(before[i])
+        group["kept_per_class"] += int(after[i])
+    return {"pooled_threshold": pooled, "class_thresholds": {c: asdict(v) for c, v in chosen.items()},
+            "groups": dict(sorted(groups.items())),
+            "note": "kept: in-class figures given their own class; 'other' figures given a modality (lower is better)"}
+
+
+def card_section(report: dict[str, Any], version: str) -> str:
+    """The model card's *Per-class thresholds* section."""
+    rows = "\n".join(f"| {c} | {v['threshold']} | {v['basis']} | {v['figures']} |" for c, v in report["class_thresholds"].items())
+    groups = "\n".join(f"| {k} | {g['figures']} | {g['kept_pooled']} | {g['kept_per_class']} |" for k, g in report["groups"].items())
+    return f"""
+## Per-class thresholds
+
+Version {version}. `python -m xai_pipeline.train.thresholds` (run by `make model`): class `c` keeps the top class when
+its probability is at least `t_c = min(t, Q_{{1−a}})`, `t` = {report['pooled_threshold']} the pooled
+threshold above, `Q` the lower quantile of the top probability over the figures of class `c` the
+argmax gets right, on train's held-out sources where they hold enough of them, else on the
+held-out sources and the validation groups together (in-source for CT and MRI: optimistic for a
+new hospital). A class's threshold is never above `t`. The *Metrics* above are at the pooled `t`.
+
+| class | threshold | set on | right figures |
+|---|---|---|---|
+{rows}
+
+Train's held-out figures (the same ones the thresholds were set on, so this is not an independent
+test): in-class figures given their class, and figures labelled `other` given a modality
+(figure-type head included; lower is better), at the pooled threshold and with the per-class ones:
+
+| figures | n | pooled `t` | per-class `t_c` |
+|---|---|---|---|
+{groups}
+"""
+
+
+def card_with_thresholds(card: str, before: ModelSpec, after: ModelSpec, report: dict[str, Any]) -> str:
+    """``card`` (of spec ``before``) retitled for ``after``, its threshold line pointing to the
+    *Per-class thresholds* section, which is added (or replaced)."""
+    card = card.replace(f"# Model card: {before.name} {before.version}\n", f"# Model card: {after.name} {after.version}\n", 1)
+    card = card.replace(f"SHA-256 `{before.weights_sha256}`", f"SHA-256 `{after.weights_sha256}`", 1)
+    line = f"reported when the top softmax probability is below **{before.other_threshold}**"
+    card = card.replace(line + ".", line + ", or below its top class's own threshold where that is lower (*Per-class thresholds*).", 1)
+    return replace_section(card, "## Per-class thresholds", card_section(report, after.version))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, type=Path, help="model file with train's pooled threshold")
+    parser.add_argument("--data", required=True, help="train's --data (comma-separated manifests)")
+    parser.add_argument("--holdout-sources", required=True, help="train's --holdout-sources")
+    parser.add_argument("--out", required=True, type=Path, help="model file to write (may be --model)")
+    parser.add_argument("--min-accept", type=float, default=0.97, help="share of each class's right figures its threshold keeps")
+    parser.add_argument("--min-figures", type=int, default=10, help="right figures of held-out sources a class needs to be set on them alone")
+    parser.add_argument("--version", default=None, help="version of the written model (default: the input's)")
+    parser.add_argument("--card", type=Path, default=None, help="MODEL_CARD.md to append the section to")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    model = load_model(args.model)
+    if model.spec.other_threshold is None:
+        raise ConfigError(f"--model {args.model}: the model has no pooled 'other' threshold (train --threshold-on sets one)")
+    held = frozenset(s.strip() for s in args.holdout_sources.split(",") if s.strip())
+    examples = held_out_examples(read_training_examples(args.data, S3Settings()), ",".join(sorted(held)))
+    names = model.spec.class_names
+    y = np.array([names.index(e.label) if e.label in names else -1 for e in examples])
+    probabilities, types = _predict(model, load_images(examples, S3Settings()))
+    sources = [e.source for e in examples]
+    in_class = y >= 0
+    chosen = class_thresholds(probabilities[in_class], y[in_class], np.array([s in held for s in sources])[in_class], names,
+                              model.spec.other_threshold, args.min_accept, args.min_figures)
+    before = model.spec
+    model.spec = replace(before, class_thresholds={c: v.threshold for c, v in chosen.items()}, version=args.version or before.version)
+    after = save_model(model, args.out)
+    report = report_of(model, chosen, probabilities, types, y, sources, held) | {"model_version": after.version, "min_accept": args.min_accept,
+                                                                                  "min_figures": args.min_figures}
+    (args.out.parent / "class_thresholds.json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.card is not None:
+        args.card.write_text(card_with_thresholds(args.card.read_text(), before, after, report))
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
