@@ -58,7 +58,7 @@ def test_demo_runs_on_the_bundled_samples(tmp_path: Path) -> None:
     from xai_pipeline.read.query import query
 
     # A panel counts: the CT sample matches whole, the compound figure by its CT panel. (CT, not MR:
-    # the 64-pixel MR slice sits under the "other" threshold of models 1.2.0 and 1.3.0, see the README.)
+    # the 64-pixel MR slice sits under the "other" threshold of models 1.2.0, 1.3.0 and 1.3.1 (its MRI threshold is the pooled one), see the README.)
     found = query(str(tmp_path / "demo"), modality=["ct"]).column("source_uri").to_pylist()
     assert sorted(Path(u).name for u in found) == ["compound_ct_mri_fundus_chart.png", "ct_nema_wg04.png"]
     rows = {Path(r["source_uri"]).name: r for r in table.to_pylist()}
