@@ -75,8 +75,8 @@ def run_cli(args: list[str], env: dict[str, str], *, wait: bool = True, timeout:
     full_env = {**os.environ, **env}
     if not wait:
         # Output to a file, not a pipe nobody reads: a full pipe would block the driver.
-        log = open(Path(env["RAY_TMPDIR"]) / "index.log", "w")  # noqa: SIM115 (closed by the child's exit)
-        return subprocess.Popen(command, env=full_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        with open(Path(env["RAY_TMPDIR"]) / "index.log", "w") as log:  # the child keeps its own descriptor
+            return subprocess.Popen(command, env=full_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     return subprocess.run(command, env=full_env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 

@@ -10,7 +10,7 @@ Here each class ``c`` gets its own threshold, for the figures whose top class is
 
     t_c = min(t, Q_{1−a}({ max_k P_k(x) : x ∈ H_c, argmax_k P_k(x) = c }))
 
-with ``Q_q`` the lower ``q``-quantile, ``a`` = ``--min-accept`` and ``H_c`` the figures of class
+(rounded down to 4 decimals) with ``Q_q`` the lower ``q``-quantile, ``a`` = ``--min-accept`` and ``H_c`` the figures of class
 ``c`` from train's held-out sources; when those hold fewer than ``--min-figures`` that the argmax
 gets right, ``H_c`` is the held-out sources and train's validation groups together (CT and MRI
 have one real source each, so theirs are in-source numbers, optimistic for a new hospital; the
@@ -186,7 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     chosen = class_thresholds(probabilities[in_class], y[in_class], np.array([s in held for s in sources])[in_class], names,
                               model.spec.other_threshold, args.min_accept, args.min_figures)
     before = model.spec
-    model.spec = replace(before, class_thresholds={c: v.threshold for c, v in chosen.items()}, version=args.version or before.version)
+    thresholds = {c: v.threshold for c, v in chosen.items()}
+    if before.class_thresholds and before.class_thresholds != thresholds and (args.version or before.version) == before.version:
+        # Tables match rows by model name and version: new labels under the old version would never be reindexed.
+        raise ConfigError(f"--model {args.model} already has other per-class thresholds under version {before.version}: "
+                          "give the changed model a new --version")
+    model.spec = replace(before, class_thresholds=thresholds, version=args.version or before.version)
     after = save_model(model, args.out)
     report = report_of(model, chosen, probabilities, types, y, sources, held) | {"model_version": after.version, "min_accept": args.min_accept,
                                                                                   "min_figures": args.min_figures}

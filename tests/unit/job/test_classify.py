@@ -78,3 +78,24 @@ def test_device_batch_fits_the_share_of_free_memory(classifier: FigureClassifier
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1_000_000, 4_000_000_000))
     assert classifier._fit_batch(1.0) == 1  # never zero
     assert calls[:3] == ["sync", "reset", "sync"]
+
+
+def test_indexing_labels_use_the_per_class_thresholds(tmp_path) -> None:
+    """A figure keeps its top class when its top probability clears that class's own threshold."""
+    from dataclasses import replace
+
+    from tests.helpers import tiny_model_file
+    from xai_pipeline.schema import MODALITY
+
+    tiny = FigureClassifier(model_path=str(tiny_model_file(tmp_path / "tiny.safetensors", size=32)), device="cpu")
+    batch = _batch(tiny, 6)
+    pooled = replace(tiny.spec, other_threshold=0.99)
+    tiny.spec = pooled
+    out = tiny(batch)
+    ok = out[STATUS] == "ok"
+    assert set(out[MODALITY][ok]) == {"other"}  # a random tiny model is never 99% sure
+    top = [pooled.class_names[int(i)] for i in out[PROBABILITIES][ok].argmax(axis=1)]
+    first = top[0]
+    tiny.spec = replace(pooled, class_thresholds={first: 0.0})  # only the first figure's top class is let through
+    labelled = tiny(batch)[MODALITY][ok]
+    assert labelled.tolist() == [c if c == first else "other" for c in top]
