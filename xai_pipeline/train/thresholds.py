@@ -123,10 +123,34 @@ def report_of(model: ModalityNet, chosen: dict[str, ClassThreshold], probabiliti
             "note": "kept: in-class figures given their own class; 'other' figures given a modality (lower is better)"}
 
 
+def source_check(model: ModalityNet, probabilities: np.ndarray, types: np.ndarray | None, y: np.ndarray, sources: list[str],
+                 held: Collection[str], min_accept: float) -> list[dict[str, Any]]:
+    """An out-of-sample check of ``t_c``: for each class with two or more held-out sources, each
+    of them scored with the class's threshold set (same rule, capped) on the class's *other*
+    held-out sources only."""
+    spec, pooled = model.spec, float(model.spec.other_threshold or 0.0)
+    top, confidence, src = probabilities.argmax(axis=1), probabilities.max(axis=1), np.array(sources)
+    rows = []
+    for c, name in enumerate(spec.class_names):
+        class_sources = sorted({s for s, label in zip(sources, y) if label == c and s in held})
+        for source in class_sources if len(class_sources) > 1 else []:
+            others = (y == c) & (top == c) & np.isin(src, [s for s in class_sources if s != source])
+            t = min(pooled, _floor4(float(np.quantile(confidence[others], 1.0 - min_accept, method="lower")))) if others.any() else pooled
+            figures = (y == c) & (src == source)
+            thresholds = [pooled] * len(spec.class_names)
+            thresholds[c] = t
+            kept = [_kept(probabilities[figures], None if types is None else types[figures], y[figures], model, v) for v in (pooled, thresholds)]
+            rows.append({"class": name, "source": source, "figures": int(figures.sum()), "threshold_from_others": t,
+                         "kept_pooled": int(sum(kept[0])), "kept": int(sum(kept[1]))})
+    return rows
+
+
 def card_section(report: dict[str, Any], version: str) -> str:
     """The model card's *Per-class thresholds* section."""
     rows = "\n".join(f"| {c} | {v['threshold']} | {v['basis']} | {v['figures']} |" for c, v in report["class_thresholds"].items())
     groups = "\n".join(f"| {k} | {g['figures']} | {g['kept_pooled']} | {g['kept_per_class']} |" for k, g in report["groups"].items())
+    checks = "\n".join(f"| {r['class']} | {r['source']} | {r['figures']} | {r['threshold_from_others']} | {r['kept_pooled']} | {r['kept']} |"
+                       for r in report.get("source_check", []))
     return f"""
 ## Per-class thresholds
 
@@ -148,6 +172,13 @@ test): in-class figures given their class, and figures labelled `other` given a 
 | figures | n | pooled `t` | per-class `t_c` |
 |---|---|---|---|
 {groups}
+
+Out of sample: each held-out source of a class that has two or more, scored with the class's
+threshold set by the same rule on that class's *other* held-out sources only:
+
+| class | held-out source | figures | threshold from the others | kept, pooled `t` | kept |
+|---|---|---|---|---|---|
+{checks or '| (no class has two held-out sources) | | | | | |'}
 """
 
 
@@ -193,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
                           "give the changed model a new --version")
     model.spec = replace(before, class_thresholds=thresholds, version=args.version or before.version)
     after = save_model(model, args.out)
-    report = report_of(model, chosen, probabilities, types, y, sources, held) | {"model_version": after.version, "min_accept": args.min_accept,
-                                                                                  "min_figures": args.min_figures}
+    report = report_of(model, chosen, probabilities, types, y, sources, held) | {
+        "source_check": source_check(model, probabilities, types, y, sources, held, args.min_accept),
+        "model_version": after.version, "min_accept": args.min_accept, "min_figures": args.min_figures}
     (args.out.parent / "class_thresholds.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.card is not None:
         args.card.write_text(card_with_thresholds(args.card.read_text(), before, after, report))

@@ -48,6 +48,22 @@ def test_each_class_keeps_its_share_of_right_figures_on_held_out_sources_capped_
         class_thresholds(p, y, held, names, pooled=0.9, min_accept=0.0, min_figures=3)
 
 
+def test_the_source_check_scores_each_held_out_source_with_a_threshold_from_the_others() -> None:
+    from types import SimpleNamespace
+
+    from xai_pipeline.train.thresholds import source_check
+
+    model = SimpleNamespace(spec=ModelSpec(name="m", architecture="tiny_cnn", class_names=("a", "b", "c"), other_threshold=0.85))
+    p = np.vstack([_rows(0, [0.60, 0.65]), _rows(0, [0.90, 0.95]), _rows(0, [0.70]), _rows(1, [0.99]), _rows(1, [0.9])])
+    y = np.array([0, 0, 0, 0, 0, 0, 1])  # the sixth figure is class a called b
+    sources = ["s1", "s1", "s2", "s2", "s3", "s3", "s4"]
+    rows = {r["source"]: r for r in source_check(model, p, None, y, sources, {"s1", "s2", "s3", "s4"}, min_accept=0.97)}
+    assert set(rows) == {"s1", "s2", "s3"}  # class b has one held-out source: nothing to check
+    assert (rows["s1"]["threshold_from_others"], rows["s1"]["kept"], rows["s1"]["kept_pooled"]) == (0.7, 0, 0)
+    assert (rows["s2"]["threshold_from_others"], rows["s2"]["kept"], rows["s2"]["kept_pooled"]) == (0.6, 2, 2)
+    assert (rows["s3"]["threshold_from_others"], rows["s3"]["kept"], rows["s3"]["kept_pooled"], rows["s3"]["figures"]) == (0.6, 1, 0, 2)
+
+
 def test_the_spec_carries_per_class_thresholds_into_labels_and_metrics(tmp_path: Path) -> None:
     spec = ModelSpec(name="m", architecture="tiny_cnn", class_names=("a", "b", "c"), other_threshold=0.8, class_thresholds={"b": 0.5})
     assert spec.decision_thresholds == (0.8, 0.5, 0.8)
@@ -139,3 +155,4 @@ def _check_command(tmp_path: Path, a: str, b: str, model: Any, bases: dict[str, 
     text = card.read_text()
     assert text.startswith("# Model card: tiny-test t2\n") and text.count("## Per-class thresholds") == 1
     assert "or below its top class's own threshold" in text and text.index("## Limits") < text.index("## Per-class thresholds")
+    assert report["source_check"] == [] and "(no class has two held-out sources)" in text
