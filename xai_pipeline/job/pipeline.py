@@ -16,7 +16,6 @@ streamed from the staged files. The table's lease (:mod:`xai_pipeline.store.leas
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -27,18 +26,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from xai_pipeline.job import buckets as buckets_stage
-from xai_pipeline.job import codec, decode, listing, writer
-from xai_pipeline.store import records, sink
 from xai_pipeline import schema
+from xai_pipeline.config import DemoConfig, IndexConfig, JobConfig, ReindexConfig
+from xai_pipeline.job import buckets as buckets_stage
+from xai_pipeline.job import codec, decode, listing, sizing, table_tasks, writer
 from xai_pipeline.job import fetch as fetch_stage
 from xai_pipeline.job.classify import FigureClassifier
-from xai_pipeline.config import DemoConfig, IndexConfig, JobConfig, ReindexConfig
-from xai_pipeline.policies import DecodeLimits, WriteMode
 from xai_pipeline.job.lifecycle import Job, finish, now, prepare
-from xai_pipeline.store.lease import TableLease
+from xai_pipeline.policies import DecodeLimits, ReadPolicy, WriteMode
 from xai_pipeline.schema import Status
-from xai_pipeline.policies import ReadPolicy
+from xai_pipeline.store import records, sink
+from xai_pipeline.store.lease import TableLease
 from xai_pipeline.store.source import Location, S3Settings, SourceError, make_filesystem, parse_location
 from xai_pipeline.store.summary import RunSummary, new_run_id
 
@@ -104,36 +102,6 @@ def _init_ray(address: str | None) -> Any:
     return ray
 
 
-def _actor_pool(concurrency: int | None, batches: int, num_gpus: float, resources: dict[str, float], torch_threads: int = 1) -> tuple[int, float]:
-    """Classifier actors and the CPUs each reserves.
-
-    A fixed pool (no slow autoscaling ramp), no larger than the work. ``concurrency=None``: one
-    actor per GPU when actors take GPUs, else one per ``torch_threads`` CPUs (on 2 cores, two
-    one-thread actors outrun one two-thread actor: ``bench/pipeline_vs_script.py``). An explicit
-    count is not capped by the GPUs up now: an autoscaling cluster adds GPU nodes for the pending
-    actors, and on a fixed cluster they stay pending while the others work.
-
-    Actors must leave at least one CPU free, or fetch and decode tasks never get scheduled and
-    the job hangs (seen with two actors on a 2-CPU machine): past that, each actor reserves less
-    than a CPU (it still runs its torch threads).
-    """
-    cpus = resources.get("CPU", 1.0)
-    if concurrency is None:
-        if num_gpus > 0:
-            concurrency = max(1, int(resources.get("GPU", 0) // num_gpus))
-        else:
-            concurrency = max(1, int(cpus // torch_threads))
-    elif num_gpus > 0 and concurrency * num_gpus > resources.get("GPU", 0):
-        log.warning("%d classifier actors × %g GPUs, %g GPUs up now: the rest start when the cluster scales up",
-                    concurrency, num_gpus, resources.get("GPU", 0))
-    pool = max(1, min(concurrency, batches))
-    actor_cpus = 1.0
-    if pool * actor_cpus > cpus - 1:
-        actor_cpus = max(0.0, (cpus - 1) / pool)
-        log.info("%d classifier actors on %g CPUs: each reserves %.2f CPU so that fetch and decode can run", pool, cpus, actor_cpus)
-    return pool, actor_cpus
-
-
 def _rows(job: Job, todo: Any, count: int, run_id: str) -> Any:
     """The Ray dataset of table rows for the dataset of listing rows ``todo`` (``count`` rows):
     fetch → decode → classify → encode."""
@@ -146,7 +114,7 @@ def _rows(job: Job, todo: Any, count: int, run_id: str) -> Any:
     if num_gpus is None:
         num_gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
     batch_size = cfg.batch_size or (GPU_BATCH_SIZE if num_gpus > 0 else CPU_BATCH_SIZE)
-    pool, actor_cpus = _actor_pool(cfg.concurrency, max(1, count // batch_size), num_gpus, resources, cfg.torch_threads)
+    pool, actor_cpus = sizing.actor_pool(cfg.concurrency, max(1, count // batch_size), num_gpus, resources, cfg.torch_threads)
     rows = max(READ_BLOCK_ROWS, batch_size)  # blocks of a batch or more: the unit of fetch + decode tasks
     ds = todo.repartition(target_num_rows_per_block=rows)
     ds = ds.map_batches(_fetch_stage, fn_kwargs={"location": job.source, "settings": job.settings, "max_bytes": cfg.max_bytes,
@@ -238,25 +206,6 @@ def _plan(job: Job, run_id: str, manifest: str | None, reindex: bool, overwrite:
     return _Planned(counts, scratch)
 
 
-def _merge_task(target: Location, options: dict[str, str] | None, settings: S3Settings, staging: Location, staged: list[str],
-                scratch: Location, reused: list[str], run_id: str, deleted_at: dt.datetime) -> dict[str, Any] | None:
-    """The run's merge, in a Ray task: delta-rs scans the whole table to find the matches, which
-    would make the driver's memory grow with the collection. Its source is streamed from the
-    staged files, the reused rows and the deletions, never held whole."""
-    fs = make_filesystem(target, settings)
-    rows = itertools.chain(sink.staged_tables(staging, fs, staged, root=False), sink.staged_tables(scratch, fs, reused, root=True, run_id=run_id))
-    return sink.merge_run(target, options, rows, buckets_stage.deleted_ids(scratch, fs), deleted_at, run_id)
-
-
-def _count_task(target: Location, options: dict[str, str] | None, run_id: str) -> tuple[int | None, dict[str, int]]:
-    """This run's rows in the table, by status, in a Ray task (a scan of the table's run_id and
-    status columns: off the driver)."""
-    if not sink.table_exists(target, options):
-        return None, {}
-    version, statuses = sink.status_counts(target, options, run_id)
-    return version, dict(statuses)
-
-
 def _remote(fn: Any, **options: Any) -> Any:
     import ray
 
@@ -304,7 +253,7 @@ def _run(cfg: JobConfig, kind: str, *, manifest: str | None = None, overwrite: b
         merged = None
         if committer.staged or counts["reused"] or counts["deleted"]:
             lease.check()
-            merge = _remote(_merge_task, num_cpus=1, max_retries=2)
+            merge = _remote(table_tasks.merge_task, num_cpus=1, max_retries=2)
             merged = _get(merge.remote(job.target, job.options, job.settings, records.staging_location(job.target, run_id),
                                           [r["path"] for r in committer.staged], planned.scratch,
                                           buckets_stage.files(planned.scratch, fs, buckets_stage.REUSED), run_id,
@@ -322,7 +271,7 @@ def _run(cfg: JobConfig, kind: str, *, manifest: str | None = None, overwrite: b
             summary.update(deleted=counts["deleted"], reused=counts["reused"])
         elif isinstance(cfg, IndexConfig):
             summary.update(mode=cfg.mode)
-        table_counts = _get(_remote(_count_task, num_cpus=1, max_retries=2).remote(job.target, job.options, run_id))
+        table_counts = _get(_remote(table_tasks.count_task, num_cpus=1, max_retries=2).remote(job.target, job.options, run_id))
         return finish(job, run_id, kind, started, started_at, counts["listed"], counts["new"] + counts["changed"], table_counts, **summary)
 
 

@@ -161,12 +161,12 @@ def test_a_reindex_that_crashed_before_its_merge_resumes_from_its_staged_rows(s3
     keys = _collection(s3, "resume", 8)
     common = {"input": "s3://resume/in", "output": "s3://resume/table", "model": model, "batch_size": 4}
     run_index(IndexConfig(**common))
-    from xai_pipeline.job import pipeline
+    from xai_pipeline.job import pipeline, table_tasks
 
     real_remote = pipeline._remote
 
     def crash_before_merge(fn: object, **options: object) -> object:
-        if fn is pipeline._merge_task:
+        if fn is table_tasks.merge_task:
             raise SystemExit("simulated crash before the merge")
         return real_remote(fn, **options)
 

@@ -126,7 +126,7 @@ def test_trusted_staged_rows_match_content_model_and_settings() -> None:
 
 
 def test_actor_pool_always_leaves_a_cpu_for_fetch_and_decode() -> None:
-    from xai_pipeline.job.pipeline import _actor_pool
+    from xai_pipeline.job.sizing import actor_pool as _actor_pool
 
     assert _actor_pool(1, 100, 0.0, {"CPU": 2.0}) == (1, 1.0)
     pool, cpus = _actor_pool(2, 100, 0.0, {"CPU": 2.0})  # two actors on two CPUs used to hang
@@ -136,7 +136,7 @@ def test_actor_pool_always_leaves_a_cpu_for_fetch_and_decode() -> None:
 
 
 def test_actor_pool_size_by_default_and_on_autoscaling_clusters() -> None:
-    from xai_pipeline.job.pipeline import _actor_pool
+    from xai_pipeline.job.sizing import actor_pool as _actor_pool
 
     assert _actor_pool(None, 100, 1.0, {"CPU": 32.0, "GPU": 4.0}) == (4, 1.0)  # one per GPU
     assert _actor_pool(None, 100, 0.5, {"CPU": 32.0, "GPU": 4.0}) == (8, 1.0)  # half a GPU each
