@@ -185,6 +185,15 @@ def pooled_features(model: ModalityNet, images: list, batch_size: int = 32) -> n
 
 
 @torch.inference_mode()
+def head_probabilities(model: ModalityNet, images: list) -> tuple[np.ndarray, np.ndarray | None]:
+    """Softmax of the modality head (n×C) and of the figure-type head (n×T, None without one) on
+    the pooled features of PIL images: no CRM, for scoring many figures."""
+    pooled = torch.from_numpy(pooled_features(model, images))
+    types = model.type_head(pooled).softmax(-1).numpy() if model.type_head is not None else None
+    return model.head(pooled).softmax(-1).numpy(), types
+
+
+@torch.inference_mode()
 def other_rejection(model: ModalityNet, images: list, sources: list[str]) -> dict:
     """Share of non-modality figures (labelled ``other``) given no modality, overall and per
     source: the modality threshold and, when the model has one, the figure-type head decide, as
@@ -192,9 +201,7 @@ def other_rejection(model: ModalityNet, images: list, sources: list[str]) -> dic
     from xai_pipeline.model.labels import image_labels
 
     spec = model.spec
-    pooled = torch.from_numpy(pooled_features(model, images))
-    probabilities = model.head(pooled).softmax(-1).numpy()
-    types = model.type_head(pooled).softmax(-1).numpy() if model.type_head is not None else None
+    probabilities, types = head_probabilities(model, images)
     modalities, _ = image_labels(probabilities, types, spec.class_names, spec.figure_types, spec.decision_thresholds)
     rejected = [m == OTHER_LABEL for m in modalities]
     by_source: dict[str, list[bool]] = {}

@@ -56,20 +56,14 @@ def panel_detection(singles: list[Image.Image], figures: int = 200, seed: int = 
 def figure_type_checks(model: Any, scans: list[Image.Image], per_kind: int = 30, seed: int = EVALUATION_SEED) -> dict[str, Any]:
     """Figure-type accuracy on scans and on procedural figures of each kind."""
     from xai_pipeline.model.labels import image_labels
-    from xai_pipeline.train.evaluate import pooled_features
+    from xai_pipeline.train.evaluate import head_probabilities
 
     rng = np.random.default_rng(seed + 1)
     procedural = [(name, GENERATORS[name](rng, 256)) for name in GENERATORS for _ in range(per_kind)]
     images = list(scans) + [image for _, image in procedural]
     expected = [schema.MEDICAL_IMAGE] * len(scans) + [FIGURE_TYPES_OF[name] for name, _ in procedural]
     spec = model.spec
-    features = pooled_features(model, images)
-    import torch
-
-    with torch.inference_mode():
-        pooled = torch.from_numpy(features)
-        probabilities = model.head(pooled).softmax(-1).numpy()
-        types = model.type_head(pooled).softmax(-1).numpy() if model.type_head is not None else None
+    probabilities, types = head_probabilities(model, images)
     modalities, kinds = image_labels(probabilities, types, spec.class_names, spec.figure_types, spec.decision_thresholds)
     right = Counter(e for e, k in zip(expected, kinds) if e == k)
     total = Counter(expected)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -66,12 +67,10 @@ def sampling_weights(groups: np.ndarray, sources: list[str], alpha: float) -> np
     the features cannot settle on the look of the largest one (``--source-balance``).
     """
     keys = list(zip(groups.tolist(), sources if len(sources) == len(groups) else [""] * len(groups)))
-    n_cs: dict[tuple[int, str], int] = {}
-    for key in keys:
-        n_cs[key] = n_cs.get(key, 0) + 1
-    mass: dict[int, float] = {}
+    n_cs = Counter(keys)
+    mass: Counter[int] = Counter()
     for (c, _), n in n_cs.items():
-        mass[c] = mass.get(c, 0.0) + n ** (1 - alpha)
+        mass[c] += n ** (1 - alpha)
     weights = np.array([(n_cs[k] ** (1 - alpha) / mass[k[0]]) / n_cs[k] for k in keys], dtype=np.float64)
     return weights / weights.sum()
 

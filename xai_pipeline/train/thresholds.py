@@ -37,14 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from xai_pipeline.config import ConfigError
 from xai_pipeline.model.labels import image_labels
 from xai_pipeline.model.net import OTHER_LABEL, ModalityNet, ModelSpec, load_model, save_model
 from xai_pipeline.store.source import S3Settings
 from xai_pipeline.train.dataset import load_images
-from xai_pipeline.train.evaluate import pooled_features
+from xai_pipeline.train.evaluate import head_probabilities
+from xai_pipeline.train.fit import choose_threshold
 from xai_pipeline.train.evaluate_run import held_out_examples
 from xai_pipeline.train.model_card import replace_section
 from xai_pipeline.train.split import read_training_examples
@@ -64,9 +64,10 @@ class ClassThreshold:
     figures: int
 
 
-def _floor4(value: float) -> float:
-    """Round down to 4 decimals (rounding up would drop the figure the quantile sits on)."""
-    return math.floor(value * 1e4) / 1e4
+def _capped(confidence: np.ndarray, pooled: float, min_accept: float) -> float:
+    """``min(t, Q_{1−a})`` of non-empty top probabilities (:func:`fit.choose_threshold`'s lower
+    quantile), rounded down to 4 decimals: rounding up would drop the figure the quantile sits on."""
+    return min(pooled, math.floor(choose_threshold(confidence, min_accept) * 1e4) / 1e4)
 
 
 def class_thresholds(probabilities: np.ndarray, y_true: np.ndarray, from_held_source: np.ndarray, class_names: tuple[str, ...],
@@ -85,16 +86,8 @@ def class_thresholds(probabilities: np.ndarray, y_true: np.ndarray, from_held_so
         if not chosen.any():  # nothing to set it on: the pooled threshold stays
             result[name] = ClassThreshold(pooled, "none (pooled threshold)", 0)
             continue
-        quantile = float(np.quantile(confidence[chosen], 1.0 - min_accept, method="lower"))
-        result[name] = ClassThreshold(min(pooled, _floor4(quantile)), basis, int(chosen.sum()))
+        result[name] = ClassThreshold(_capped(confidence[chosen], pooled, min_accept), basis, int(chosen.sum()))
     return result
-
-
-@torch.inference_mode()
-def _predict(model: ModalityNet, images: list) -> tuple[np.ndarray, np.ndarray | None]:
-    pooled = torch.from_numpy(pooled_features(model, images))
-    types = model.type_head(pooled).softmax(-1).numpy() if model.type_head is not None else None
-    return model.head(pooled).softmax(-1).numpy(), types
 
 
 def _kept(probabilities: np.ndarray, types: np.ndarray | None, y: np.ndarray, model: ModalityNet, thresholds: Any) -> list[bool]:
@@ -135,7 +128,7 @@ def source_check(model: ModalityNet, probabilities: np.ndarray, types: np.ndarra
         class_sources = sorted({s for s, label in zip(sources, y) if label == c and s in held})
         for source in class_sources if len(class_sources) > 1 else []:
             others = (y == c) & (top == c) & np.isin(src, [s for s in class_sources if s != source])
-            t = min(pooled, _floor4(float(np.quantile(confidence[others], 1.0 - min_accept, method="lower")))) if others.any() else pooled
+            t = _capped(confidence[others], pooled, min_accept) if others.any() else pooled
             figures = (y == c) & (src == source)
             thresholds = [pooled] * len(spec.class_names)
             thresholds[c] = t
@@ -211,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     examples = held_out_examples(read_training_examples(args.data, S3Settings()), ",".join(sorted(held)))
     names = model.spec.class_names
     y = np.array([names.index(e.label) if e.label in names else -1 for e in examples])
-    probabilities, types = _predict(model, load_images(examples, S3Settings()))
+    probabilities, types = head_probabilities(model, load_images(examples, S3Settings()))
     sources = [e.source for e in examples]
     in_class = y >= 0
     chosen = class_thresholds(probabilities[in_class], y[in_class], np.array([s in held for s in sources])[in_class], names,
