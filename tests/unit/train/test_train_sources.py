@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +149,8 @@ def test_source_balance_tempers_big_sources_within_a_class() -> None:
 
 @pytest.mark.slow
 def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(tmp_path: Path, dataset_dir: Path) -> None:
-    from xai_pipeline.train.loso_fit import fold_dir, main as loso_fit_main, run_folds, table
+    from xai_pipeline.train.loso_fit import fold_dir, main as loso_fit_main, run_folds, score_folds, table
+    from xai_pipeline.train.model_card import main as card_main
 
     a, b = _two_manifests(tmp_path, dataset_dir)
     out = tmp_path / "folds"
@@ -162,16 +165,45 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     report = json.loads((fold_dir(out, "src-b") / "training_metrics.json").read_text())
     assert report["config"]["holdout_sources"] == "src-b" and report["threshold_set_on"] == "validation"
     assert report["config"]["source_balance"] == 1.0 and fold_dir(out, "pypi:a==1") == out / "pypi_a__1"
+    assert fold_dir(out, "pypi:a==1, src-b,c") == out / "pypi_a__1_and_2_more"
     assert "src-b" in table(folds).splitlines()[1] and "fundus" in table(folds)
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--source-balance", "2"]) == 2  # names the flag
-    from xai_pipeline.train.model_card import main as card_main
+    assert loso_fit_main(["--data", a, "--hold", "src-a,src-b", "--hold", "src-b", "--out", str(out)]) == 2  # src-b twice
+
+    # Pooled: each held figure scored again by its fold's model agrees with the fold's own report.
+    pooled = score_folds(base, ["src-b", "charts-y"], out)
+    assert pooled["figures"] == 7 and set(pooled["per_source"]) == {"src-b", "charts-y"}
+    assert pooled["unscored_sources"] == ["charts-x", "src-a"]
+    assert pooled["per_source"]["src-b"]["accuracy"] == pytest.approx(folds[0]["recall"]["fundus"])
+    assert pooled["per_source"]["charts-y"]["accuracy"] == pytest.approx(folds[1]["other_rejected"])
+    confusion = np.array(pooled["with_threshold"]["confusion"])
+    assert confusion.sum() == 7 and confusion[2].sum() == 4 and confusion[6].sum() == 3  # rows: fundus, other
+    assert np.array(pooled["argmax"]["confusion"])[6].sum() == 3 and pooled["argmax"]["other_figure_called_other"] == 0.0
+
+    # Several sources in one fold; a finished fold with the same configuration is not trained again.
+    both = run_folds(base, ["src-b,charts-y"], out)
+    assert both[0]["held_out"] == {"fundus": 4, "other": 3} and fold_dir(out, "src-b,charts-y") == out / "src-b_and_1_more"
+    model_file = fold_dir(out, "src-b,charts-y") / "model.safetensors"
+    stamp = model_file.stat().st_mtime_ns
+    assert run_folds(base, ["src-b,charts-y"], out) == both and model_file.stat().st_mtime_ns == stamp
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)  # a study's folder moved elsewhere is still finished
+    assert run_folds(replace(base, out=str(moved)), ["src-b,charts-y"], moved) == both
+    assert (fold_dir(moved, "src-b,charts-y") / "model.safetensors").stat().st_mtime_ns == stamp  # copy2 keeps it: not retrained
+    assert run_folds(replace(base, seed=1), ["src-b,charts-y"], out)[0]["held_out"] == both[0]["held_out"]
+    assert model_file.stat().st_mtime_ns != stamp  # another configuration trains again
 
     card = tmp_path / "card.md"
     card.write_text("# Model card\n\n## Limits\n- x\n")
+    with pytest.raises(SystemExit):  # a report without pooled scores (run_folds alone) is refused
+        card_main(["--card", str(card), "--loso-fit", str(out / "loso-fit.json")])
+    (out / "loso-fit.json").write_text(json.dumps({"config": json.loads((out / "loso-fit.json").read_text())["config"],
+                                                   "folds": folds, "pooled": pooled}))
     assert card_main(["--card", str(card), "--loso-fit", str(out / "loso-fit.json")]) == 0
     text = card.read_text()
     assert text.startswith("# Model card\n\n## Limits\n- x\n") and "## Fine-tuned leave-one-source-out" in text
-    assert f"| src-b | fundus | 4 | {folds[0]['recall']['fundus']:.3f} |" in text and "| charts-y | other | 3 |" in text
+    assert f"| src-b | fundus | 4 | {pooled['per_source']['src-b']['accuracy']:.3f} |" in text and "| charts-y | other | 3 |" in text
+    assert "| fundus | 4 |" in text and "macro-F1, six modalities" in text and "Sources no fold held: charts-x, src-a." in text
     assert card_main(["--card", str(card), "--loso-fit", str(out / "loso-fit.json")]) == 0 and card.read_text() == text  # replaced, not added
 
 

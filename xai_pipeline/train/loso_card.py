@@ -1,0 +1,85 @@
+"""The model card's sections for the two leave-one-source-out studies: the ImageNet linear probe
+(:mod:`xai_pipeline.train.loso`) and the fine-tuned folds (:mod:`xai_pipeline.train.loso_fit`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def loso_section(reports: list[dict[str, Any]]) -> str:
+    """The card's *Leave-one-source-out* section from :mod:`xai_pipeline.train.loso` reports (one
+    per backbone): per-class F1 with each source scored by a probe that never saw it, against the
+    same probe cross-validated with sources mixed."""
+    labels = reports[0]["labels"]
+    lines = ["", "## Leave-one-source-out", "",
+             "Each source's figures scored by a classifier fitted without that source "
+             "(`python -m xai_pipeline.train.loso`): a class-balanced logistic regression on the backbone's pooled "
+             "**ImageNet** features, `other` as a 7th class, threshold set on the held-out predictions. The backbone "
+             "is not fine-tuned, so these numbers bound what the sources can teach a linear layer; the fine-tuned "
+             "folds below score the shipped recipe itself. In-source: the same probe, 5-fold "
+             "cross-validation by group with sources mixed (how the validation numbers above are made).", "",
+             "| class | sources | " + " | ".join(f"{r['backbone']} LOSO F1" for r in reports) + f" | {reports[0]['backbone']} in-source F1 |",
+             "|---" * (len(reports) + 3) + "|"]
+    for label in labels:
+        cells = [f"{r['loso']['loso_threshold']['per_class'][label]['f1']:.3f}" for r in reports]
+        lines.append(f"| {label} | {len(reports[0]['sources_per_class'].get(label, []))} | " + " | ".join(cells)
+                     + f" | {reports[0]['in_source']['per_class'][label]['f1']:.3f} |")
+    for key, name in (("macro_f1", "macro-F1, six modalities"), ("other_medical_called_other", "medical images outside the six classes called `other`"),
+                      ("other_figure_called_other", "other figures called `other`")):
+        lines.append(f"| {name} | | " + " | ".join(f"{r['loso']['loso_threshold'][key]:.3f}" for r in reports)
+                     + f" | {reports[0]['in_source'][key]:.3f} |")
+    unseen = ", ".join(f"{k} ({v})" for k, v in reports[0].get("unseen_in_fold", {}).items())
+    lines += ["", f"Classes with a single source cannot be right when it is held out: {unseen or 'none'}. "
+              "A source that is a class's only example of a kind (fetal ultrasound, a stain, an organ) fails the same way.", ""]
+    return "\n".join(lines)
+
+
+def loso_fit_section(report: dict[str, Any]) -> str:
+    """The model card's *Fine-tuned leave-source-out* section for a ``loso-fit.json`` of
+    :mod:`xai_pipeline.train.loso_fit`: per held source, then pooled per class when the report has
+    ``pooled`` (every held figure scored by its fold's model)."""
+    cfg, pooled = report["config"], report["pooled"]
+    head = f"""
+## Fine-tuned leave-one-source-out
+
+The whole training recipe ({cfg['architecture']}, {cfg['epochs']} epochs, backbone fine-tuned, `--source-balance {cfg['source_balance']:g}`) run once per
+fold of held-out sources (`python -m xai_pipeline.train.loso_fit`, `make loso-fit`; about 10 minutes a fold on 2 CPU cores;
+`--ray` runs folds on Ray Train). A fold holds one source or several at once (stricter: it trains on less); its "other"
+threshold is set on its own validation groups (the sources it trains on), then every figure of its held sources is scored.
+Folds have no figure-type head, so charts and diagrams are rejected by the threshold alone (the shipped model also has the head).
+"""
+    threshold_of = {source.strip(): fold["threshold"] for fold in report["folds"] for source in fold["source"].split(",")}
+    rows = [f"| {source} | {', '.join(r['labels'])} | {r['n']} | {r['accuracy']:.3f} | {r['closed_set_accuracy']:.3f} | {threshold_of.get(source, float('nan')):.4f} |"
+            for source, r in pooled["per_source"].items()]
+    kept, argmax = pooled["with_threshold"], pooled["argmax"]
+    classes = [f"| {label} | {m['support']} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {argmax['per_class'][label]['f1']:.3f} |"
+               for label, m in kept["per_class"].items()]
+    summary = [f"| {name} | {kept[key]:.3f} | {argmax[key]:.3f} |" for key, name in (
+        ("macro_f1", "macro-F1, six modalities"), ("macro_f1_testable", "macro-F1, classes every fold trained on"),
+        ("other_medical_called_other", "medical images outside the six classes called `other`"),
+        ("other_figure_called_other", "other figures called `other`"))]
+    kinds = ", ".join(f"{kind} {share:.2f}" for kind, share in kept["other_medical_by_kind"].items())
+    untestable = sorted(set(kept["per_class"]) - set(kept["testable_classes"]) - {"other"})
+    return head + f"""
+{pooled['figures']} figures from {len(rows)} sources, each scored by the model of the fold that held it.
+Accuracy: the label given (a modality, or `other` under the fold's threshold) is the figure's label.
+
+| held-out source | labels | figures | accuracy | argmax accuracy | fold threshold |
+|---|---|---:|---:|---:|---:|
+""" + "\n".join(rows) + """
+
+Pooled over the folds (precision counts every held figure given that class, `other` figures included;
+by argmax no figure is `other`, so every `other` figure counts against the class it is given):
+
+| class | figures | precision | recall | F1 | F1 by argmax |
+|---|---:|---:|---:|---:|---:|
+""" + "\n".join(classes) + """
+
+| | with the thresholds | by argmax |
+|---|---:|---:|
+""" + "\n".join(summary) + f"""
+
+Medical images outside the six classes called `other`, by kind: {kinds or 'none held'}.
+Classes some fold did not train on: {', '.join(untestable) or 'none'}.
+Sources no fold held: {', '.join(pooled['unscored_sources']) or 'none'}.
+"""
