@@ -35,11 +35,12 @@ test-fast: install
 
 # Reproduce the bundled default model from the shared data sets on the CPU (about half an hour on 2 cores).
 # Trains on the three shared manifests and packaged-v1 (figures shipped in PyPI wheels, built by
-# xai_pipeline.train.packaged; PACKAGED_DATA=build/data/packaged-v2 adds CT and MRI volume slices:
+# xai_pipeline.train.packaged; PACKAGED_SET=packaged-v2 adds CT and MRI volume slices:
 # measured in the README, not the shipped recipe); each class's held-out source (one per class that has two or more,
 # and the OCT of the held-out fundus source) is never trained on and sets the 'other' threshold.
 EXTRA_DATA ?= $(dir $(DATA))modality-extra-v1
-PACKAGED_DATA ?= build/data/packaged-v1
+PACKAGED_SET ?= packaged-v1
+PACKAGED_DATA := build/data/$(PACKAGED_SET)
 TRAIN_DATA := $(DATA)/manifest.jsonl,$(EXTRA_DATA)/manifest.jsonl,$(OTHER_DATA)/manifest.jsonl,$(PACKAGED_DATA)/manifest.jsonl
 HOLDOUT := agchung/Actualmed-COVID-chestxray-dataset,Traslational-Visual-Health-Laboratory/OCT-AND-EYE-FUNDUS-DATASET,jnkather/ColorDeconvolutionMatlab,Project-MONAI/MONAI,pypi:scikit-image==0.26.0,pypi:tiatoolbox==2.1.3
 SOURCE_BALANCE := 0
@@ -47,7 +48,7 @@ MODEL_VERSION := 1.3.1
 comma := ,
 LOSO_REPORTS := build/model/loso/loso-efficientnet_lite0-C0.1.json bench/results/loso/loso-efficientnet_lite1-C0.1.json bench/results/loso/loso-efficientnet_lite2-C0.1.json
 $(PACKAGED_DATA)/manifest.jsonl: $(STAMP) xai_pipeline/train/packaged.py xai_pipeline/train/packaged_volumes.py
-	$(BIN)/python -m xai_pipeline.train.packaged --set $(notdir $(PACKAGED_DATA)) --out $(PACKAGED_DATA) --cache build/wheels
+	$(BIN)/python -m xai_pipeline.train.packaged --set $(PACKAGED_SET) --out $(PACKAGED_DATA) --cache build/wheels
 
 model: install $(PACKAGED_DATA)/manifest.jsonl
 	$(BIN)/xai-pipeline train --data $(TRAIN_DATA) --out build/model --holdout-sources $(HOLDOUT) --threshold-on holdout \

@@ -35,9 +35,9 @@ def loso_section(reports: list[dict[str, Any]]) -> str:
 
 
 def loso_fit_section(report: dict[str, Any]) -> str:
-    """The model card's *Fine-tuned leave-source-out* section for a ``loso-fit.json`` of
-    :mod:`xai_pipeline.train.loso_fit`: per held source, then pooled per class when the report has
-    ``pooled`` (every held figure scored by its fold's model)."""
+    """The model card's *Fine-tuned leave-source-out* section for a finished ``loso-fit.json`` of
+    :mod:`xai_pipeline.train.loso_fit` (one with ``pooled``): per held source, then pooled per class
+    (every held figure scored by its fold's model)."""
     cfg, pooled = report["config"], report["pooled"]
     head = f"""
 ## Fine-tuned leave-one-source-out

@@ -11,9 +11,9 @@ figures, which the fold never saw. A ``--hold`` value is one fold: one source, o
 (comma-separated) held out together, which costs one training run instead of several and is
 stricter than leaving one out (the fold trains on less). One fold is one ``train`` run in
 ``DIR/<first source>[_and_<k>_more]/`` (its model, metrics and card stay there); a fold whose
-folder already holds a finished run with the same configuration is not trained again, so an
-interrupted study resumes. ``--ray`` runs each fold on Ray Train (about 10 minutes a fold on 2
-CPU cores here).
+folder already holds a finished run with the same configuration and split is not trained again,
+so an interrupted study resumes (``--retrain`` after changing the training code). ``--ray`` runs
+each fold on Ray Train (8–11 minutes a fold on 2 CPU cores here).
 
 ``DIR/loso-fit.json`` collects per fold the held sources' classes, recall with the threshold and
 by argmax, the share of its ``other`` figures rejected and the threshold, and ``pooled``: every
@@ -78,9 +78,11 @@ _WHERE_AND_HOW_FAST = ("out", "torch_threads")
 """Training settings that do not make a fold another fold."""
 
 
-def _finished(cfg: TrainConfig) -> dict[str, Any] | None:
-    """The training report in ``cfg.out`` if that run finished with this very configuration, up to
-    :data:`_WHERE_AND_HOW_FAST` (its folder may have moved since)."""
+def _finished(cfg: TrainConfig, split: dict[str, dict[str, int]]) -> dict[str, Any] | None:
+    """The training report in ``cfg.out`` if that run finished with this configuration, up to
+    :data:`_WHERE_AND_HOW_FAST` (its folder may have moved since), and split the data as ``split``
+    (per part, the figures of each label: a manifest that changed since shows there). A change of
+    the training code itself is not seen: ``--retrain``."""
     from xai_pipeline.train.run import MODEL_FILE
 
     path = Path(cfg.out) / "training_metrics.json"
@@ -91,18 +93,31 @@ def _finished(cfg: TrainConfig) -> dict[str, Any] | None:
     def recipe(config: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in config.items() if k not in _WHERE_AND_HOW_FAST}
 
-    return report if recipe(report.get("config", {})) == recipe(json.loads(json.dumps(asdict(cfg)))) else None
+    same = recipe(report.get("config", {})) == recipe(json.loads(json.dumps(asdict(cfg)))) and report.get("split") == split
+    return report if same else None
 
 
-def run_folds(base: TrainConfig, folds: list[str], out: Path) -> list[dict[str, Any]]:
+def _split_counts(cfg: TrainConfig) -> dict[str, dict[str, int]]:
+    """Figures per label in the training, validation and source hold-out parts of ``cfg``'s split
+    (as the training report records them)."""
+    from collections import Counter
+
+    from xai_pipeline.train.split import examples_and_split
+
+    examples, _, parts = examples_and_split(cfg)
+    return {name: dict(Counter(examples[i].label for i in idx)) for name, idx in zip(("train", "validation", "source_holdout"), parts)}
+
+
+def run_folds(base: TrainConfig, folds: list[str], out: Path, retrain: bool = False) -> list[dict[str, Any]]:
     """One ``train`` run per fold in ``folds`` (each a comma-separated list of sources), each
-    holding those sources out; a fold already finished with the same configuration is reused."""
+    holding those sources out; a fold already finished with the same configuration and split is
+    reused unless ``retrain``."""
     from xai_pipeline.train.run import run_training
 
     summaries = []
     for fold in folds:
         cfg = replace(base, out=str(fold_dir(out, fold)), holdout_sources=",".join(fold_sources(fold)), threshold_on="validation")
-        report = _finished(cfg)
+        report = None if retrain else _finished(cfg, _split_counts(cfg))
         log.info("fold %s -> %s%s", fold, cfg.out, " (finished before: reused)" if report else "")
         summaries.append(fold_summary(fold, report or run_training(cfg)))
         (out / "loso-fit.json").write_text(json.dumps({"config": _study_config(base), "folds": summaries}, indent=2) + "\n")
@@ -111,6 +126,21 @@ def run_folds(base: TrainConfig, folds: list[str], out: Path) -> list[dict[str, 
 
 def _study_config(base: TrainConfig) -> dict[str, Any]:
     return {"data": base.data, "epochs": base.epochs, "source_balance": base.source_balance, "architecture": base.architecture}
+
+
+def label_scores(p: np.ndarray, columns: list[int], thresholds: list[float], n_labels: int, other: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fold model's probabilities ``p`` (n×C) in the label space of ``n_labels`` columns (its
+    class ``j`` in column ``columns[j]``): as they are (argmax decides), and *kept* — a row whose
+    top class :math:`\hat c` has :math:`p_{\hat c} < t_{\hat c}` becomes 1 in column ``other`` and 0
+    elsewhere, so argmax decides with the thresholds too."""
+    from xai_pipeline.model.labels import confident_rows
+
+    plain, kept = np.zeros((len(p), n_labels)), np.zeros((len(p), n_labels))
+    plain[:, columns] = p
+    confident = confident_rows(p, thresholds)
+    kept[:, columns] = p * confident[:, None]
+    kept[:, other] = np.where(confident, 0.0, 1.0)
+    return plain, kept
 
 
 @torch.inference_mode()
@@ -122,7 +152,6 @@ def score_folds(base: TrainConfig, folds: list[str], out: Path) -> dict[str, Any
     precision, recall and F1 and the macro-F1 over the six modalities, once with the thresholds and
     once by argmax. A class a fold did not train on is flagged (``testable_classes``).
     """
-    from xai_pipeline.model.labels import confident_rows
     from xai_pipeline.model.net import load_model
     from xai_pipeline.train.dataset import load_images
     from xai_pipeline.train.evaluate import head_probabilities
@@ -137,16 +166,15 @@ def score_folds(base: TrainConfig, folds: list[str], out: Path) -> dict[str, Any
     p_argmax, p_kept, seen = np.zeros((len(scored), len(LABELS))), np.zeros((len(scored), len(LABELS))), np.ones(len(scored), dtype=bool)
     for fold in folds:
         rows = [i for i, e in enumerate(scored) if held_by[e.source] == fold]
-        model = load_model(fold_dir(out, fold) / MODEL_FILE)
-        trained = json.loads((fold_dir(out, fold) / "training_metrics.json").read_text())["split"]["train"]
+        report = json.loads((fold_dir(out, fold) / "training_metrics.json").read_text())
+        if fold_sources(report["config"]["holdout_sources"]) != fold_sources(fold):
+            raise ValueError(f"{fold_dir(out, fold)} holds {report['config']['holdout_sources']!r} out, not {fold!r}")
+        model, trained = load_model(fold_dir(out, fold) / MODEL_FILE), report["split"]["train"]
         columns = [LABELS.index(name) for name in model.spec.class_names]
         for start in range(0, len(rows), 32):
             chunk = rows[start:start + 32]
             p, _ = head_probabilities(model, load_images([scored[i].example for i in chunk], S3Settings(base.endpoint_url, base.region)))
-            p_argmax[np.ix_(chunk, columns)] = p
-            kept = confident_rows(p, model.spec.decision_thresholds)
-            p_kept[np.ix_(chunk, columns)] = p * kept[:, None]
-            p_kept[chunk, OTHER_INDEX] = np.where(kept, 0.0, 1.0)
+            p_argmax[chunk], p_kept[chunk] = label_scores(p, columns, model.spec.decision_thresholds, len(LABELS), OTHER_INDEX)
         seen[rows] = [scored[i].label == LABELS[OTHER_INDEX] or trained.get(scored[i].label, 0) > 0 for i in rows]
     sources = per_source(p_kept, y, scored, 0.0)
     for name, closed in per_source(p_argmax, y, scored, 0.0).items():
@@ -182,6 +210,27 @@ def pooled_table(pooled: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def fold_problem(folds: list[str], base: TrainConfig) -> str | None:
+    """Why ``folds`` cannot be a study of ``base.data``: an empty fold, a source held more than once
+    (each source is scored by one fold's model), a source ``--data`` does not have, or two folds
+    that would share a folder; None when they can."""
+    from xai_pipeline.train.split import read_training_examples
+
+    if any(not fold_sources(fold) for fold in folds):
+        return "a fold names no source"
+    held = [source for fold in folds for source in fold_sources(fold)]
+    twice = sorted({source for source in held if held.count(source) > 1})
+    if twice:
+        return f"{', '.join(twice)} held more than once (each source is scored by one fold's model)"
+    known = {e.source for e in read_training_examples(base.data, S3Settings(base.endpoint_url, base.region))}
+    unknown = sorted(set(held) - known)
+    if unknown:
+        return f"{', '.join(unknown)}: no figure of --data has that source_repo"
+    dirs = [fold_dir(Path("."), fold) for fold in folds]
+    shared = sorted({str(d) for d in dirs if dirs.count(d) > 1})
+    return f"folds would share the folder {', '.join(shared)}" if shared else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="manifests, comma-separated (as train --data)")
@@ -191,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--torch-threads", type=int, default=2)
+    parser.add_argument("--retrain", action="store_true", help="train every fold again, even one already finished with the same recipe")
     parser.add_argument("--ray", action="store_true")
     parser.add_argument("--use-gpu", action="store_true")
     parser.add_argument("--num-workers", type=int, default=1)
@@ -202,13 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}")
         return 2
-    held = [source for fold in args.hold for source in fold_sources(fold)]
-    twice = sorted({source for source in held if held.count(source) > 1})
-    if twice:
-        print(f"error: --hold: {', '.join(twice)} in more than one fold (each source is scored by one fold's model)")
+    problem = fold_problem(args.hold, base)
+    if problem:
+        print(f"error: --hold: {problem}")
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    folds = run_folds(base, args.hold, args.out)
+    folds = run_folds(base, args.hold, args.out, args.retrain)
     print(table(folds))
     pooled = score_folds(base, args.hold, args.out)
     (args.out / "loso-fit.json").write_text(json.dumps({"config": _study_config(base), "folds": folds, "pooled": pooled}, indent=2) + "\n")

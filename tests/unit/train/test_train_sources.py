@@ -178,6 +178,7 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     assert pooled["per_source"]["charts-y"]["accuracy"] == pytest.approx(folds[1]["other_rejected"])
     confusion = np.array(pooled["with_threshold"]["confusion"])
     assert confusion.sum() == 7 and confusion[2].sum() == 4 and confusion[6].sum() == 3  # rows: fundus, other
+    assert confusion[2, 2] == round(4 * folds[0]["recall"]["fundus"]) and confusion[6, 6] == round(3 * folds[1]["other_rejected"])
     assert np.array(pooled["argmax"]["confusion"])[6].sum() == 3 and pooled["argmax"]["other_figure_called_other"] == 0.0
 
     # Several sources in one fold; a finished fold with the same configuration is not trained again.
@@ -205,6 +206,18 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     assert f"| src-b | fundus | 4 | {pooled['per_source']['src-b']['accuracy']:.3f} |" in text and "| charts-y | other | 3 |" in text
     assert "| fundus | 4 |" in text and "macro-F1, six modalities" in text and "Sources no fold held: charts-x, src-a." in text
     assert card_main(["--card", str(card), "--loso-fit", str(out / "loso-fit.json")]) == 0 and card.read_text() == text  # replaced, not added
+
+
+def test_fold_scores_keep_a_top_class_only_above_its_own_threshold() -> None:
+    from xai_pipeline.train.loso_fit import label_scores
+
+    p = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+    plain, kept = label_scores(p, [2, 3], [0.5, 0.75], 7, 6)  # the fold's classes are labels 2 and 3
+    assert np.array_equal(plain[:, [2, 3]], p) and plain[:, [0, 1, 4, 5, 6]].sum() == 0
+    assert kept.argmax(axis=1).tolist() == [2, 2, 6]  # 0.6 >= 0.5 kept; 0.7 < 0.75 is other
+    assert kept[2].tolist() == [0, 0, 0, 0, 0, 0, 1] and np.array_equal(kept[:2, [2, 3]], p[:2])
+    _, pooled_t = label_scores(p, [2, 3], [0.65, 0.65], 7, 6)
+    assert pooled_t.argmax(axis=1).tolist() == [2, 6, 3]
 
 
 def test_card_limits_name_single_and_dominated_sources() -> None:
