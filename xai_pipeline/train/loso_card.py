@@ -1,5 +1,6 @@
-"""The model card's sections for the two leave-one-source-out studies: the ImageNet linear probe
-(:mod:`xai_pipeline.train.loso`) and the fine-tuned folds (:mod:`xai_pipeline.train.loso_fit`)."""
+"""The model card's sections for the two leave-one-source-out studies, the ImageNet linear probe
+(:mod:`xai_pipeline.train.loso`) and the fine-tuned folds (:mod:`xai_pipeline.train.loso_fit`),
+and the fine-tuned study's console tables."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ def loso_section(reports: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _fold_name(fold: str) -> str:
+    """A fold's first source, and ``(+k)`` when it holds ``k`` more."""
+    sources = fold.split(",")
+    return sources[0] + (f" (+{len(sources) - 1})" if len(sources) > 1 else "")
+
+
 def loso_fit_section(report: dict[str, Any]) -> str:
     """The model card's *Fine-tuned leave-source-out* section for a finished ``loso-fit.json`` of
     :mod:`xai_pipeline.train.loso_fit` (one with ``pooled``): per held source, then pooled per class
@@ -49,37 +56,82 @@ threshold is set on its own validation groups (the sources it trains on), then e
 Folds have no figure-type head, so charts and diagrams are rejected by the threshold alone (the shipped model also has the head).
 """
     threshold_of = {source.strip(): fold["threshold"] for fold in report["folds"] for source in fold["source"].split(",")}
-    rows = [f"| {source} | {', '.join(r['labels'])} | {r['n']} | {r['accuracy']:.3f} | {r['closed_set_accuracy']:.3f} | {threshold_of.get(source, float('nan')):.4f} |"
-            for source, r in pooled["per_source"].items()]
-    kept, argmax = pooled["with_threshold"], pooled["argmax"]
-    classes = [f"| {label} | {m['support']} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {argmax['per_class'][label]['f1']:.3f} |"
-               for label, m in kept["per_class"].items()]
-    summary = [f"| {name} | {kept[key]:.3f} | {argmax[key]:.3f} |" for key, name in (
+    rows = [f"| {source} | {', '.join(r['labels'])} | {r['n']} | {r['accuracy']:.3f} | {r['cross_fold_accuracy']:.3f} | "
+            f"{r['closed_set_accuracy']:.3f} | {threshold_of.get(source, float('nan')):.4f} |" for source, r in pooled["per_source"].items()]
+    kept, cross, argmax = pooled["with_threshold"], pooled["cross_fold"], pooled["argmax"]
+    classes = [f"| {label} | {m['support']} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {cross['per_class'][label]['f1']:.3f} | "
+               f"{argmax['per_class'][label]['f1']:.3f} |" for label, m in kept["per_class"].items()]
+    summary = [f"| {name} | {kept[key]:.3f} | {cross[key]:.3f} | {argmax[key]:.3f} |" for key, name in (
         ("macro_f1", "macro-F1, six modalities"), ("macro_f1_testable", "macro-F1, classes every fold trained on"),
         ("other_medical_called_other", "medical images outside the six classes called `other`"),
         ("other_figure_called_other", "other figures called `other`"))]
-    kinds = ", ".join(f"{kind} {share:.2f}" for kind, share in kept["other_medical_by_kind"].items())
+    labels = list(kept["per_class"])[:-1]
+    crossed = [f"| {_fold_name(fold)} | " + " | ".join(f"{t[label]:.4f}" for label in labels) + " |" for fold, t in pooled["cross_fold_thresholds"].items()]
+    kinds = ", ".join(f"{kind} {share:.2f} ({cross['other_medical_by_kind'][kind]:.2f})" for kind, share in kept["other_medical_by_kind"].items())
     untestable = sorted(set(kept["per_class"]) - set(kept["testable_classes"]) - {"other"})
     return head + f"""
 {pooled['figures']} figures from {len(rows)} sources, each scored by the model of the fold that held it.
-Accuracy: the label given (a modality, or `other` under the fold's threshold) is the figure's label.
+Accuracy: the label given (a modality, or `other` under the threshold) is the figure's label; with the fold's
+own threshold, and with the *cross-fold* per-class thresholds: each fold's class `c` threshold set, by the shipped
+per-class rule (keep {cross['min_accept']:g} of the right figures, at least {cross['min_figures']} of them, never above the fold's own), on the
+figures of class `c` that *other* folds held, each scored by its own fold's model: thresholds set on sources the
+model never saw, as issue 17 asks, and never on the fold's own.
 
-| held-out source | labels | figures | accuracy | argmax accuracy | fold threshold |
-|---|---|---:|---:|---:|---:|
+| held-out source | labels | figures | accuracy | cross-fold accuracy | argmax accuracy | fold threshold |
+|---|---|---:|---:|---:|---:|---:|
 """ + "\n".join(rows) + """
 
 Pooled over the folds (precision counts every held figure given that class, `other` figures included;
 by argmax no figure is `other`, so every `other` figure counts against the class it is given):
 
-| class | figures | precision | recall | F1 | F1 by argmax |
-|---|---:|---:|---:|---:|---:|
+| class | figures | precision | recall | F1 | F1, cross-fold thresholds | F1 by argmax |
+|---|---:|---:|---:|---:|---:|---:|
 """ + "\n".join(classes) + """
 
-| | with the thresholds | by argmax |
-|---|---:|---:|
-""" + "\n".join(summary) + f"""
+| | fold's threshold | cross-fold thresholds | by argmax |
+|---|---:|---:|---:|
+""" + "\n".join(summary) + """
 
-Medical images outside the six classes called `other`, by kind: {kinds or 'none held'}.
+Cross-fold thresholds (a fold's own threshold where other folds hold too few right figures of the class):
+
+| fold (+ more sources) | """ + " | ".join(labels) + " |\n|---" + "|---:" * len(labels) + "|\n" + "\n".join(crossed) + f"""
+
+With one threshold for every fold and class, chosen on these figures themselves (so an upper bound on what any
+single threshold could do; `frontier` in the study's JSON):
+
+| threshold | """ + " | ".join(f"{f['threshold']:g}" for f in pooled["frontier"]) + " |\n|---" + "|---:" * len(pooled["frontier"]) + "|\n" + "\n".join(
+        f"| {name} | " + " | ".join(f"{f[key]:.3f}" for f in pooled["frontier"]) + " |" for key, name in (
+            ("macro_f1", "macro-F1"), ("other_medical_called_other", "outside the six classes: `other`"),
+            ("other_figure_called_other", "other figures: `other`"))) + f"""
+
+Medical images outside the six classes called `other`, by kind (cross-fold thresholds in brackets): {kinds or 'none held'}.
 Classes some fold did not train on: {', '.join(untestable) or 'none'}.
 Sources no fold held: {', '.join(pooled['unscored_sources']) or 'none'}.
 """
+
+
+def table(folds: list[dict[str, Any]]) -> str:
+    """One line per fold and class: recall with the threshold and by argmax (closed set)."""
+    lines = [f"{'held-out source':<48}{'class':<12}{'n':>5}{'recall':>8}{'argmax acc':>11}{'t':>7}"]
+    for fold in folds:
+        for name, recall in fold.get("recall", {}).items():
+            n = fold["held_out"].get(name, 0)
+            lines.append(f"{fold['source'][:47]:<48}{name:<12}{n:>5}{recall:>8.3f}{fold['closed_set_accuracy']:>11.3f}{fold['threshold']:>7.3f}")
+        if "other_rejected" in fold:
+            lines.append(f"{fold['source'][:47]:<48}{'other':<12}{fold['held_out'].get('other', 0):>5}{fold['other_rejected']:>8.3f}")
+    return "\n".join(lines)
+
+
+def pooled_table(pooled: dict[str, Any]) -> str:
+    """Per-class precision / recall / F1 of the pooled folds: with the folds' thresholds, with the
+    cross-fold thresholds and by argmax."""
+    runs = {"fold's threshold": pooled["with_threshold"], "cross-fold thresholds": pooled["cross_fold"], "argmax": pooled["argmax"]}
+    lines = [f"{'class':<28}" + "".join(f"{name:>28}" for name in runs)]
+    for label in pooled["with_threshold"]["per_class"]:
+        lines.append(f"{label:<28}" + "".join(f"{r['per_class'][label]['precision']:>14.3f}{r['per_class'][label]['recall']:>7.3f}"
+                                              f"{r['per_class'][label]['f1']:>7.3f}" for r in runs.values()))
+    for key in ("macro_f1", "macro_f1_testable", "other_medical_called_other", "other_figure_called_other"):
+        lines.append(f"{key:<28}" + "".join(f"{r[key]:>28.3f}" for r in runs.values()))
+    if pooled["unscored_sources"]:
+        lines.append("not held by any fold: " + ", ".join(pooled["unscored_sources"]))
+    return "\n".join(lines)

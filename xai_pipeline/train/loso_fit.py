@@ -31,6 +31,7 @@ import logging
 import re
 from dataclasses import asdict, replace
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,7 @@ import torch
 
 from xai_pipeline.config import ConfigError, TrainConfig
 from xai_pipeline.store.source import S3Settings
+from xai_pipeline.train.loso_card import pooled_table, table
 from xai_pipeline.train.split import data_parts
 
 log = logging.getLogger(__name__)
@@ -128,29 +130,44 @@ def _study_config(base: TrainConfig) -> dict[str, Any]:
     return {"data": base.data, "epochs": base.epochs, "source_balance": base.source_balance, "architecture": base.architecture}
 
 
-def label_scores(p: np.ndarray, columns: list[int], thresholds: list[float], n_labels: int, other: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fold model's probabilities ``p`` (n×C) in the label space of ``n_labels`` columns (its
+FRONTIER = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
+"""Thresholds at which the pooled study is also scored with one threshold for all folds and classes."""
+
+
+def kept_scores(plain: np.ndarray, confident: np.ndarray, other: int) -> np.ndarray:
+    """``plain`` (label space, column ``other`` empty) with each row that is not ``confident``
+    replaced by 1 in column ``other`` and 0 elsewhere: argmax then decides with the thresholds."""
+    kept = plain * confident[:, None]
+    kept[:, other] = np.where(confident, 0.0, 1.0)
+    return kept
+
+
+def label_scores(p: np.ndarray, columns: list[int], thresholds: float | Sequence[float] | None, n_labels: int,
+                 other: int) -> tuple[np.ndarray, np.ndarray]:
+    r"""A fold model's probabilities ``p`` (n×C) in the label space of ``n_labels`` columns (its
     class ``j`` in column ``columns[j]``): as they are (argmax decides), and *kept* — a row whose
     top class :math:`\hat c` has :math:`p_{\hat c} < t_{\hat c}` becomes 1 in column ``other`` and 0
     elsewhere, so argmax decides with the thresholds too."""
     from xai_pipeline.model.labels import confident_rows
 
-    plain, kept = np.zeros((len(p), n_labels)), np.zeros((len(p), n_labels))
+    plain = np.zeros((len(p), n_labels))
     plain[:, columns] = p
-    confident = confident_rows(p, thresholds)
-    kept[:, columns] = p * confident[:, None]
-    kept[:, other] = np.where(confident, 0.0, 1.0)
-    return plain, kept
+    return plain, kept_scores(plain, confident_rows(p, thresholds), other)
 
 
 @torch.inference_mode()
-def score_folds(base: TrainConfig, folds: list[str], out: Path) -> dict[str, Any]:
+def score_folds(base: TrainConfig, folds: list[str], out: Path, min_accept: float = 0.97, min_figures: int = 10) -> dict[str, Any]:
     r"""Every figure of every fold's held sources scored by that fold's model, pooled.
 
-    A figure keeps its top class :math:`\hat c` when :math:`p_{\hat c} \ge t_{\hat c}` (the fold's
-    thresholds), else it is ``other``; the pooled confusion over all folds gives per-class
-    precision, recall and F1 and the macro-F1 over the six modalities, once with the thresholds and
-    once by argmax. A class a fold did not train on is flagged (``testable_classes``).
+    A figure keeps its top class :math:`\hat c` when :math:`p_{\hat c} \ge t_{\hat c}`, else it is
+    ``other``; the pooled confusion over all folds gives per-class precision, recall and F1 and the
+    macro-F1 over the six modalities three ways: with the folds' own thresholds (set in-source),
+    with thresholds set across folds (``cross_fold``: each fold's per-class thresholds set on the
+    other folds' held sources, :func:`xai_pipeline.train.thresholds.cross_fold_thresholds` with
+    ``min_accept`` and ``min_figures``), and by argmax. A class a fold did not train on is flagged
+    (``testable_classes``). ``frontier``: macro-F1 and the shares called ``other`` with one
+    threshold for every fold and class, each of :data:`FRONTIER`: chosen on the scored figures
+    themselves, it bounds what any threshold could do for this recipe.
     """
     from xai_pipeline.model.net import load_model
     from xai_pipeline.train.dataset import load_images
@@ -158,56 +175,46 @@ def score_folds(base: TrainConfig, folds: list[str], out: Path) -> dict[str, Any
     from xai_pipeline.train.loso import OTHER_INDEX, per_source, summarize
     from xai_pipeline.train.run import MODEL_FILE
     from xai_pipeline.train.sources import LABELS, read_all_sources
+    from xai_pipeline.train.thresholds import cross_fold_thresholds
 
     examples = read_all_sources(data_parts(base.data), S3Settings(base.endpoint_url, base.region))
     held_by = {source: fold for fold in folds for source in fold_sources(fold)}
     scored = [e for e in examples if e.source in held_by]
     y = np.array([LABELS.index(e.label) for e in scored], dtype=np.int64)
     p_argmax, p_kept, seen = np.zeros((len(scored), len(LABELS))), np.zeros((len(scored), len(LABELS))), np.ones(len(scored), dtype=bool)
-    for fold in folds:
+    fold_of, caps = np.zeros(len(scored), dtype=np.int64), np.ones((len(folds), OTHER_INDEX))
+    for k, fold in enumerate(folds):
         rows = [i for i, e in enumerate(scored) if held_by[e.source] == fold]
         report = json.loads((fold_dir(out, fold) / "training_metrics.json").read_text())
         if fold_sources(report["config"]["holdout_sources"]) != fold_sources(fold):
             raise ValueError(f"{fold_dir(out, fold)} holds {report['config']['holdout_sources']!r} out, not {fold!r}")
         model, trained = load_model(fold_dir(out, fold) / MODEL_FILE), report["split"]["train"]
         columns = [LABELS.index(name) for name in model.spec.class_names]
+        own = np.broadcast_to(np.asarray(model.spec.decision_thresholds or 0.0, dtype=float), (len(columns),))
+        caps[k], caps[k, columns] = own.max(), own  # a class the fold lacks never tops its scores
         for start in range(0, len(rows), 32):
             chunk = rows[start:start + 32]
             p, _ = head_probabilities(model, load_images([scored[i].example for i in chunk], S3Settings(base.endpoint_url, base.region)))
             p_argmax[chunk], p_kept[chunk] = label_scores(p, columns, model.spec.decision_thresholds, len(LABELS), OTHER_INDEX)
+        fold_of[rows] = k
         seen[rows] = [scored[i].label == LABELS[OTHER_INDEX] or trained.get(scored[i].label, 0) > 0 for i in rows]
+    modal = p_argmax[:, :OTHER_INDEX]
+    crossed = cross_fold_thresholds(modal, y, fold_of, caps, min_accept, min_figures)
+    p_cross = kept_scores(p_argmax, modal.max(axis=1) >= crossed[fold_of, modal.argmax(axis=1)], OTHER_INDEX)
     sources = per_source(p_kept, y, scored, 0.0)
     for name, closed in per_source(p_argmax, y, scored, 0.0).items():
         sources[name]["closed_set_accuracy"] = closed["closed_set_accuracy"]
-    return {"figures": len(scored), "with_threshold": summarize(p_kept, y, scored, 0.0, seen),
+    for name, cross in per_source(p_cross, y, scored, 0.0).items():
+        sources[name]["cross_fold_accuracy"] = cross["accuracy"]
+    frontier = []
+    for t in FRONTIER:  # one threshold for every fold, chosen on these very figures: a bound, not a result
+        at = summarize(kept_scores(p_argmax, modal.max(axis=1) >= t, OTHER_INDEX), y, scored, 0.0, seen)
+        frontier.append({"threshold": t} | {k: at[k] for k in ("macro_f1", "other_medical_called_other", "other_figure_called_other")})
+    return {"figures": len(scored), "with_threshold": summarize(p_kept, y, scored, 0.0, seen), "frontier": frontier,
+            "cross_fold": summarize(p_cross, y, scored, 0.0, seen) | {"min_accept": min_accept, "min_figures": min_figures},
+            "cross_fold_thresholds": {fold: dict(zip(LABELS, map(float, crossed[k]))) for k, fold in enumerate(folds)},
             "argmax": summarize(p_argmax, y, scored, 0.0, seen), "per_source": sources,
             "unscored_sources": sorted({e.source for e in examples} - set(held_by))}
-
-
-def table(folds: list[dict[str, Any]]) -> str:
-    """One line per fold and class: recall with the threshold and by argmax (closed set)."""
-    lines = [f"{'held-out source':<48}{'class':<12}{'n':>5}{'recall':>8}{'argmax acc':>11}{'t':>7}"]
-    for fold in folds:
-        for name, recall in fold.get("recall", {}).items():
-            n = fold["held_out"].get(name, 0)
-            lines.append(f"{fold['source'][:47]:<48}{name:<12}{n:>5}{recall:>8.3f}{fold['closed_set_accuracy']:>11.3f}{fold['threshold']:>7.3f}")
-        if "other_rejected" in fold:
-            lines.append(f"{fold['source'][:47]:<48}{'other':<12}{fold['held_out'].get('other', 0):>5}{fold['other_rejected']:>8.3f}")
-    return "\n".join(lines)
-
-
-def pooled_table(pooled: dict[str, Any]) -> str:
-    """Per-class precision / recall / F1 of the pooled folds, with the thresholds and by argmax."""
-    runs = {"with the fold's threshold": pooled["with_threshold"], "argmax": pooled["argmax"]}
-    lines = [f"{'class':<12}" + "".join(f"{name:>28}" for name in runs)]
-    for label in pooled["with_threshold"]["per_class"]:
-        lines.append(f"{label:<12}" + "".join(f"{r['per_class'][label]['precision']:>14.3f}{r['per_class'][label]['recall']:>7.3f}"
-                                              f"{r['per_class'][label]['f1']:>7.3f}" for r in runs.values()))
-    for key in ("macro_f1", "macro_f1_testable", "other_medical_called_other", "other_figure_called_other"):
-        lines.append(f"{key:<28}" + "".join(f"{r[key]:>12.3f}" for r in runs.values()))
-    if pooled["unscored_sources"]:
-        lines.append("not held by any fold: " + ", ".join(pooled["unscored_sources"]))
-    return "\n".join(lines)
 
 
 def fold_problem(folds: list[str], base: TrainConfig) -> str | None:
@@ -240,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--torch-threads", type=int, default=2)
+    parser.add_argument("--min-accept", type=float, default=0.97, help="share of each class's right figures a cross-fold threshold keeps (thresholds' flag)")
+    parser.add_argument("--min-figures", type=int, default=10, help="right figures of other folds a cross-fold threshold needs (else the fold's own stays)")
     parser.add_argument("--retrain", action="store_true", help="train every fold again, even one already finished with the same recipe")
     parser.add_argument("--ray", action="store_true")
     parser.add_argument("--use-gpu", action="store_true")
@@ -259,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     folds = run_folds(base, args.hold, args.out, args.retrain)
     print(table(folds))
-    pooled = score_folds(base, args.hold, args.out)
+    pooled = score_folds(base, args.hold, args.out, args.min_accept, args.min_figures)
     (args.out / "loso-fit.json").write_text(json.dumps({"config": _study_config(base), "folds": folds, "pooled": pooled}, indent=2) + "\n")
     print(pooled_table(pooled))
     return 0

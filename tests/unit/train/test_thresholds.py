@@ -48,6 +48,26 @@ def test_each_class_keeps_its_share_of_right_figures_on_held_out_sources_capped_
         class_thresholds(p, y, held, names, pooled=0.9, min_accept=0.0, min_figures=3)
 
 
+def test_cross_fold_thresholds_are_set_on_the_other_folds_held_figures_only() -> None:
+    from xai_pipeline.train.thresholds import cross_fold_thresholds
+
+    fold0 = np.linspace(0.50, 0.69, 20)  # class 0 right in fold 0, all low
+    fold1 = np.linspace(0.80, 0.99, 20)  # class 0 right in fold 1, all high
+    p = np.vstack([_rows(0, list(fold0)), _rows(0, list(fold1)),
+                   _rows(1, [0.55] * 3), _rows(1, [0.99]),  # class 1: 3 right in fold 0; a figure of no class called 1 in fold 1
+                   _rows(0, [0.30])])  # a class-2 figure called class 0 in fold 1: wrong, not counted
+    y = np.array([0] * 40 + [1] * 3 + [3, 2])
+    fold = np.array([0] * 20 + [1] * 20 + [0] * 3 + [1, 1])
+    caps = np.array([[0.9, 0.9, 0.9], [0.75, 0.6, 0.9]])
+    got = cross_fold_thresholds(p, y, fold, caps, min_accept=0.9, min_figures=3)
+    # Fold 0's class 0 is set on fold 1's figures (its own low ones are never seen): capped at its own 0.9.
+    assert got[0, 0] == pytest.approx(min(0.9, np.floor(np.quantile(fold1, 0.1, method="lower") * 1e4) / 1e4))
+    assert got[1, 0] == pytest.approx(np.floor(np.quantile(fold0, 0.1, method="lower") * 1e4) / 1e4) and got[1, 0] < 0.75
+    assert got[1, 1] == pytest.approx(0.55)  # fold 0's three class-1 figures; 0.55 < fold 1's own 0.6
+    assert got[0, 1] == 0.9 and got[0, 2] == 0.9 and got[1, 2] == 0.9  # nothing of class 1 (2) elsewhere: own threshold
+    assert cross_fold_thresholds(p, y, fold, caps, min_accept=0.9, min_figures=4)[1, 1] == 0.6  # too few: own threshold
+
+
 def test_the_source_check_scores_each_held_out_source_with_a_threshold_from_the_others() -> None:
     from types import SimpleNamespace
 

@@ -149,7 +149,8 @@ def test_source_balance_tempers_big_sources_within_a_class() -> None:
 
 @pytest.mark.slow
 def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(tmp_path: Path, dataset_dir: Path) -> None:
-    from xai_pipeline.train.loso_fit import fold_dir, main as loso_fit_main, run_folds, score_folds, table
+    from xai_pipeline.train.loso_card import table
+    from xai_pipeline.train.loso_fit import fold_dir, main as loso_fit_main, run_folds, score_folds
     from xai_pipeline.train.model_card import main as card_main
 
     a, b = _two_manifests(tmp_path, dataset_dir)
@@ -180,6 +181,19 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     assert confusion.sum() == 7 and confusion[2].sum() == 4 and confusion[6].sum() == 3  # rows: fundus, other
     assert confusion[2, 2] == round(4 * folds[0]["recall"]["fundus"]) and confusion[6, 6] == round(3 * folds[1]["other_rejected"])
     assert np.array(pooled["argmax"]["confusion"])[6].sum() == 3 and pooled["argmax"]["other_figure_called_other"] == 0.0
+    # Cross-fold: each fold's per-class thresholds from the other fold's held figures, never above its own.
+    own = {f["source"]: f["threshold"] for f in folds}
+    for fold, t in pooled["cross_fold_thresholds"].items():
+        assert set(t) == {"chest_xray", "ct", "fundus", "histology", "mri", "ultrasound"} and max(t.values()) <= own[fold] + 1e-9
+    assert pooled["cross_fold_thresholds"]["charts-y"]["fundus"] <= own["charts-y"]
+    crossed = np.array(pooled["cross_fold"]["confusion"])
+    assert crossed.sum() == 7 and crossed[2].sum() == 4 and pooled["cross_fold"]["min_accept"] == 0.97
+    assert crossed[2, 2] >= confusion[2, 2] and crossed[6, 6] <= confusion[6, 6]  # lower thresholds keep more, reject less
+    assert pooled["per_source"]["src-b"]["cross_fold_accuracy"] >= pooled["per_source"]["src-b"]["accuracy"]
+    frontier = pooled["frontier"]  # one threshold for all: at 0 argmax, rejecting more as it rises
+    assert frontier[0]["threshold"] == 0.0 and frontier[0]["macro_f1"] == pytest.approx(pooled["argmax"]["macro_f1"])
+    rejected = [f["other_figure_called_other"] for f in frontier]
+    assert rejected == sorted(rejected) and rejected[0] == 0.0
 
     # Several sources in one fold; a finished fold with the same configuration is not trained again.
     both = run_folds(base, ["src-b,charts-y"], out)
@@ -204,7 +218,7 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     text = card.read_text()
     assert text.startswith("# Model card\n\n## Limits\n- x\n") and "## Fine-tuned leave-one-source-out" in text
     assert f"| src-b | fundus | 4 | {pooled['per_source']['src-b']['accuracy']:.3f} |" in text and "| charts-y | other | 3 |" in text
-    assert "| fundus | 4 |" in text and "macro-F1, six modalities" in text and "Sources no fold held: charts-x, src-a." in text
+    assert "| fundus | 4 |" in text and "macro-F1, six modalities" in text and "| threshold | 0 | 0.3 |" in text and "Sources no fold held: charts-x, src-a." in text
     assert card_main(["--card", str(card), "--loso-fit", str(out / "loso-fit.json")]) == 0 and card.read_text() == text  # replaced, not added
 
 
