@@ -64,6 +64,8 @@ def unit(z: np.ndarray) -> np.ndarray:
 
 def knn_distance(queries: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
     """Cosine distance of each unit-length query to its ``k``-th nearest row of ``bank`` (unit rows)."""
+    if len(bank) == 0:
+        raise ValueError("an empty bank: the fold has no training figure of the six classes")
     similarity = queries @ bank.T
     return 1.0 - np.sort(similarity, axis=1)[:, -min(k, bank.shape[0])]
 
@@ -76,8 +78,12 @@ def score_fold(study: Path, fold: str, held: list[Example], k: int, limit: int |
     config = json.loads((folder / "training_metrics.json").read_text())["config"]
     cfg = TrainConfig(**{f.name: config[f.name] for f in fields(TrainConfig) if f.name in config})
     examples, _, (train_idx, val_idx, _) = examples_and_split(cfg)
+    if sorted(fold_sources(config["holdout_sources"])) != sorted(fold_sources(fold)):
+        raise ValueError(f"{folder} holds {config['holdout_sources']!r} out, not {fold!r}")
     train = [examples[i] for i in train_idx if examples[i].label != OTHER_LABEL][:limit]
     validation = [examples[i] for i in val_idx if examples[i].label != OTHER_LABEL][:limit]
+    if not validation:
+        raise ValueError(f"{folder}: no validation figure of the six classes to set the thresholds on")
     model = load_model(folder / MODEL_FILE)
     columns = [LABELS.index(name) for name in model.spec.class_names]
     bank = unit(features(model, train))

@@ -74,8 +74,8 @@ Folds have no figure-type head, so charts and diagrams are rejected by the thres
 Accuracy: the label given (a modality, or `other` under the threshold) is the figure's label; with the fold's
 own threshold, and with the *cross-fold* per-class thresholds: each fold's class `c` threshold set, by the shipped
 per-class rule (keep {cross['min_accept']:g} of the right figures, at least {cross['min_figures']} of them, never above the fold's own), on the
-figures of class `c` that *other* folds held, each scored by its own fold's model: thresholds set on sources the
-model never saw, as issue 17 asks, and never on the fold's own.
+figures of class `c` that *other* folds held, each scored by its own fold's model, which never saw it: thresholds
+set on held-out sources, as issue 17 asks, and never on the fold's own.
 
 | held-out source | labels | figures | accuracy | cross-fold accuracy | argmax accuracy | fold threshold |
 |---|---|---:|---:|---:|---:|---:|

@@ -261,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}")
         return 2
+    if not 0.0 < args.min_accept <= 1.0:
+        print(f"error: --min-accept must lie in (0, 1], got {args.min_accept}")
+        return 2
     problem = fold_problem(args.hold, base)
     if problem:
         print(f"error: --hold: {problem}")

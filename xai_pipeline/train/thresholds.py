@@ -93,7 +93,8 @@ def class_thresholds(probabilities: np.ndarray, y_true: np.ndarray, from_held_so
 def cross_fold_thresholds(p: np.ndarray, y: np.ndarray, fold: np.ndarray, caps: np.ndarray, min_accept: float,
                           min_figures: int) -> np.ndarray:
     r"""Per-class thresholds for a leave-source-out study, each fold's set on the *other* folds' held
-    sources (never on its own, nor on the sources it trained on):
+    sources, never on its own (fold ``k``'s model trained on those other sources; what makes them
+    a new hospital's figures is that each was scored by its own fold's model, which never saw it):
 
         t_{k,c} = min(u_{k,c}, Q_{1−a}({ max_j P_j(x) : x ∈ H_{¬k}, y(x) = c = argmax_j P_j(x) }))
 
@@ -101,9 +102,10 @@ def cross_fold_thresholds(p: np.ndarray, y: np.ndarray, fold: np.ndarray, caps: 
     figure of no class); ``fold`` its fold index; ``caps`` K×C, ``u_{k,c}``: fold ``k``'s own
     threshold for class ``c`` (so these only loosen it); ``a`` = ``min_accept``; ``H_{¬k}`` the
     figures of folds other than ``k``. Where fewer than ``min_figures`` figures qualify, ``u_{k,c}``
-    stays. The rule is :func:`class_thresholds`'s, with the other folds as the held-out sources:
-    each figure was scored by a model that never saw its source, so the quantile describes a new
-    hospital; the models differ by fold, which a single model's thresholds would not."""
+    stays. The rule is :func:`class_thresholds`'s, with the other folds as the held-out sources;
+    the models differ by fold, which a single model's thresholds would not."""
+    if not 0.0 < min_accept <= 1.0:
+        raise ValueError(f"min_accept must lie in (0, 1], got {min_accept}")
     top, confidence = p.argmax(axis=1), p.max(axis=1)
     thresholds = np.array(caps, dtype=float)
     for k in range(len(thresholds)):

@@ -55,17 +55,24 @@ def test_cross_fold_thresholds_are_set_on_the_other_folds_held_figures_only() ->
     fold1 = np.linspace(0.80, 0.99, 20)  # class 0 right in fold 1, all high
     p = np.vstack([_rows(0, list(fold0)), _rows(0, list(fold1)),
                    _rows(1, [0.55] * 3), _rows(1, [0.99]),  # class 1: 3 right in fold 0; a figure of no class called 1 in fold 1
-                   _rows(0, [0.30])])  # a class-2 figure called class 0 in fold 1: wrong, not counted
-    y = np.array([0] * 40 + [1] * 3 + [3, 2])
+                   _rows(1, [0.40])])  # a class-0 figure of fold 1 whose top class is 1: not a right class-0 figure
+    y = np.array([0] * 40 + [1] * 3 + [3, 0])
     fold = np.array([0] * 20 + [1] * 20 + [0] * 3 + [1, 1])
     caps = np.array([[0.9, 0.9, 0.9], [0.75, 0.6, 0.9]])
     got = cross_fold_thresholds(p, y, fold, caps, min_accept=0.9, min_figures=3)
-    # Fold 0's class 0 is set on fold 1's figures (its own low ones are never seen): capped at its own 0.9.
-    assert got[0, 0] == pytest.approx(min(0.9, np.floor(np.quantile(fold1, 0.1, method="lower") * 1e4) / 1e4))
+    q1 = np.floor(np.quantile(fold1, 0.1, method="lower") * 1e4) / 1e4  # 0.81 from fold 1's figures
+    assert got[0, 0] == pytest.approx(q1) and q1 < 0.9  # fold 0's class 0: set on fold 1 only (its own low ones unseen)
     assert got[1, 0] == pytest.approx(np.floor(np.quantile(fold0, 0.1, method="lower") * 1e4) / 1e4) and got[1, 0] < 0.75
     assert got[1, 1] == pytest.approx(0.55)  # fold 0's three class-1 figures; 0.55 < fold 1's own 0.6
     assert got[0, 1] == 0.9 and got[0, 2] == 0.9 and got[1, 2] == 0.9  # nothing of class 1 (2) elsewhere: own threshold
     assert cross_fold_thresholds(p, y, fold, caps, min_accept=0.9, min_figures=4)[1, 1] == 0.6  # too few: own threshold
+    low_caps = np.array([[0.7, 0.9, 0.9], [0.75, 0.6, 0.9]])  # fold 1's figures would give 0.81: fold 0's own 0.7 binds
+    assert cross_fold_thresholds(p, y, fold, low_caps, min_accept=0.9, min_figures=3)[0, 0] == 0.7
+    # Counted: only figures of class c whose top class is c. Fold 1's stray class-0 figure (top class 1, 0.40)
+    # would set fold 0's class-0 threshold to 0.40 at min_accept=1.0 if it counted.
+    assert cross_fold_thresholds(p, y, fold, caps, min_accept=1.0, min_figures=3)[0, 0] == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="min_accept"):
+        cross_fold_thresholds(p, y, fold, caps, min_accept=1.5, min_figures=3)
 
 
 def test_the_source_check_scores_each_held_out_source_with_a_threshold_from_the_others() -> None:

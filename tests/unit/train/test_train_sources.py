@@ -7,6 +7,7 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -148,7 +149,8 @@ def test_source_balance_tempers_big_sources_within_a_class() -> None:
 
 
 @pytest.mark.slow
-def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(tmp_path: Path, dataset_dir: Path) -> None:
+def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(tmp_path: Path, dataset_dir: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from xai_pipeline.train.loso_card import table
     from xai_pipeline.train.loso_fit import fold_dir, main as loso_fit_main, run_folds, score_folds
     from xai_pipeline.train.model_card import main as card_main
@@ -170,9 +172,25 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     assert "src-b" in table(folds).splitlines()[1] and "fundus" in table(folds)
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--source-balance", "2"]) == 2  # names the flag
     assert loso_fit_main(["--data", a, "--hold", "src-a,src-b", "--hold", "src-b", "--out", str(out)]) == 2  # src-b twice
+    assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--min-accept", "1.5"]) == 2  # before any training
 
     # Pooled: each held figure scored again by its fold's model agrees with the fold's own report.
+    import xai_pipeline.train.thresholds as thresholds_module
+
+    seen_by_cross: dict[str, Any] = {}
+    real_cross = thresholds_module.cross_fold_thresholds
+
+    def spy(p: np.ndarray, y: np.ndarray, fold: np.ndarray, caps: np.ndarray, min_accept: float, min_figures: int) -> np.ndarray:
+        seen_by_cross.update(p=p, y=y, fold=fold, caps=caps)
+        return real_cross(p, y, fold, caps, min_accept, min_figures)
+
+    monkeypatch.setattr(thresholds_module, "cross_fold_thresholds", spy)
     pooled = score_folds(base, ["src-b", "charts-y"], out)
+    # Wiring: rows in label order (the four src-b fundus figures are fold 0, the three charts-y figures fold 1), six
+    # modality columns, and each fold's own threshold as its cap.
+    assert sorted(seen_by_cross["fold"].tolist()) == [0, 0, 0, 0, 1, 1, 1] and seen_by_cross["p"].shape == (7, 6)
+    assert seen_by_cross["fold"][seen_by_cross["y"] == 2].tolist() == [0] * 4 and set(seen_by_cross["y"][seen_by_cross["fold"] == 1]) == {6}
+    assert seen_by_cross["caps"][:, 2].tolist() == pytest.approx([folds[0]["threshold"], folds[1]["threshold"]])
     assert pooled["figures"] == 7 and set(pooled["per_source"]) == {"src-b", "charts-y"}
     assert pooled["unscored_sources"] == ["charts-x", "src-a"]
     assert pooled["per_source"]["src-b"]["accuracy"] == pytest.approx(folds[0]["recall"]["fundus"])
