@@ -42,7 +42,7 @@ from xai_pipeline.store.source import S3Settings
 from xai_pipeline.train.dataset import Example, load_images
 from xai_pipeline.train.evaluate import pooled_features
 from xai_pipeline.train.loso import OTHER_INDEX, summarize
-from xai_pipeline.train.loso_fit import fold_dir, fold_sources, kept_scores
+from xai_pipeline.train.loso_fit import fold_dir, fold_report, fold_sources, kept_scores, label_scores
 from xai_pipeline.train.run import MODEL_FILE
 from xai_pipeline.train.sources import LABELS, read_all_sources
 from xai_pipeline.train.split import data_parts, examples_and_split
@@ -75,11 +75,9 @@ def score_fold(study: Path, fold: str, held: list[Example], k: int, limit: int |
     """Per held figure of ``fold``: its probabilities in the label space, its top probability and
     k-NN distance, and the fold's validation top probabilities and distances (for the thresholds)."""
     folder = fold_dir(study, fold)
-    config = json.loads((folder / "training_metrics.json").read_text())["config"]
+    config = fold_report(study, fold)["config"]
     cfg = TrainConfig(**{f.name: config[f.name] for f in fields(TrainConfig) if f.name in config})
     examples, _, (train_idx, val_idx, _) = examples_and_split(cfg)
-    if sorted(fold_sources(config["holdout_sources"])) != sorted(fold_sources(fold)):
-        raise ValueError(f"{folder} holds {config['holdout_sources']!r} out, not {fold!r}")
     train = [examples[i] for i in train_idx if examples[i].label != OTHER_LABEL][:limit]
     validation = [examples[i] for i in val_idx if examples[i].label != OTHER_LABEL][:limit]
     if not validation:
@@ -90,9 +88,7 @@ def score_fold(study: Path, fold: str, held: list[Example], k: int, limit: int |
     out: dict[str, np.ndarray] = {}
     for name, chosen in (("validation", validation), ("held", held)):
         z = features(model, chosen)
-        p = model.head(torch.from_numpy(z)).softmax(-1).numpy()
-        plain = np.zeros((len(chosen), len(LABELS)))
-        plain[:, columns] = p
+        plain, _ = label_scores(model.head(torch.from_numpy(z)).softmax(-1).numpy(), columns, None, len(LABELS), OTHER_INDEX)
         out[f"{name}_p"], out[f"{name}_knn"] = plain, knn_distance(unit(z), bank, k)
     return out
 
@@ -110,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     scored = [e for e in sourced if e.source in held_by]
     y = np.array([LABELS.index(e.label) for e in scored])
     p, knn = np.zeros((len(scored), len(LABELS))), np.zeros(len(scored))
-    cuts: dict[str, dict[float, tuple[float, float]]] = {}
+    cuts: dict[str, dict[float, tuple[float, float]]] = {}  # fold -> keep share -> (softmax, k-NN) threshold
     fold_of = np.zeros(len(scored), dtype=np.int64)
     for index, fold in enumerate(folds):
         rows = [i for i, e in enumerate(scored) if held_by[e.source] == fold]
@@ -122,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     top, seen = p[:, :OTHER_INDEX].max(axis=1), np.ones(len(scored), dtype=bool)
     rows_out: list[dict[str, Any]] = []
     for q in KEEP:
-        soft = np.array([top[i] >= cuts[folds[fold_of[i]]][q][0] for i in range(len(scored))])
-        near = np.array([knn[i] <= cuts[folds[fold_of[i]]][q][1] for i in range(len(scored))])
+        soft_cut, near_cut = np.array([cuts[fold][q] for fold in folds]).T  # per fold, indexed by fold_of
+        soft, near = top >= soft_cut[fold_of], knn <= near_cut[fold_of]
         row: dict[str, Any] = {"keep": q}
         for name, keep in (("softmax", soft), ("knn", near), ("both", soft & near)):
             at = summarize(kept_scores(p, keep, OTHER_INDEX), y, scored, 0.0, seen)

@@ -1,12 +1,14 @@
 """The Ray job against a plain single-process PyTorch script doing the same work.
 
-    python -m bench.pipeline_vs_script [--smoke] [--figures N] [--small N]
+    python -m bench.pipeline_vs_script [--smoke] [--figures N] [--small N] [--model PATH] [--arms A,B]
 
 Both read the same figures from moto_server (S3 protocol), decode, classify with the bundled
 model, compute CRM, encode rows (ROI boxes included) and write Parquet (the job: a Delta table),
 on this machine. The script is the obvious alternative: list, then for each batch of 32 get →
 decode → predict → encode, one process, two torch threads. The job is ``xai-pipeline index``
-with 1 classifier actor (2 torch threads) and with 2 actors (1 thread each).
+with 1 classifier actor (2 torch threads) and with 2 actors (1 thread each). ``--model`` runs every
+arm with that model file instead of the bundled one (a seed ensemble, say; the results file is then
+``pipeline_vs_script-<file stem>``), ``--arms`` only the arms named.
 
 Each arm runs as its own command and is timed from outside, interpreter start to exit, at two
 collection sizes, ``small`` and ``figures``. Reported per arm: figures/s end to end at each size,
@@ -57,10 +59,10 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def plain_script(input_uri: str, out: Path, settings: S3Settings, batch: int = 32) -> float:
+def plain_script(input_uri: str, out: Path, settings: S3Settings, batch: int = 32, model: str | None = None) -> float:
     """The obvious single-process loop; returns figures/s end to end (model load included)."""
     started = time.perf_counter()
-    classifier = FigureClassifier(device="cpu", torch_threads=2)
+    classifier = FigureClassifier(model_path=model, device="cpu", torch_threads=2)
     location = parse_location(input_uri, "--input")
     listing = list_objects(location, settings)
     tables = []
@@ -80,12 +82,14 @@ ARMS = {
 }
 
 
-def run_arm(arm: str, input_uri: str, out: Path, endpoint: str) -> float:
+def run_arm(arm: str, input_uri: str, out: Path, endpoint: str, model: str | None = None) -> float:
     """Seconds from starting the arm's command to its exit."""
+    with_model = ["--model", model] if model else []
     if arm == "script":
-        command = [sys.executable, "-m", "bench.pipeline_vs_script", "--script", input_uri, str(out)]
+        command = [sys.executable, "-m", "bench.pipeline_vs_script", "--script", input_uri, str(out), *with_model]
     else:
-        command = [sys.executable, "-m", "xai_pipeline.cli", "index", "--input", input_uri, "--output", str(out), "--batch-size", "32", *ARMS[arm]]
+        command = [sys.executable, "-m", "xai_pipeline.cli", "index", "--input", input_uri, "--output", str(out), "--batch-size", "32",
+                   *ARMS[arm], *with_model]
     with ray_tmpdir() as ray_tmp:
         env = {**os.environ, **MOTO_ENV, "AWS_ENDPOINT_URL": endpoint, "RAY_TMPDIR": ray_tmp}
         started = time.perf_counter()
@@ -106,12 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figures", type=int, default=1200, help="the larger collection")
     parser.add_argument("--small", type=int, default=300, help="the smaller collection")
     parser.add_argument("--dataset", default=DEFAULT_DATASET)
+    parser.add_argument("--model", help="model file for every arm (default: the bundled model)")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"arms to run, comma-separated, of {', '.join(ARMS)}")
     parser.add_argument("--script", nargs=2, metavar=("INPUT", "OUT"), help=argparse.SUPPRESS)  # the script arm's command
     args = parser.parse_args(argv)
     if args.script:
         torch.set_num_threads(2)
-        plain_script(args.script[0], Path(args.script[1]), S3Settings())
+        plain_script(args.script[0], Path(args.script[1]), S3Settings(), model=args.model)
         return 0
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if not arms or set(arms) - set(ARMS):
+        parser.error(f"--arms: choose from {', '.join(ARMS)}, got {args.arms!r}")
+    if args.model and not Path(args.model).is_file():
+        parser.error(f"--model: no such file {args.model}")
     small, large = (12, 24) if args.smoke else (args.small, args.figures)
     with tempfile.TemporaryDirectory(prefix="xai-pvs-") as tmp:
         work = Path(tmp)
@@ -130,15 +141,17 @@ def main(argv: list[str] | None = None) -> int:
                 if i < small:
                     s3.put_object(Bucket="bench", Key=f"small/{f.name}", Body=body)
             results: dict[str, object] = {"small": small, "large": large}
-            for arm in ARMS:
-                seconds = [run_arm(arm, f"s3://bench/{size}", work / f"{arm}-{size}", endpoint) for size in ("small", "large")]
+            for arm in arms:
+                seconds = [run_arm(arm, f"s3://bench/{size}", work / f"{arm}-{size}", endpoint, args.model) for size in ("small", "large")]
                 results[arm] = rates(small, large, *seconds)
                 log.info("%s: %s", arm, results[arm])
     print_table(["arm", f"fig/s at {small}", f"fig/s at {large}", "marginal fig/s", "fixed s"],
                 [[arm, r["fig_s_small"], r["fig_s_large"], r["marginal_fig_s"], r["fixed_seconds"]]  # type: ignore[index]
                  for arm, r in results.items() if arm in ARMS])
     print("each arm is a command timed from start to exit; marginal = (large - small) / (t_large - t_small)")
-    write_results("pipeline_vs_script", args.smoke, {"results": results, "goal": "job >= script on one machine; faster with more workers"})
+    name = "pipeline_vs_script" + (f"-{Path(args.model).stem}" if args.model else "")
+    write_results(name, args.smoke, {"results": results, "model": args.model or "bundled",
+                                     "goal": "job >= script on one machine; faster with more workers"})
     return 0
 
 

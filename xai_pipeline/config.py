@@ -262,7 +262,8 @@ class TrainConfig:
     holdout_sources: str = field(default="", metadata=opt("comma-separated source_repo values never trained on, evaluated separately", metavar="SOURCES"))
     min_accept: float = field(default=0.97, metadata=opt("the 'other' threshold keeps this share of the in-class figures it is set on (see --threshold-on)", metavar="F"))
     threshold_on: str = field(default="validation", metadata=opt("figures the 'other' threshold is set on: validation (held-out groups of the training sources) or holdout (the in-class figures of --holdout-sources, sources the model never saw)", choices=("validation", "holdout")))
-    seed: int = field(default=0, metadata=opt("seed for the split, sampling, augmentation and initialisation", metavar="N"))
+    seed: int = field(default=0, metadata=opt("seed for sampling, augmentation and initialisation, and for the split unless --split-seed is given", metavar="N"))
+    split_seed: int | None = field(default=None, metadata=opt("seed for the split into training and validation groups (default: --seed); the members of a seed ensemble share it, so its validation groups are unseen by all of them", metavar="N"))
     max_steps: int | None = field(default=None, metadata=opt("stop after this many steps (smoke tests)", metavar="N"))
     torch_threads: int = field(default=2, metadata=opt("torch threads on the CPU", metavar="N"))
     ray: bool = field(default=False, metadata=opt("train with Ray Train's TorchTrainer (one worker per GPU with --use-gpu)"))
@@ -289,6 +290,11 @@ class TrainConfig:
     @property
     def holdout(self) -> tuple[str, ...]:
         return tuple(s.strip() for s in self.holdout_sources.split(",") if s.strip())
+
+    @property
+    def group_split_seed(self) -> int:
+        """The seed the split into training and validation groups uses: ``split_seed``, else ``seed``."""
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 @dataclass(frozen=True)

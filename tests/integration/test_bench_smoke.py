@@ -14,7 +14,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("name", ["crm_overhead", "crm_vs_bruteforce", "decode", "listing", "gpu_check", "table_bytes",
-                                  "pipeline_vs_script", "scale", "encode", "collection_scale", "panels", "backbone", "cli_startup", "faithfulness"])
+                                  "pipeline_vs_script", "scale", "encode", "collection_scale", "panels", "backbone", "cli_startup", "faithfulness",
+                                  "seed_ensemble"])
 def test_benchmark_smoke(name: str, dataset_dir: Path, ray_session: None, capsys) -> None:
     module = importlib.import_module(f"bench.{name}")
     args = ["--smoke"] + (["--dataset", str(dataset_dir)] if name in ("decode", "table_bytes", "pipeline_vs_script", "collection_scale", "panels", "faithfulness") else [])

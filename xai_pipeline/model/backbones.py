@@ -17,8 +17,10 @@ CPU thread (``python -m bench.backbone``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Callable
 
+import torch
 from torch import nn
 
 from xai_pipeline.model.efficientnet_lite import (  # re-exported: callers import these from here
@@ -103,6 +105,17 @@ BACKBONES: dict[str, BackboneBuilder] = {
     "mobilenet_v3_large": _mobilenet_v3_large,
     **{name: _efficientnet_lite(name) for name in LITE_VARIANTS},
 }
+
+
+class MemberFeatures(nn.Module):
+    """A seed ensemble's features (:mod:`xai_pipeline.model.ensemble`): runs each member's feature extractor on the same input and stacks the maps along channels."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([member(x) for member in self.members], dim=1)
 
 
 def build_backbone(architecture: str) -> tuple[nn.Module, int]:

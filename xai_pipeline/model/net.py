@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xai_pipeline.model.backbones import build_backbone
+from xai_pipeline.model.backbones import MemberFeatures, build_backbone
 from xai_pipeline.errors import ModelFileError
 
 SPEC_METADATA_KEY = "xai_pipeline.model_spec"
@@ -41,7 +41,9 @@ class ModelSpec:
     per-class thresholds that replace it for the figures whose top class is named
     (:mod:`xai_pipeline.train.thresholds`; empty: the one threshold for all). ``figure_types``: the
     outputs of the figure-type head (a linear layer on the pooled features,
-    :mod:`xai_pipeline.train.figure_type`); empty for a model without one.
+    :mod:`xai_pipeline.train.figure_type`); empty for a model without one. ``members``: how many
+    backbones of ``architecture`` the model runs, their feature maps stacked along the channels (a
+    seed ensemble, :mod:`xai_pipeline.model.ensemble`); 1 for one network.
     """
 
     name: str
@@ -56,6 +58,7 @@ class ModelSpec:
     other_threshold: float | None = None
     class_thresholds: dict[str, float] = field(default_factory=dict)
     figure_types: tuple[str, ...] = ()
+    members: int = 1
     weights_sha256: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -66,6 +69,8 @@ class ModelSpec:
             raise ValueError(f"class names repeat: {self.class_names}")
         if OTHER_LABEL in self.class_names:
             raise ValueError(f"{OTHER_LABEL!r} is reserved for low-confidence predictions")
+        if self.members < 1:
+            raise ValueError(f"members must be at least 1, got {self.members}")
         if self.head not in ("linear", "mlp"):
             raise ValueError(f"head must be 'linear' or 'mlp', got {self.head!r}")
         unknown = sorted(set(self.class_thresholds) - set(self.class_names))
@@ -89,7 +94,10 @@ class ModelSpec:
         return len(self.class_names)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if self.members == 1:  # one network: the description as before ensembles, so its file's bytes stay the same
+            del data["members"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelSpec":
@@ -101,12 +109,16 @@ class ModelSpec:
 
 
 class ModalityNet(nn.Module):
-    """``features`` (B×K×H×W) → global average pooling → ``head`` (B×C logits)."""
+    """``features`` (B×K×H×W; K summed over the members of an ensemble) → global average pooling
+    → ``head`` (B×C logits)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
         self.features, channels = build_backbone(spec.architecture)
+        if spec.members > 1:
+            backbones = [self.features] + [build_backbone(spec.architecture)[0] for _ in range(spec.members - 1)]
+            self.features, channels = MemberFeatures(backbones), channels * spec.members
         if spec.head == "linear":
             self.head: nn.Module = nn.Linear(channels, spec.num_classes)
         else:

@@ -52,7 +52,7 @@ def held_out_examples(examples: list[Example], holdout_sources: str) -> list[Exa
     """The figures ``train`` keeps out of training when given the same data: its validation groups
     (split with train's default ``--seed`` and ``--val-fraction``) and the ``--holdout-sources``."""
     defaults = TrainConfig(data="-", out="-", holdout_sources=holdout_sources)
-    _, validation, holdout = split_by_group(examples, defaults.val_fraction, defaults.seed, defaults.holdout)
+    _, validation, holdout = split_by_group(examples, defaults.val_fraction, defaults.group_split_seed, defaults.holdout)
     if not validation and not holdout:
         raise ConfigError(f"--held-out: train's split of --data keeps no figure out of training ({len(examples)} figures)")
     return [examples[i] for i in sorted(validation + holdout)]

@@ -208,11 +208,14 @@ def area(curve: np.ndarray, xs: np.ndarray) -> np.ndarray:
 
 def randomised(model: ModalityNet, seed: int = 0) -> ModalityNet:
     """A copy with the modality head and the backbone's last block re-initialised (Adebayo et
-    al.'s cascading randomisation, top layers only)."""
+    al.'s cascading randomisation, top layers only; in an ensemble, every member's)."""
     twin = copy.deepcopy(model)
     torch.manual_seed(seed)
-    owners = [m for m in twin.features.modules() if any(True for _ in m.parameters(recurse=False))]
-    for module in [twin.head, *owners[-2:]]:  # the head, the backbone's last conv and its norm
+    last: list[torch.nn.Module] = []
+    for backbone in getattr(twin.features, "members", [twin.features]):  # each member of an ensemble
+        owners = [m for m in backbone.modules() if any(True for _ in m.parameters(recurse=False))]
+        last += owners[-2:]
+    for module in [twin.head, *last]:  # the head, each backbone's last conv and its norm
         for layer in module.modules():
             if hasattr(layer, "reset_parameters"):
                 layer.reset_parameters()

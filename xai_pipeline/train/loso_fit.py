@@ -29,9 +29,9 @@ import argparse
 import json
 import logging
 import re
-from dataclasses import asdict, replace
-from pathlib import Path
 from collections.abc import Sequence
+from dataclasses import asdict, fields, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,15 @@ def fold_dir(out: Path, fold: str) -> Path:
     sources = fold_sources(fold)
     more = f"_and_{len(sources) - 1}_more" if len(sources) > 1 else ""
     return out / (re.sub(r"[^A-Za-z0-9._-]", "_", sources[0]) + more)
+
+
+def fold_report(out: Path, fold: str) -> dict[str, Any]:
+    """The training report of ``fold``'s run in study ``out``, checked to hold exactly ``fold``'s
+    sources out (a folder reused from another study would score figures its model saw)."""
+    report = json.loads((fold_dir(out, fold) / "training_metrics.json").read_text())
+    if sorted(fold_sources(report["config"]["holdout_sources"])) != sorted(fold_sources(fold)):
+        raise ValueError(f"{fold_dir(out, fold)} holds {report['config']['holdout_sources']!r} out, not {fold!r}")
+    return report
 
 
 def fold_summary(fold: str, report: dict[str, Any]) -> dict[str, Any]:
@@ -92,8 +101,8 @@ def _finished(cfg: TrainConfig, split: dict[str, dict[str, int]]) -> dict[str, A
         return None
     report = json.loads(path.read_text())
 
-    def recipe(config: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in config.items() if k not in _WHERE_AND_HOW_FAST}
+    def recipe(config: dict[str, Any]) -> dict[str, Any]:  # a field a report predates holds its default
+        return {f.name: config.get(f.name, f.default) for f in fields(TrainConfig) if f.name not in _WHERE_AND_HOW_FAST}
 
     same = recipe(report.get("config", {})) == recipe(json.loads(json.dumps(asdict(cfg)))) and report.get("split") == split
     return report if same else None
@@ -127,7 +136,8 @@ def run_folds(base: TrainConfig, folds: list[str], out: Path, retrain: bool = Fa
 
 
 def _study_config(base: TrainConfig) -> dict[str, Any]:
-    return {"data": base.data, "epochs": base.epochs, "source_balance": base.source_balance, "architecture": base.architecture}
+    return {"data": base.data, "epochs": base.epochs, "source_balance": base.source_balance, "architecture": base.architecture,
+            "seed": base.seed, "split_seed": base.group_split_seed}
 
 
 FRONTIER = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
@@ -185,9 +195,7 @@ def score_folds(base: TrainConfig, folds: list[str], out: Path, min_accept: floa
     fold_of, caps = np.zeros(len(scored), dtype=np.int64), np.ones((len(folds), OTHER_INDEX))
     for k, fold in enumerate(folds):
         rows = [i for i, e in enumerate(scored) if held_by[e.source] == fold]
-        report = json.loads((fold_dir(out, fold) / "training_metrics.json").read_text())
-        if fold_sources(report["config"]["holdout_sources"]) != fold_sources(fold):
-            raise ValueError(f"{fold_dir(out, fold)} holds {report['config']['holdout_sources']!r} out, not {fold!r}")
+        report = fold_report(out, fold)
         model, trained = load_model(fold_dir(out, fold) / MODEL_FILE), report["split"]["train"]
         columns = [LABELS.index(name) for name in model.spec.class_names]
         own = np.broadcast_to(np.asarray(model.spec.decision_thresholds or 0.0, dtype=float), (len(columns),))
@@ -246,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source-balance", type=float, default=0.0)
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split-seed", type=int, default=None, help="seed of each fold's split into training and validation groups (train's flag; default: --seed)")
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--min-accept", type=float, default=0.97, help="share of each class's right figures a cross-fold threshold keeps (thresholds' flag)")
     parser.add_argument("--min-figures", type=int, default=10, help="right figures of other folds a cross-fold threshold needs (else the fold's own stays)")
@@ -256,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
-        base = TrainConfig(data=args.data, out=str(args.out), source_balance=args.source_balance, epochs=args.epochs, seed=args.seed,
+        base = TrainConfig(data=args.data, out=str(args.out), source_balance=args.source_balance, epochs=args.epochs, seed=args.seed, split_seed=args.split_seed,
                            torch_threads=args.torch_threads, ray=args.ray, use_gpu=args.use_gpu, num_workers=args.num_workers)
     except ConfigError as exc:
         print(f"error: {exc}")

@@ -89,8 +89,13 @@ def render_model_card(report: dict[str, Any]) -> str:
         "(Kim, Rajaraman & Antani, Diagnostics 2019;9(2):38) computed from its last convolutional feature map.",
         "",
         "## Model",
-        f"- Architecture: `{spec['architecture']}` features → global average pooling → one linear layer "
-        f"({len(spec['class_names'])} classes: {', '.join(spec['class_names'])}).",
+        (f"- Architecture: `{spec['architecture']}` features → global average pooling → one linear layer "
+         if spec.get("members", 1) == 1 else
+         f"- Architecture: a seed ensemble of {spec['members']} `{spec['architecture']}` networks (seeds "
+         f"{', '.join(map(str, report.get('member_seeds', [])))}): their last feature maps stacked along the channels → global "
+         "average pooling → one linear layer that averages their logits, so CRM on the stacked map is exact "
+         "(`xai_pipeline.model.ensemble`) ")
+        + f"({len(spec['class_names'])} classes: {', '.join(spec['class_names'])}).",
         f"- Input: the whole figure resized to {spec['input_size']}×{spec['input_size']} RGB, normalised with mean "
         f"{spec['mean']} and std {spec['std']}.",
         f"- 'other': reported when the top softmax probability is below **{spec['other_threshold']}**.",
@@ -99,7 +104,7 @@ def render_model_card(report: dict[str, Any]) -> str:
         "## Data",
         f"- Data: `{cfg['data']}`.",
         "- Split by group, never by image: a MedPix case, a histology tile (four crops) or a source image is "
-        f"wholly in training or in validation (seed {cfg['seed']}, {cfg['val_fraction']:.0%} of each class's groups to validation).",
+        f"wholly in training or in validation (seed {cfg['seed'] if cfg.get('split_seed') is None else cfg['split_seed']}, {cfg['val_fraction']:.0%} of each class's groups to validation).",
         f"- Sources never trained on: {', '.join(report.get('source_holdout_sources', [])) or 'none'}.",
         "",
         "| split | " + " | ".join(report["class_names"]) + " |",

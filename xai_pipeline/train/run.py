@@ -95,6 +95,17 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     report: dict[str, Any] = {"config": asdict(cfg), "class_names": list(class_names), "fit_seconds": round(fit_seconds, 1),
                               "steps": len(losses), "losses": [round(v, 5) for v in losses],
                               "machine": f"{platform.machine()} {platform.processor()} {torch.get_num_threads()} torch threads"}
+    return evaluate_and_save(cfg, model, examples, (train_idx, val_idx, hold_idx), report, started)
+
+
+def evaluate_and_save(cfg: TrainConfig, model: ModalityNet, examples: list[Any], parts: tuple[list[int], list[int], list[int]],
+                      report: dict[str, Any], started: float) -> dict[str, Any]:
+    """Set the "other" threshold of a fitted ``model`` (``cfg.threshold_on``), evaluate it on the
+    validation groups and held-out sources of the split ``parts`` of ``examples``, and write the
+    model file, ``training_metrics.json`` (``report`` completed) and ``MODEL_CARD.md`` to ``cfg.out``."""
+    out, class_names = Path(cfg.out), tuple(report["class_names"])
+    out.mkdir(parents=True, exist_ok=True)
+    train_idx, val_idx, hold_idx = parts
     report["split"] = {"train": dict(Counter(examples[i].label for i in train_idx)),
                        "validation": dict(Counter(examples[i].label for i in val_idx)),
                        "source_holdout": dict(Counter(examples[i].label for i in hold_idx))}

@@ -47,7 +47,7 @@ def examples_and_split(cfg: TrainConfig) -> tuple[list[Example], tuple[str, ...]
     """The labelled figures of ``--data``, the class names and the indices of the training,
     validation and source hold-out figures (``other`` figures included in each)."""
     examples = read_training_examples(cfg.data, S3Settings(cfg.endpoint_url, cfg.region))
-    return examples, class_names_of(examples), split_by_group(examples, cfg.val_fraction, cfg.seed, cfg.holdout)
+    return examples, class_names_of(examples), split_by_group(examples, cfg.val_fraction, cfg.group_split_seed, cfg.holdout)
 
 
 def training_data(examples: list[Example], indices: list[int], class_names: tuple[str, ...], cfg: TrainConfig) -> TrainData:

@@ -99,3 +99,28 @@ def test_indexing_labels_use_the_per_class_thresholds(tmp_path) -> None:
     tiny.spec = replace(pooled, class_thresholds={first: 0.0})  # only the first figure's top class is let through
     labelled = tiny(batch)[MODALITY][ok]
     assert labelled.tolist() == [c if c == first else "other" for c in top]
+
+
+def test_a_seed_ensemble_file_classifies_with_its_mean_logits_and_exact_maps(tmp_path) -> None:
+    """The job's classifier needs nothing special for an ensemble: its maps are CRM of the averaged logits."""
+    from tests.helpers import tiny_model_file
+    from xai_pipeline.model.crm import crm
+    from xai_pipeline.model.ensemble import ensemble_of
+    from xai_pipeline.model.net import load_model, save_model
+
+    members = [load_model(tiny_model_file(tmp_path / f"m{seed}.safetensors", size=32, seed=seed)) for seed in (0, 1)]
+    save_model(ensemble_of(members), tmp_path / "ens.safetensors")
+    ens = FigureClassifier(model_path=str(tmp_path / "ens.safetensors"), device="cpu")
+    batch = _batch(ens, 5)
+    out = ens(batch)
+    ok = out[STATUS] == "ok"
+    x = torch.from_numpy(batch[PIXELS][ok])
+    with torch.no_grad():
+        logits = torch.stack([m(m.normalize(x)) for m in members]).mean(0)
+        feats = torch.cat([m.forward_features(m.normalize(x)) for m in members], dim=1)
+        head = torch.nn.Linear(feats.shape[1], 3)
+        head.weight.copy_(torch.cat([m.head.weight for m in members], dim=1) / 2)
+        maps = crm(feats, head)  # the bias cancels: R = ‖W̄ f(:,l,m)‖² / N²
+    assert np.allclose(out[PROBABILITIES][ok], logits.softmax(-1).numpy(), atol=1e-5)
+    stored = out[CRM_MAP][ok]
+    assert stored.shape[0] == int(ok.sum()) and np.allclose(stored.reshape(maps.shape), maps.numpy(), rtol=1e-4, atol=1e-9)

@@ -37,16 +37,23 @@ def test_the_folded_head_predicts_what_the_regression_predicts() -> None:
     assert held_out_accuracy(features, types, seed=0)["balanced"] == pytest.approx(1.0)
 
 
-def test_a_model_with_the_head_gives_type_probabilities() -> None:
-    torch.manual_seed(0)
-    model = ModalityNet(ModelSpec(name="t", architecture="tiny_cnn", class_names=("ct", "mri"), input_size=32)).eval()
+@pytest.mark.parametrize("members", [1, 2])
+def test_a_model_with_the_head_gives_type_probabilities(members: int) -> None:
+    from xai_pipeline.model.ensemble import ensemble_of
+
+    def one(seed: int) -> ModalityNet:
+        torch.manual_seed(seed)
+        return ModalityNet(ModelSpec(name="t", architecture="tiny_cnn", class_names=("ct", "mri"), input_size=32)).eval()
+
+    model = one(0) if members == 1 else ensemble_of([one(0), one(1)])  # a seed ensemble's head sees the stacked features
     from PIL import Image
 
     images = [Image.fromarray(np.full((40, 40, 3), v, dtype=np.uint8)) for v in (10, 120, 240)]
     features = pooled_features(model, images)
     weight = np.random.default_rng(1).normal(size=(2, features.shape[1])).astype(np.float32)
     typed = with_type_head(model, weight, np.zeros(2, dtype=np.float32), (schema.MEDICAL_IMAGE, "chart"), version="2")
-    assert typed.spec.figure_types == (schema.MEDICAL_IMAGE, "chart") and typed.spec.version == "2"
+    assert typed.spec.figure_types == (schema.MEDICAL_IMAGE, "chart") and typed.spec.version == "2" and typed.spec.members == members
+    assert features.shape[1] == 64 * members
     pixels = torch.stack([torch.from_numpy(np.asarray(im.resize((32, 32))).transpose(2, 0, 1).copy()) for im in images])
     out = predict(typed, pixels)
     np.testing.assert_allclose(out.types.numpy(), torch.from_numpy(features @ weight.T).softmax(-1).numpy(), atol=1e-5)
