@@ -56,14 +56,16 @@ $(PACKAGED_DATA)/manifest.jsonl: $(STAMP) xai_pipeline/train/packaged.py xai_pip
 MEMBERS ?= 1
 # The fine-tuned leave-source-out study the card reports (make loso-fit's output for this recipe).
 LOSO_FIT_REPORT ?= bench/results/loso/loso-fit.json
-MEMBER_RUNS := $(foreach k,$(shell seq 0 $$(($(MEMBERS) - 1))),build/model/member-$(k))
+MEMBER_SEEDS := $(shell seq 0 $$(($(MEMBERS) - 1)))
+MEMBER_RUNS := $(foreach k,$(MEMBER_SEEDS),build/model/member-$(k))
 TRAIN_ARGS = --data $(TRAIN_DATA) --holdout-sources $(HOLDOUT) --threshold-on holdout --source-balance $(SOURCE_BALANCE)
 
 model: install $(PACKAGED_DATA)/manifest.jsonl
 ifeq ($(MEMBERS),1)
 	$(BIN)/xai-pipeline train $(TRAIN_ARGS) --out build/model
 else
-	$(foreach run,$(MEMBER_RUNS),$(BIN)/xai-pipeline train $(TRAIN_ARGS) --out $(run) --seed $(lastword $(subst -, ,$(run))) --split-seed 0 && ) true
+	@test "$(origin MODEL_VERSION)" = "command line" || { echo "make model MEMBERS=$(MEMBERS): give the ensemble its own MODEL_VERSION= (tables reindex by model version)"; exit 2; }
+	$(foreach k,$(MEMBER_SEEDS),$(BIN)/xai-pipeline train $(TRAIN_ARGS) --out build/model/member-$(k) --seed $(k) --split-seed 0 && ) true
 	$(BIN)/python -m xai_pipeline.train.ensemble --members $(subst $(space),$(comma),$(MEMBER_RUNS)) --out build/model
 endif
 	$(BIN)/python -m xai_pipeline.train.figure_type --model build/model/model.safetensors --scans $(DATA)/manifest.jsonl \

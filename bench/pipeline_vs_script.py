@@ -8,7 +8,7 @@ on this machine. The script is the obvious alternative: list, then for each batc
 decode → predict → encode, one process, two torch threads. The job is ``xai-pipeline index``
 with 1 classifier actor (2 torch threads) and with 2 actors (1 thread each). ``--model`` runs every
 arm with that model file instead of the bundled one (a seed ensemble, say; the results file is then
-``pipeline_vs_script-<file stem>``), ``--arms`` only the arms named.
+``pipeline_vs_script-<file stem>``), ``--arms`` only the arms named (the file name then lists them).
 
 Each arm runs as its own command and is timed from outside, interpreter start to exit, at two
 collection sizes, ``small`` and ``figures``. Reported per arm: figures/s end to end at each size,
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 [[arm, r["fig_s_small"], r["fig_s_large"], r["marginal_fig_s"], r["fixed_seconds"]]  # type: ignore[index]
                  for arm, r in results.items() if arm in ARMS])
     print("each arm is a command timed from start to exit; marginal = (large - small) / (t_large - t_small)")
-    name = "pipeline_vs_script" + (f"-{Path(args.model).stem}" if args.model else "")
+    name = "pipeline_vs_script" + (f"-{Path(args.model).stem}" if args.model else "") + ("" if arms == list(ARMS) else "-" + "-".join(arms))
     write_results(name, args.smoke, {"results": results, "model": args.model or "bundled",
                                      "goal": "job >= script on one machine; faster with more workers"})
     return 0

@@ -57,7 +57,8 @@ def ensemble_problem(specs: Sequence[ModelSpec]) -> str | None:
 def ensemble_of(models: Sequence[ModalityNet], name: str | None = None, version: str | None = None) -> ModalityNet:
     r"""The logit-averaging ensemble of ``models`` as one model (see the module's docstring).
 
-    The result has no threshold and no figure-type head: both are set on the ensemble's own
+    The result is a float32 model on the CPU in eval mode, whatever the members' dtype and device.
+    It has no threshold and no figure-type head: both are set on the ensemble's own
     outputs afterwards (``train``'s threshold rule, :mod:`xai_pipeline.train.figure_type`). The
     members' weight hashes are kept in ``extra["member_sha256"]``.
 

@@ -13,7 +13,9 @@ goes through the end of ``train`` (:func:`xai_pipeline.train.run.evaluate_and_sa
 threshold set as its members' were (their ``--threshold-on`` and ``--min-accept``), the
 validation groups and held-out sources evaluated, and ``DIR`` written as a ``train`` run is
 (model file, ``training_metrics.json`` with ``members`` and ``member_seeds``, plots,
-``MODEL_CARD.md``), ready for ``figure_type`` and ``thresholds``.
+``MODEL_CARD.md``), ready for ``figure_type`` and ``thresholds`` (which, like ``evaluate --held-out``,
+take validation groups from train's default split, seed 0: ``make model MEMBERS=N`` trains its
+members with ``--split-seed 0``).
 
 With ``--studies`` (``--out`` folders of :mod:`xai_pipeline.train.loso_fit` with the same folds,
 one per seed), each fold's runs are assembled into ``DIR/<fold>/`` and the ensembles are scored as
@@ -34,10 +36,11 @@ from typing import Any
 import torch
 
 from xai_pipeline.config import TrainConfig
+from xai_pipeline.train.loso_fit import _WHERE_AND_HOW_FAST
 
 log = logging.getLogger(__name__)
 
-_MAY_DIFFER = ("seed", "out", "torch_threads")
+_MAY_DIFFER = ("seed", "name", "version") + _WHERE_AND_HOW_FAST
 """Training settings in which the members of one ensemble may differ."""
 
 
@@ -69,7 +72,8 @@ def run_ensemble(members: list[Path], out: Path, name: str | None = None, versio
     ``out`` as a ``train`` run; returns its report."""
     from xai_pipeline.model.ensemble import ensemble_of
     from xai_pipeline.model.net import load_model
-    from xai_pipeline.train.loso_fit import _split_counts
+    from collections import Counter
+
     from xai_pipeline.train.run import MODEL_FILE, evaluate_and_save
     from xai_pipeline.train.split import examples_and_split
 
@@ -81,15 +85,16 @@ def run_ensemble(members: list[Path], out: Path, name: str | None = None, versio
     config = reports[0]["config"]
     cfg = replace(TrainConfig(**{f.name: config[f.name] for f in fields(TrainConfig) if f.name in config}), out=str(out))
     cfg = replace(cfg, split_seed=cfg.group_split_seed)
-    if any(report["split"] != _split_counts(cfg) for report in reports):
+    examples, class_names, parts = examples_and_split(cfg)
+    split = {name: dict(Counter(examples[i].label for i in idx)) for name, idx in zip(("train", "validation", "source_holdout"), parts)}
+    if any(report["split"] != split for report in reports):
         raise ValueError(f"--members: --data {cfg.data} no longer splits as the members' runs recorded (a manifest changed)")
     model = ensemble_of([load_model(member / MODEL_FILE) for member in members], name, version)
-    examples, class_names, parts = examples_and_split(cfg)
     if class_names != model.spec.class_names:
         raise ValueError(f"--members: the classes of --data {class_names} are not the members' {model.spec.class_names}")
     report: dict[str, Any] = {"config": asdict(cfg), "class_names": list(class_names),
                               "fit_seconds": round(sum(r["fit_seconds"] for r in reports), 1), "steps": sum(r["steps"] for r in reports),
-                              "losses": [], "members": [str(m) for m in members], "member_seeds": [r["config"]["seed"] for r in reports],
+                              "losses": [], "member_runs": [str(m) for m in members], "member_seeds": [r["config"]["seed"] for r in reports],
                               "machine": f"{platform.machine()} {platform.processor()} {torch.get_num_threads()} torch threads"}
     log.info("ensemble of %s -> %s", ", ".join(map(str, members)), out)
     return evaluate_and_save(cfg, model, examples, parts, report, started)
@@ -99,19 +104,24 @@ def ensemble_studies(studies: list[Path], out: Path) -> dict[str, Any]:
     """Every fold of the leave-source-out ``studies`` (same folds) assembled across them into
     ``out/<fold>/`` and scored as one study; returns (and writes) ``out/loso-fit.json``."""
     from xai_pipeline.train.loso_card import pooled_table, table
-    from xai_pipeline.train.loso_fit import fold_dir, fold_summary, score_folds
+    from xai_pipeline.train.loso_fit import fold_dir, fold_report, fold_summary, score_folds
 
     reports = [json.loads((study / "loso-fit.json").read_text()) for study in studies]
     folds = [fold["source"] for fold in reports[0]["folds"]]
     for study, report in zip(studies[1:], reports[1:]):
         if [fold["source"] for fold in report["folds"]] != folds:
             raise ValueError(f"--studies: {study} holds other folds than {studies[0]}")
+    for study in studies:  # every member folder holds its fold out, checked before any ensemble is built
+        for fold in folds:
+            fold_report(study, fold)
+    crossed = reports[0].get("pooled", {}).get("cross_fold", {})  # the studies' own cross-fold settings
     out.mkdir(parents=True, exist_ok=True)
     summaries = [fold_summary(fold, run_ensemble([fold_dir(study, fold) for study in studies], fold_dir(out, fold))) for fold in folds]
     print(table(summaries))
     base = TrainConfig(data=reports[0]["config"]["data"], out=str(out))
     result = {"config": reports[0]["config"] | {"studies": [str(s) for s in studies], "seed": [r["config"].get("seed") for r in reports]},
-              "folds": summaries, "pooled": score_folds(base, folds, out)}
+              "folds": summaries,
+              "pooled": score_folds(base, folds, out, crossed.get("min_accept", 0.97), crossed.get("min_figures", 10))}
     (out / "loso-fit.json").write_text(json.dumps(result, indent=2) + "\n")
     print(pooled_table(result["pooled"]))
     return result

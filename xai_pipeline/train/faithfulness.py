@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_pipeline.model import crm as crm_math
+from xai_pipeline.model.backbones import MemberFeatures
 from xai_pipeline.model.net import ModalityNet
 
 METHODS = ("crm", "cam", "grad_cam", "random")
@@ -212,7 +213,7 @@ def randomised(model: ModalityNet, seed: int = 0) -> ModalityNet:
     twin = copy.deepcopy(model)
     torch.manual_seed(seed)
     last: list[torch.nn.Module] = []
-    for backbone in getattr(twin.features, "members", [twin.features]):  # each member of an ensemble
+    for backbone in twin.features.members if isinstance(twin.features, MemberFeatures) else [twin.features]:  # each member
         owners = [m for m in backbone.modules() if any(True for _ in m.parameters(recurse=False))]
         last += owners[-2:]
     for module in [twin.head, *last]:  # the head, each backbone's last conv and its norm

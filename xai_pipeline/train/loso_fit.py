@@ -85,7 +85,7 @@ def fold_summary(fold: str, report: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-_WHERE_AND_HOW_FAST = ("out", "torch_threads")
+_WHERE_AND_HOW_FAST = ("out", "torch_threads", "endpoint_url", "region", "ray_address")
 """Training settings that do not make a fold another fold."""
 
 
@@ -102,7 +102,8 @@ def _finished(cfg: TrainConfig, split: dict[str, dict[str, int]]) -> dict[str, A
     report = json.loads(path.read_text())
 
     def recipe(config: dict[str, Any]) -> dict[str, Any]:  # a field a report predates holds its default
-        return {f.name: config.get(f.name, f.default) for f in fields(TrainConfig) if f.name not in _WHERE_AND_HOW_FAST}
+        kept = {f.name: config.get(f.name, f.default) for f in fields(TrainConfig) if f.name not in _WHERE_AND_HOW_FAST}
+        return kept | {"split_seed": kept["seed"] if kept["split_seed"] is None else kept["split_seed"]}  # the seed the split used
 
     same = recipe(report.get("config", {})) == recipe(json.loads(json.dumps(asdict(cfg)))) and report.get("split") == split
     return report if same else None

@@ -119,7 +119,7 @@ def render_model_card(report: dict[str, Any]) -> str:
         "",
         "## Method",
         _initialisation(spec["architecture"], cfg),
-        f"- {report['steps']} steps of {cfg['batch_size']} ({cfg['epochs']} epochs), AdamW, lr {cfg['lr']} (backbone 0.3×), warm-up then cosine, "
+        f"- {report['steps']} steps{' in all, one run per member,' if spec.get('members', 1) > 1 else ''} of {cfg['batch_size']} ({cfg['epochs']} epochs), AdamW, lr {cfg['lr']} (backbone 0.3×), warm-up then cosine, "
         f"label smoothing {cfg['label_smoothing']}; class-balanced sampling with replacement"
         + (f", sources within a class (and among the real `other` figures) drawn in proportion to n^{1 - cfg['source_balance']:g} "
            f"(`--source-balance {cfg['source_balance']:g}`)." if cfg.get("source_balance") else "."),
@@ -166,7 +166,8 @@ def render_model_card(report: dict[str, Any]) -> str:
         "",
         "## Reproduce",
         "```",
-        "make model   # xai-pipeline train with the settings above, on the CPU",
+        ("make model   # xai-pipeline train with the settings above, on the CPU" if spec.get("members", 1) == 1 else
+         f"make model MEMBERS={spec['members']} MODEL_VERSION={spec['version']}   # one train run per seed, then their ensemble"),
         "```",
         "",
     ]

@@ -19,6 +19,7 @@ import torch
 from xai_pipeline.config import ConfigError, TrainConfig
 from xai_pipeline.model.net import OTHER_LABEL
 from xai_pipeline.store.source import SourceError
+from xai_pipeline.train.dataset import Example
 from xai_pipeline.train.split import data_parts, examples_and_split, training_data
 from xai_pipeline.train.evaluate import Metrics, compute_metrics, other_rejection, predict_images, write_reports
 from xai_pipeline.model.net import ModalityNet, save_model
@@ -98,7 +99,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     return evaluate_and_save(cfg, model, examples, (train_idx, val_idx, hold_idx), report, started)
 
 
-def evaluate_and_save(cfg: TrainConfig, model: ModalityNet, examples: list[Any], parts: tuple[list[int], list[int], list[int]],
+def evaluate_and_save(cfg: TrainConfig, model: ModalityNet, examples: list[Example], parts: tuple[list[int], list[int], list[int]],
                       report: dict[str, Any], started: float) -> dict[str, Any]:
     """Set the "other" threshold of a fitted ``model`` (``cfg.threshold_on``), evaluate it on the
     validation groups and held-out sources of the split ``parts`` of ``examples``, and write the

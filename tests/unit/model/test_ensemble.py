@@ -61,7 +61,17 @@ def test_ensemble_logits_are_the_members_mean_and_its_crm_is_exact(count: int) -
         assert oracle.abs().max() > 0
         assert torch.allclose(crm(feats, ensemble.head), oracle, rtol=1e-8, atol=1e-12)
     assert isinstance(ensemble.features, MemberFeatures) and ensemble.spec.members == count
-    assert ensemble.spec.other_threshold is None and ensemble.spec.extra["member_sha256"].count(",") == count - 1
+    assert ensemble.spec.other_threshold is None
+
+
+def test_the_ensemble_names_its_members_by_weight_hash(tmp_path: Path) -> None:
+    saved = []
+    for k, member in enumerate(_members(2)):
+        save_model(member.float(), tmp_path / f"m{k}.safetensors")
+        saved.append(load_model(tmp_path / f"m{k}.safetensors"))
+    hashes = [m.spec.weights_sha256 for m in saved]
+    assert all(len(h) == 64 for h in hashes) and hashes[0] != hashes[1]
+    assert ensemble_of(saved).spec.extra["member_sha256"] == ",".join(hashes)
 
 
 def test_ensemble_file_round_trip_and_single_models_keep_their_description(tmp_path: Path) -> None:

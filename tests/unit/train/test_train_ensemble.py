@@ -36,6 +36,43 @@ def test_members_must_share_the_recipe_and_the_split_but_not_the_seed() -> None:
     assert member_problem([_config(seed=0), old]) is None
 
 
+def test_split_seed_decouples_the_split_from_the_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from xai_pipeline.train import split
+
+    seen: list[int] = []
+    monkeypatch.setattr(split, "read_training_examples", lambda data, settings: [])
+    monkeypatch.setattr(split, "class_names_of", lambda examples: ("a", "b"))
+    monkeypatch.setattr(split, "split_by_group", lambda examples, fraction, seed, holdout: seen.append(seed) or ([], [], []))
+    for cfg in (TrainConfig(data="d", out="o", seed=3), TrainConfig(data="d", out="o", seed=3, split_seed=0)):
+        split.examples_and_split(cfg)
+    assert seen == [3, 0]
+
+
+def test_a_fold_finished_before_split_seed_existed_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import asdict
+
+    from xai_pipeline.train.loso_fit import _finished
+
+    cfg = TrainConfig(data="d", out=str(tmp_path), seed=2)
+    config = json.loads(json.dumps(asdict(cfg)))
+    del config["split_seed"]  # written before the field existed: the run split with its --seed
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "training_metrics.json").write_text(json.dumps({"config": config, "split": {"train": {"a": 1}}}))
+    split = {"train": {"a": 1}}
+    assert _finished(cfg, split) is not None
+    assert _finished(replace(cfg, split_seed=2, torch_threads=1, endpoint_url="http://x"), split) is not None  # same split
+    assert _finished(replace(cfg, split_seed=0), split) is None  # another split
+    assert _finished(cfg, {"train": {"a": 2}}) is None  # the data changed
+
+
+def test_studies_must_hold_the_same_folds(tmp_path: Path) -> None:
+    for name, folds in (("s0", ["x", "y"]), ("s1", ["x"])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "loso-fit.json").write_text(json.dumps({"config": {"data": "d"}, "folds": [{"source": f} for f in folds]}))
+    assert main(["--studies", f"{tmp_path / 's0'},{tmp_path / 's1'}", "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_ensemble_of_runs_and_of_studies(tmp_path: Path, dataset_dir: Path) -> None:
     from xai_pipeline.model.net import load_model
@@ -53,7 +90,7 @@ def test_ensemble_of_runs_and_of_studies(tmp_path: Path, dataset_dir: Path) -> N
     assert main(["--members", f"{runs[0]},{runs[1]}", "--out", str(tmp_path / "ens"), "--version", "9.0.0"]) == 0
     report = json.loads((tmp_path / "ens" / "training_metrics.json").read_text())
     members = [json.loads((run / "training_metrics.json").read_text()) for run in runs]
-    assert report["member_seeds"] == [0, 1] and report["split"] == members[0]["split"] == members[1]["split"]
+    assert report["member_seeds"] == [0, 1] and report["member_runs"] == [str(r) for r in runs] and report["split"] == members[0]["split"] == members[1]["split"]
     assert report["steps"] == members[0]["steps"] + members[1]["steps"] and "seed ensemble of 2" in (tmp_path / "ens" / "MODEL_CARD.md").read_text()
     ensemble = load_model(tmp_path / "ens" / MODEL_FILE)
     assert ensemble.spec.members == 2 and ensemble.spec.version == "9.0.0" and report["model_spec"]["members"] == 2
