@@ -72,10 +72,8 @@ def run_ensemble(members: list[Path], out: Path, name: str | None = None, versio
     ``out`` as a ``train`` run; returns its report."""
     from xai_pipeline.model.ensemble import ensemble_of
     from xai_pipeline.model.net import load_model
-    from collections import Counter
-
     from xai_pipeline.train.run import MODEL_FILE, evaluate_and_save
-    from xai_pipeline.train.split import examples_and_split
+    from xai_pipeline.train.split import examples_and_split, split_counts
 
     started = time.perf_counter()
     reports = [json.loads((member / "training_metrics.json").read_text()) for member in members]
@@ -86,8 +84,7 @@ def run_ensemble(members: list[Path], out: Path, name: str | None = None, versio
     cfg = replace(TrainConfig(**{f.name: config[f.name] for f in fields(TrainConfig) if f.name in config}), out=str(out))
     cfg = replace(cfg, split_seed=cfg.group_split_seed)
     examples, class_names, parts = examples_and_split(cfg)
-    split = {name: dict(Counter(examples[i].label for i in idx)) for name, idx in zip(("train", "validation", "source_holdout"), parts)}
-    if any(report["split"] != split for report in reports):
+    if any(report["split"] != split_counts(examples, parts) for report in reports):
         raise ValueError(f"--members: --data {cfg.data} no longer splits as the members' runs recorded (a manifest changed)")
     model = ensemble_of([load_model(member / MODEL_FILE) for member in members], name, version)
     if class_names != model.spec.class_names:

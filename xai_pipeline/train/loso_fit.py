@@ -112,12 +112,10 @@ def _finished(cfg: TrainConfig, split: dict[str, dict[str, int]]) -> dict[str, A
 def _split_counts(cfg: TrainConfig) -> dict[str, dict[str, int]]:
     """Figures per label in the training, validation and source hold-out parts of ``cfg``'s split
     (as the training report records them)."""
-    from collections import Counter
-
-    from xai_pipeline.train.split import examples_and_split
+    from xai_pipeline.train.split import examples_and_split, split_counts
 
     examples, _, parts = examples_and_split(cfg)
-    return {name: dict(Counter(examples[i].label for i in idx)) for name, idx in zip(("train", "validation", "source_holdout"), parts)}
+    return split_counts(examples, parts)
 
 
 def run_folds(base: TrainConfig, folds: list[str], out: Path, retrain: bool = False) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from xai_pipeline.config import ConfigError, TrainConfig
 from xai_pipeline.model.net import OTHER_LABEL
 from xai_pipeline.store.source import SourceError
 from xai_pipeline.train.dataset import Example
-from xai_pipeline.train.split import data_parts, examples_and_split, training_data
+from xai_pipeline.train.split import data_parts, examples_and_split, split_counts, training_data
 from xai_pipeline.train.evaluate import Metrics, compute_metrics, other_rejection, predict_images, write_reports
 from xai_pipeline.model.net import ModalityNet, save_model
 from xai_pipeline.train.model_card import render_model_card
@@ -107,9 +107,7 @@ def evaluate_and_save(cfg: TrainConfig, model: ModalityNet, examples: list[Examp
     out, class_names = Path(cfg.out), tuple(report["class_names"])
     out.mkdir(parents=True, exist_ok=True)
     train_idx, val_idx, hold_idx = parts
-    report["split"] = {"train": dict(Counter(examples[i].label for i in train_idx)),
-                       "validation": dict(Counter(examples[i].label for i in val_idx)),
-                       "source_holdout": dict(Counter(examples[i].label for i in hold_idx))}
+    report["split"] = split_counts(examples, parts)
     # Predictions do not depend on the threshold: predict once, set it, then score.
     val_data = training_data(examples, val_idx, class_names, cfg) if val_idx else None
     hold_data = training_data(examples, hold_idx, class_names, cfg) if hold_idx else None

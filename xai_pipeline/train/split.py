@@ -50,6 +50,14 @@ def examples_and_split(cfg: TrainConfig) -> tuple[list[Example], tuple[str, ...]
     return examples, class_names_of(examples), split_by_group(examples, cfg.val_fraction, cfg.group_split_seed, cfg.holdout)
 
 
+def split_counts(examples: list[Example], parts: tuple[list[int], list[int], list[int]]) -> dict[str, dict[str, int]]:
+    """Figures per label in the training, validation and source hold-out parts of a split (as the
+    training report records them under ``split``)."""
+    from collections import Counter
+
+    return {name: dict(Counter(examples[i].label for i in idx)) for name, idx in zip(("train", "validation", "source_holdout"), parts)}
+
+
 def training_data(examples: list[Example], indices: list[int], class_names: tuple[str, ...], cfg: TrainConfig) -> TrainData:
     """The images and class indices of the in-class figures of ``examples[indices]``; its
     ``other`` figures become ``outliers``."""
