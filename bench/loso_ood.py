@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +75,7 @@ def score_fold(study: Path, fold: str, held: list[Example], k: int, limit: int |
     k-NN distance, and the fold's validation top probabilities and distances (for the thresholds)."""
     folder = fold_dir(study, fold)
     config = fold_report(study, fold)["config"]
-    cfg = TrainConfig(**{f.name: config[f.name] for f in fields(TrainConfig) if f.name in config})
+    cfg = TrainConfig.from_report(config)
     examples, _, (train_idx, val_idx, _) = examples_and_split(cfg)
     train = [examples[i] for i in train_idx if examples[i].label != OTHER_LABEL][:limit]
     validation = [examples[i] for i in val_idx if examples[i].label != OTHER_LABEL][:limit]

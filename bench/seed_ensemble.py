@@ -29,7 +29,6 @@ import itertools
 import json
 import sys
 import tempfile
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +66,7 @@ def cpu_cost(members: tuple[int, ...], repeats: int) -> list[dict[str, Any]]:
 def held_out_probabilities(runs: list[Path], limit: int | None) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
     """Each run's probabilities on the runs' held-out figures, whether each is in-class, and the class names."""
     configs = [json.loads((run / "training_metrics.json").read_text())["config"] for run in runs]
-    cfgs = [TrainConfig(**{f.name: c[f.name] for f in fields(TrainConfig) if f.name in c}) for c in configs]
+    cfgs = [TrainConfig.from_report(c) for c in configs]
     if len({cfg.holdout for cfg in cfgs}) != 1 or len({cfg.data for cfg in cfgs}) != 1:
         raise ValueError("--runs: the runs hold out other sources or read other data; their held-out figures differ")
     examples, class_names, (_, _, hold_idx) = examples_and_split(cfgs[0])

@@ -3,7 +3,7 @@ flag (``batch_size`` → ``--batch-size``) and its README row share one name."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from xai_pipeline.errors import ConfigError
@@ -296,6 +296,13 @@ class TrainConfig:
         """The seed the split into training and validation groups uses: ``split_seed``, else ``seed``."""
         return self.seed if self.split_seed is None else self.split_seed
 
+    @classmethod
+    def from_report(cls, config: dict[str, Any]) -> TrainConfig:
+        """The configuration a training report (``training_metrics.json``'s ``config``) recorded; a
+        field the report predates holds its default, one it outlived is ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in config.items() if name in names})
+
 
 @dataclass(frozen=True)
 class EvaluateConfig:
@@ -308,8 +315,9 @@ class EvaluateConfig:
     faithfulness_figures: int = field(default=60, metadata=opt("figures of --data (stratified by class) the faithfulness metrics use", metavar="N"))
     faithfulness_steps: int = field(default=10, metadata=opt("steps of the deletion and insertion curves", metavar="N"))
     compound_figures: int = field(default=200, metadata=opt("synthetic compound figures, made of --data's figures, to score panel detection on", metavar="N"))
-    held_out: bool = field(default=False, metadata=opt("evaluate only the figures train's split of --data kept out of training: its validation groups (train's default --seed and --val-fraction) and --holdout-sources"))
+    held_out: bool = field(default=False, metadata=opt("evaluate only the figures train's split of --data kept out of training: its validation groups (train's default --val-fraction, the seed of --split-seed) and --holdout-sources"))
     holdout_sources: str = field(default="", metadata=opt("with --held-out: the source_repo values train was given as --holdout-sources", metavar="SOURCES"))
+    split_seed: int | None = field(default=None, metadata=opt("with --held-out: the seed train split the groups with (its --split-seed, else its --seed; default 0, train's default)", metavar="N"))
     endpoint_url: str | None = field(default=None, metadata=opt("S3-compatible endpoint for --data", metavar="URL"))
     region: str | None = field(default=None, metadata=opt("S3 region for --data"))
 
@@ -317,5 +325,6 @@ class EvaluateConfig:
         for name in ("faithfulness_figures", "faithfulness_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
-        if self.holdout_sources and not self.held_out:
-            raise ConfigError("--holdout-sources is used only with --held-out")
+        for name in ("holdout_sources", "split_seed"):
+            if getattr(self, name) not in (None, "") and not self.held_out:
+                raise ConfigError(f"{flag_name(name)} is used only with --held-out")

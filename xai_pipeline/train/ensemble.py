@@ -29,14 +29,14 @@ import json
 import logging
 import platform
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from xai_pipeline.config import TrainConfig
-from xai_pipeline.train.loso_fit import _WHERE_AND_HOW_FAST
+from xai_pipeline.train.loso_fit import _WHERE_AND_HOW_FAST, recipe
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +46,16 @@ _MAY_DIFFER = ("seed", "name", "version") + _WHERE_AND_HOW_FAST
 
 def member_problem(configs: list[dict[str, Any]]) -> str | None:
     """Why runs with these ``train`` configurations cannot be members of one ensemble, or None."""
-    def recipe(config: dict[str, Any]) -> dict[str, Any]:
-        return {f.name: config.get(f.name, f.default) for f in fields(TrainConfig) if f.name not in _MAY_DIFFER + ("split_seed",)}
-
-    def split_seed(config: dict[str, Any]) -> int:
-        return config["seed"] if config.get("split_seed") is None else config["split_seed"]
-
     if len(configs) < 2:
         return f"an ensemble needs at least two members, got {len(configs)}"
-    for k, config in enumerate(configs[1:], start=1):
-        changed = sorted(name for name, value in recipe(config).items() if recipe(configs[0])[name] != value)
+    cfgs = [TrainConfig.from_report(config) for config in configs]
+    first = recipe(cfgs[0], _MAY_DIFFER)
+    for k, cfg in enumerate(cfgs[1:], start=1):
+        changed = sorted(name for name, value in recipe(cfg, _MAY_DIFFER).items() if first[name] != value and name != "split_seed")
         if changed:
             return f"member {k} was trained with other {', '.join('--' + n.replace('_', '-') for n in changed)} than member 0"
-        if split_seed(config) != split_seed(configs[0]):
-            return (f"member {k} split the data with seed {split_seed(config)}, member 0 with {split_seed(configs[0])}: "
+        if cfg.group_split_seed != cfgs[0].group_split_seed:
+            return (f"member {k} split the data with seed {cfg.group_split_seed}, member 0 with {cfgs[0].group_split_seed}: "
                     "train members with the same --split-seed, so no member trained on another's validation groups")
     seeds = [config["seed"] for config in configs]
     if len(set(seeds)) < len(seeds):
@@ -80,9 +76,8 @@ def run_ensemble(members: list[Path], out: Path, name: str | None = None, versio
     problem = member_problem([report["config"] for report in reports])
     if problem:
         raise ValueError(f"--members {','.join(map(str, members))}: {problem}")
-    config = reports[0]["config"]
-    cfg = replace(TrainConfig(**{f.name: config[f.name] for f in fields(TrainConfig) if f.name in config}), out=str(out))
-    cfg = replace(cfg, split_seed=cfg.group_split_seed)
+    cfg = TrainConfig.from_report(reports[0]["config"])
+    cfg = replace(cfg, out=str(out), split_seed=cfg.group_split_seed)
     examples, class_names, parts = examples_and_split(cfg)
     if any(report["split"] != split_counts(examples, parts) for report in reports):
         raise ValueError(f"--members: --data {cfg.data} no longer splits as the members' runs recorded (a manifest changed)")

@@ -48,10 +48,11 @@ def _faithfulness(model: Any, images: list, labels: np.ndarray, class_names: lis
     return {"faithfulness.png": str(out / "faithfulness.png")}
 
 
-def held_out_examples(examples: list[Example], holdout_sources: str) -> list[Example]:
+def held_out_examples(examples: list[Example], holdout_sources: str, split_seed: int | None = None) -> list[Example]:
     """The figures ``train`` keeps out of training when given the same data: its validation groups
-    (split with train's default ``--seed`` and ``--val-fraction``) and the ``--holdout-sources``."""
-    defaults = TrainConfig(data="-", out="-", holdout_sources=holdout_sources)
+    (split with train's default ``--val-fraction`` and seed ``split_seed``, default train's
+    default ``--seed``) and the ``--holdout-sources``."""
+    defaults = TrainConfig(data="-", out="-", holdout_sources=holdout_sources, split_seed=split_seed)
     _, validation, holdout = split_by_group(examples, defaults.val_fraction, defaults.group_split_seed, defaults.holdout)
     if not validation and not holdout:
         raise ConfigError(f"--held-out: train's split of --data keeps no figure out of training ({len(examples)} figures)")
@@ -67,7 +68,7 @@ def run_evaluation(cfg: EvaluateConfig) -> tuple[Metrics, dict[str, str]]:
     model = load_model(Path(cfg.model) if cfg.model else None)
     examples = read_training_examples(cfg.data, settings)
     if cfg.held_out:
-        examples = held_out_examples(examples, cfg.holdout_sources)
+        examples = held_out_examples(examples, cfg.holdout_sources, cfg.split_seed)
     others = [e for e in examples if e.label == OTHER_LABEL]
     examples = [e for e in examples if e.label != OTHER_LABEL]
     if not examples:

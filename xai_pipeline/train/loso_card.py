@@ -94,7 +94,7 @@ by argmax no figure is `other`, so every `other` figure counts against the class
 
 Cross-fold thresholds (a fold's own threshold where other folds hold too few right figures of the class):
 
-| fold (+ more sources) | """ + " | ".join(labels) + " |\n|---" + "|---:" * len(labels) + "|\n" + "\n".join(crossed) + f"""
+| fold (+ more sources) | """ + " | ".join(labels) + " |\n|---" + "|---:" * len(labels) + "|\n" + "\n".join(crossed) + """
 
 With one threshold for every fold and class, chosen on these figures themselves (so an upper bound on what any
 single threshold could do; `frontier` in the study's JSON):

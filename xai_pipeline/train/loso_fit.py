@@ -30,7 +30,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,13 @@ _WHERE_AND_HOW_FAST = ("out", "torch_threads", "endpoint_url", "region", "ray_ad
 """Training settings that do not make a fold another fold."""
 
 
+def recipe(cfg: TrainConfig, may_differ: tuple[str, ...] = _WHERE_AND_HOW_FAST) -> dict[str, Any]:
+    """What makes a run the run it is: ``cfg``'s fields but ``may_differ``, with ``split_seed`` the
+    seed the split used (so ``--split-seed`` equal to ``--seed`` and no ``--split-seed`` agree)."""
+    kept = replace(cfg, split_seed=cfg.group_split_seed)
+    return {f.name: getattr(kept, f.name) for f in fields(TrainConfig) if f.name not in may_differ}
+
+
 def _finished(cfg: TrainConfig, split: dict[str, dict[str, int]]) -> dict[str, Any] | None:
     """The training report in ``cfg.out`` if that run finished with this configuration, up to
     :data:`_WHERE_AND_HOW_FAST` (its folder may have moved since), and split the data as ``split``
@@ -101,11 +108,7 @@ def _finished(cfg: TrainConfig, split: dict[str, dict[str, int]]) -> dict[str, A
         return None
     report = json.loads(path.read_text())
 
-    def recipe(config: dict[str, Any]) -> dict[str, Any]:  # a field a report predates holds its default
-        kept = {f.name: config.get(f.name, f.default) for f in fields(TrainConfig) if f.name not in _WHERE_AND_HOW_FAST}
-        return kept | {"split_seed": kept["seed"] if kept["split_seed"] is None else kept["split_seed"]}  # the seed the split used
-
-    same = recipe(report.get("config", {})) == recipe(json.loads(json.dumps(asdict(cfg)))) and report.get("split") == split
+    same = recipe(TrainConfig.from_report(report.get("config", {}))) == recipe(cfg) and report.get("split") == split
     return report if same else None
 
 

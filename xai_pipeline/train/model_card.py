@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from xai_pipeline.config import TrainConfig
 from xai_pipeline.train.loso_card import loso_fit_section, loso_section
 
 _FAITHFULNESS_METHODS = {"crm": "CRM", "cam": "CAM", "grad_cam": "Grad-CAM", "random": "random"}
@@ -104,7 +105,7 @@ def render_model_card(report: dict[str, Any]) -> str:
         "## Data",
         f"- Data: `{cfg['data']}`.",
         "- Split by group, never by image: a MedPix case, a histology tile (four crops) or a source image is "
-        f"wholly in training or in validation (seed {cfg['seed'] if cfg.get('split_seed') is None else cfg['split_seed']}, {cfg['val_fraction']:.0%} of each class's groups to validation).",
+        f"wholly in training or in validation (seed {TrainConfig.from_report(cfg).group_split_seed}, {cfg['val_fraction']:.0%} of each class's groups to validation).",
         f"- Sources never trained on: {', '.join(report.get('source_holdout_sources', [])) or 'none'}.",
         "",
         "| split | " + " | ".join(report["class_names"]) + " |",

@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="train's --data (comma-separated manifests)")
     parser.add_argument("--holdout-sources", required=True, help="train's --holdout-sources")
     parser.add_argument("--out", required=True, type=Path, help="model file to write (may be --model)")
+    parser.add_argument("--split-seed", type=int, default=None, help="the seed train split the groups with (its --split-seed, else its --seed; default 0)")
     parser.add_argument("--min-accept", type=float, default=0.97, help="share of each class's right figures its threshold keeps")
     parser.add_argument("--min-figures", type=int, default=10, help="right figures of held-out sources a class needs to be set on them alone")
     parser.add_argument("--version", default=None, help="version of the written model (default: the input's)")
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     if model.spec.other_threshold is None:
         raise ConfigError(f"--model {args.model}: the model has no pooled 'other' threshold (train --threshold-on sets one)")
     held = frozenset(s.strip() for s in args.holdout_sources.split(",") if s.strip())
-    examples = held_out_examples(read_training_examples(args.data, S3Settings()), ",".join(sorted(held)))
+    examples = held_out_examples(read_training_examples(args.data, S3Settings()), ",".join(sorted(held)), args.split_seed)
     names = model.spec.class_names
     y = np.array([names.index(e.label) if e.label in names else -1 for e in examples])
     probabilities, types = head_probabilities(model, load_images(examples, S3Settings()))

@@ -183,3 +183,17 @@ def _check_command(tmp_path: Path, a: str, b: str, model: Any, bases: dict[str, 
     assert text.startswith("# Model card: tiny-test t2\n") and text.count("## Per-class thresholds") == 1
     assert "or below its top class's own threshold" in text and text.index("## Limits") < text.index("## Per-class thresholds")
     assert report["source_check"] == [] and "(no class has two held-out sources)" in text
+
+
+def test_held_out_figures_follow_trains_split_seed() -> None:
+    from xai_pipeline.train.dataset import Example, split_by_group
+    from xai_pipeline.train.evaluate_run import held_out_examples
+
+    examples = [Example(f"u{i}", "ct" if i % 2 else "mri", "s", f"g{i // 2}") for i in range(40)]
+    seen = []
+    for seed in (None, 0, 3):
+        _, validation, _ = split_by_group(examples, 0.2, 0 if seed is None else seed)
+        got = held_out_examples(examples, "", seed)
+        assert got == [examples[i] for i in validation], seed
+        seen.append([e.uri for e in got])
+    assert seen[0] == seen[1] != seen[2]  # the default is train's default seed, 0

@@ -140,3 +140,5 @@ def test_evaluate_held_out_with_faithfulness_and_its_model_card_section(tmp_path
     assert (card.parent / "faithfulness.png").is_file() and (card.parent / "class_mean_crm.png").is_file()
     with pytest.raises(ConfigError, match="--holdout-sources is used only with --held-out"):
         EvaluateConfig(data=str(data), holdout_sources="x")
+    with pytest.raises(ConfigError, match="--split-seed is used only with --held-out"):
+        EvaluateConfig(data=str(data), split_seed=1)

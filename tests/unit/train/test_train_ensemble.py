@@ -126,3 +126,13 @@ def test_ensemble_of_runs_and_of_studies(tmp_path: Path, dataset_dir: Path) -> N
     assert load_model(fold_dir(tmp_path / "ens-study", "src-b") / MODEL_FILE).spec.members == 2
     fold_report = json.loads((fold_dir(tmp_path / "ens-study", "src-b") / "training_metrics.json").read_text())
     assert fold_report["config"]["holdout_sources"] == "src-b" and fold_report["threshold_set_on"] == "validation"
+
+
+def test_a_report_config_becomes_a_train_config() -> None:
+    config = _config(seed=4, lr=1e-3, split_seed=1)
+    del config["label_smoothing"]  # a report written before the field existed
+    config["a_field_since_removed"] = 1
+    cfg = TrainConfig.from_report(config)
+    assert (cfg.seed, cfg.lr, cfg.group_split_seed) == (4, 1e-3, 1)
+    assert cfg.label_smoothing == TrainConfig(data="d", out="o").label_smoothing
+    assert TrainConfig.from_report(_config(seed=4)).group_split_seed == 4  # no --split-seed: the split used --seed
