@@ -133,7 +133,8 @@ def run_folds(base: TrainConfig, folds: list[str], out: Path, retrain: bool = Fa
         report = None if retrain else _finished(cfg, _split_counts(cfg))
         log.info("fold %s -> %s%s", fold, cfg.out, " (finished before: reused)" if report else "")
         summaries.append(fold_summary(fold, report or run_training(cfg)))
-        (out / "loso-fit.json").write_text(json.dumps({"config": _study_config(base), "folds": summaries}, indent=2) + "\n")
+        if report is None:  # progress, for a study stopped midway (a finished study's file is left whole)
+            (out / "loso-fit.json").write_text(json.dumps({"config": _study_config(base), "folds": summaries}, indent=2) + "\n")
     return summaries
 
 
@@ -260,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--min-accept", type=float, default=0.97, help="share of each class's right figures a cross-fold threshold keeps (thresholds' flag)")
     parser.add_argument("--min-figures", type=int, default=10, help="right figures of other folds a cross-fold threshold needs (else the fold's own stays)")
+    parser.add_argument("--score-data", default=None, help="score the folds on these manifests' figures of the held sources instead of --data's "
+                        "(e.g. an earlier data set's, to compare two studies on the same figures); written to loso-fit-scored.json")
     parser.add_argument("--retrain", action="store_true", help="train every fold again, even one already finished with the same recipe")
     parser.add_argument("--ray", action="store_true")
     parser.add_argument("--use-gpu", action="store_true")
@@ -282,8 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     folds = run_folds(base, args.hold, args.out, args.retrain)
     print(table(folds))
-    pooled = score_folds(base, args.hold, args.out, args.min_accept, args.min_figures)
-    (args.out / "loso-fit.json").write_text(json.dumps({"config": _study_config(base), "folds": folds, "pooled": pooled}, indent=2) + "\n")
+    pooled = score_folds(replace(base, data=args.score_data or base.data), args.hold, args.out, args.min_accept, args.min_figures)
+    scored_on = {"score_data": args.score_data} if args.score_data else {}
+    (args.out / ("loso-fit-scored.json" if scored_on else "loso-fit.json")).write_text(
+        json.dumps({"config": _study_config(base) | scored_on, "folds": folds, "pooled": pooled}, indent=2) + "\n")
     print(pooled_table(pooled))
     return 0
 

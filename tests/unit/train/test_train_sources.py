@@ -212,13 +212,28 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     assert frontier[0]["threshold"] == 0.0 and frontier[0]["macro_f1"] == pytest.approx(pooled["argmax"]["macro_f1"])
     rejected = [f["other_figure_called_other"] for f in frontier]
     assert rejected == sorted(rejected) and rejected[0] == 0.0
+    # Scored on other manifests (--score-data): only their figures of the held sources count.
+    on_b = score_folds(replace(base, data=b), ["src-b", "charts-y"], out)
+    assert on_b["figures"] == 7 and on_b["per_source"] == pooled["per_source"] and on_b["unscored_sources"] == ["charts-x"]  # src-a is only in --data
+    import xai_pipeline.train.loso_fit as loso_fit_module
+
+    scored_with: list[str] = []
+    monkeypatch.setattr(loso_fit_module, "run_folds", lambda base, folds, out, retrain=False: folds_done)
+    monkeypatch.setattr(loso_fit_module, "score_folds", lambda base, folds, out, *rest: scored_with.append(base.data) or pooled)
+    folds_done, elsewhere = folds, tmp_path / "elsewhere"
+    assert loso_fit_main(["--data", f"{a},{b}", "--hold", "src-b", "--hold", "charts-y", "--out", str(elsewhere), "--score-data", b]) == 0
+    assert scored_with == [b] and not (elsewhere / "loso-fit.json").exists()
+    assert json.loads((elsewhere / "loso-fit-scored.json").read_text())["config"]["score_data"] == b
+    monkeypatch.undo()
 
     # Several sources in one fold; a finished fold with the same configuration is not trained again.
     both = run_folds(base, ["src-b,charts-y"], out)
     assert both[0]["held_out"] == {"fundus": 4, "other": 3} and fold_dir(out, "src-b,charts-y") == out / "src-b_and_1_more"
     model_file = fold_dir(out, "src-b,charts-y") / "model.safetensors"
     stamp = model_file.stat().st_mtime_ns
+    study_file = (out / "loso-fit.json").read_text()
     assert run_folds(base, ["src-b,charts-y"], out) == both and model_file.stat().st_mtime_ns == stamp
+    assert (out / "loso-fit.json").read_text() == study_file  # all reused: a finished study's file is left whole
     moved = tmp_path / "moved"
     shutil.copytree(out, moved)  # a study's folder moved elsewhere is still finished
     assert run_folds(replace(base, out=str(moved)), ["src-b,charts-y"], moved) == both
