@@ -57,7 +57,7 @@ def member_problem(configs: list[dict[str, Any]]) -> str | None:
         if cfg.group_split_seed != cfgs[0].group_split_seed:
             return (f"member {k} split the data with seed {cfg.group_split_seed}, member 0 with {cfgs[0].group_split_seed}: "
                     "train members with the same --split-seed, so no member trained on another's validation groups")
-    seeds = [config["seed"] for config in configs]
+    seeds = [cfg.seed for cfg in cfgs]
     if len(set(seeds)) < len(seeds):
         return f"members share a --seed ({seeds}): they would be the same model"
     return None

@@ -107,8 +107,11 @@ def _finished(cfg: TrainConfig, split: dict[str, dict[str, int]]) -> dict[str, A
     if not (path.is_file() and (Path(cfg.out) / MODEL_FILE).is_file()):
         return None
     report = json.loads(path.read_text())
-
-    same = recipe(TrainConfig.from_report(report.get("config", {}))) == recipe(cfg) and report.get("split") == split
+    try:
+        before = TrainConfig.from_report(report.get("config", {}))
+    except ConfigError:  # a recipe today's rules refuse is not this one
+        return None
+    same = recipe(before) == recipe(cfg) and report.get("split") == split
     return report if same else None
 
 
@@ -121,19 +124,22 @@ def _split_counts(cfg: TrainConfig) -> dict[str, dict[str, int]]:
     return split_counts(examples, parts)
 
 
-def run_folds(base: TrainConfig, folds: list[str], out: Path, retrain: bool = False) -> list[dict[str, Any]]:
+def run_folds(base: TrainConfig, folds: list[str], out: Path, retrain: bool = False, train: bool = True) -> list[dict[str, Any]]:
     """One ``train`` run per fold in ``folds`` (each a comma-separated list of sources), each
     holding those sources out; a fold already finished with the same configuration and split is
-    reused unless ``retrain``."""
+    reused unless ``retrain``. With ``train`` False, a fold not finished so is a ``ValueError``."""
     from xai_pipeline.train.run import run_training
 
-    summaries = []
+    summaries, trained = [], False
     for fold in folds:
         cfg = replace(base, out=str(fold_dir(out, fold)), holdout_sources=",".join(fold_sources(fold)), threshold_on="validation")
         report = None if retrain else _finished(cfg, _split_counts(cfg))
+        if report is None and not train:
+            raise ValueError(f"fold {fold!r} is not finished with this recipe and data in {cfg.out}")
         log.info("fold %s -> %s%s", fold, cfg.out, " (finished before: reused)" if report else "")
         summaries.append(fold_summary(fold, report or run_training(cfg)))
-        if report is None:  # progress, for a study stopped midway (a finished study's file is left whole)
+        trained = trained or report is None
+        if trained:  # progress, for a study stopped midway (a study whose folds were all reused keeps its file whole)
             (out / "loso-fit.json").write_text(json.dumps({"config": _study_config(base), "folds": summaries}, indent=2) + "\n")
     return summaries
 
@@ -262,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-accept", type=float, default=0.97, help="share of each class's right figures a cross-fold threshold keeps (thresholds' flag)")
     parser.add_argument("--min-figures", type=int, default=10, help="right figures of other folds a cross-fold threshold needs (else the fold's own stays)")
     parser.add_argument("--score-data", default=None, help="score the folds on these manifests' figures of the held sources instead of --data's "
-                        "(e.g. an earlier data set's, to compare two studies on the same figures); written to loso-fit-scored.json")
+                        "(e.g. an earlier data set's, to compare two studies on the same figures): every fold must be finished; written to "
+                        "loso-fit-scored.json (replaced), whose folds still describe --data")
     parser.add_argument("--retrain", action="store_true", help="train every fold again, even one already finished with the same recipe")
     parser.add_argument("--ray", action="store_true")
     parser.add_argument("--use-gpu", action="store_true")
@@ -283,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --hold: {problem}")
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    folds = run_folds(base, args.hold, args.out, args.retrain)
+    try:
+        folds = run_folds(base, args.hold, args.out, args.retrain, train=args.score_data is None)
+    except ValueError as exc:  # --score-data scores finished folds; it never trains
+        print(f"error: --score-data: {exc}")
+        return 2
     print(table(folds))
     pooled = score_folds(replace(base, data=args.score_data or base.data), args.hold, args.out, args.min_accept, args.min_figures)
     scored_on = {"score_data": args.score_data} if args.score_data else {}

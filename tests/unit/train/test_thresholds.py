@@ -197,3 +197,15 @@ def test_held_out_figures_follow_trains_split_seed() -> None:
         assert got == [examples[i] for i in validation], seed
         seen.append([e.uri for e in got])
     assert seen[0] == seen[1] != seen[2]  # the default is train's default seed, 0
+
+
+def test_evaluate_held_out_passes_the_split_seed_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from xai_pipeline.config import ConfigError, EvaluateConfig
+    from xai_pipeline.train import evaluate_run
+
+    seen: list[object] = []
+    monkeypatch.setattr(evaluate_run, "read_training_examples", lambda data, settings: [])
+    monkeypatch.setattr(evaluate_run, "held_out_examples", lambda examples, sources, seed: seen.append((sources, seed)) or [])
+    with pytest.raises(ConfigError, match="no figure of the model's classes"):
+        evaluate_run.run_evaluation(EvaluateConfig(data="d", held_out=True, holdout_sources="s", split_seed=3))
+    assert seen == [("s", 3)]

@@ -149,8 +149,8 @@ def test_source_balance_tempers_big_sources_within_a_class() -> None:
 
 
 @pytest.mark.slow
-def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(tmp_path: Path, dataset_dir: Path,
-                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(tmp_path: Path, dataset_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                               capsys: pytest.CaptureFixture[str]) -> None:
     from xai_pipeline.train.loso_card import table
     from xai_pipeline.train.loso_fit import fold_dir, main as loso_fit_main, run_folds, score_folds
     from xai_pipeline.train.model_card import main as card_main
@@ -218,11 +218,12 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     import xai_pipeline.train.loso_fit as loso_fit_module
 
     scored_with: list[str] = []
-    monkeypatch.setattr(loso_fit_module, "run_folds", lambda base, folds, out, retrain=False: folds_done)
+    trains: list[bool] = []
+    monkeypatch.setattr(loso_fit_module, "run_folds", lambda base, folds, out, retrain=False, train=True: trains.append(train) or folds_done)
     monkeypatch.setattr(loso_fit_module, "score_folds", lambda base, folds, out, *rest: scored_with.append(base.data) or pooled)
     folds_done, elsewhere = folds, tmp_path / "elsewhere"
     assert loso_fit_main(["--data", f"{a},{b}", "--hold", "src-b", "--hold", "charts-y", "--out", str(elsewhere), "--score-data", b]) == 0
-    assert scored_with == [b] and not (elsewhere / "loso-fit.json").exists()
+    assert scored_with == [b] and trains == [False] and not (elsewhere / "loso-fit.json").exists()
     assert json.loads((elsewhere / "loso-fit-scored.json").read_text())["config"]["score_data"] == b
     monkeypatch.undo()
 
@@ -231,9 +232,11 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     assert both[0]["held_out"] == {"fundus": 4, "other": 3} and fold_dir(out, "src-b,charts-y") == out / "src-b_and_1_more"
     model_file = fold_dir(out, "src-b,charts-y") / "model.safetensors"
     stamp = model_file.stat().st_mtime_ns
-    study_file = (out / "loso-fit.json").read_text()
+    (out / "loso-fit.json").write_text('{"pooled": "a finished study"}')
     assert run_folds(base, ["src-b,charts-y"], out) == both and model_file.stat().st_mtime_ns == stamp
-    assert (out / "loso-fit.json").read_text() == study_file  # all reused: a finished study's file is left whole
+    assert (out / "loso-fit.json").read_text() == '{"pooled": "a finished study"}'  # all reused: the study's file is left whole
+    assert loso_fit_main(["--data", f"{a},{b}", "--hold", "src-b", "--out", str(tmp_path / "none"), "--score-data", b]) == 2  # never trains
+    assert "not finished" in capsys.readouterr().out and not (tmp_path / "none" / "src-b").exists()
     moved = tmp_path / "moved"
     shutil.copytree(out, moved)  # a study's folder moved elsewhere is still finished
     assert run_folds(replace(base, out=str(moved)), ["src-b,charts-y"], moved) == both
