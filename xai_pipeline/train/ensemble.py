@@ -19,7 +19,7 @@ members with ``--split-seed 0``).
 
 With ``--studies`` (``--out`` folders of :mod:`xai_pipeline.train.loso_fit` with the same folds,
 one per seed), each fold's runs are assembled into ``DIR/<fold>/`` and the ensembles are scored as
-a study is (:func:`xai_pipeline.train.loso_fit.score_folds`), in ``DIR/loso-fit.json``.
+a study is (:func:`xai_pipeline.train.loso_score.score_folds`), in ``DIR/loso-fit.json``.
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ def ensemble_studies(studies: list[Path], out: Path) -> dict[str, Any]:
     """Every fold of the leave-source-out ``studies`` (same folds) assembled across them into
     ``out/<fold>/`` and scored as one study; returns (and writes) ``out/loso-fit.json``."""
     from xai_pipeline.train.loso_card import pooled_table, table
-    from xai_pipeline.train.loso_fit import fold_dir, fold_report, fold_summary, score_folds
+    from xai_pipeline.train.loso_fit import fold_dir, fold_report, fold_summary
+    from xai_pipeline.train.loso_score import score_folds
 
     reports = [json.loads((study / "loso-fit.json").read_text()) for study in studies]
     folds = [fold["source"] for fold in reports[0]["folds"]]

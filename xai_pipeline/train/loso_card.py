@@ -19,7 +19,8 @@ def loso_section(reports: list[dict[str, Any]]) -> str:
              "is not fine-tuned, so these numbers bound what the sources can teach a linear layer; the fine-tuned "
              "folds below score the shipped recipe itself. In-source: the same probe, 5-fold "
              "cross-validation by group with sources mixed (how the validation numbers above are made).", "",
-             "| class | sources | " + " | ".join(f"{r['backbone']} LOSO F1" for r in reports) + f" | {reports[0]['backbone']} in-source F1 |",
+             "| class | sources | " + " | ".join(f"{r['backbone']} LOSO F1{_figures_note(r, reports)}" for r in reports)
+             + f" | {reports[0]['backbone']} in-source F1 |",
              "|---" * (len(reports) + 3) + "|"]
     for label in labels:
         cells = [f"{r['loso']['loso_threshold']['per_class'][label]['f1']:.3f}" for r in reports]
@@ -33,6 +34,12 @@ def loso_section(reports: list[dict[str, Any]]) -> str:
     lines += ["", f"Classes with a single source cannot be right when it is held out: {unseen or 'none'}. "
               "A source that is a class's only example of a kind (fetal ultrasound, a stain, an organ) fails the same way.", ""]
     return "\n".join(lines)
+
+
+def _figures_note(report: dict[str, Any], reports: list[dict[str, Any]]) -> str:
+    """`` (N figures)`` when the reports were not all made on the same number of figures (another
+    data set: their columns are then not a like-for-like comparison), else nothing."""
+    return f" ({report['n']:,} figures)" if len({r.get("n") for r in reports}) > 1 else ""
 
 
 def _fold_name(fold: str) -> str:
@@ -53,8 +60,11 @@ The whole training recipe ({cfg['architecture']}, {cfg['epochs']} epochs, backbo
 fold of held-out sources (`python -m xai_pipeline.train.loso_fit`, `make loso-fit`; about 10 minutes a fold on 2 CPU cores;
 `--ray` runs folds on Ray Train). A fold holds one source or several at once (stricter: it trains on less); its "other"
 threshold is set on its own validation groups (the sources it trains on), then every figure of its held sources is scored.
-Folds have no figure-type head, so charts and diagrams are rejected by the threshold alone (the shipped model also has the head).
-"""
+""" + ("""Each fold was also given the figure-type head `make model` fits (`--type-heads`: none of the fold's held sources among its
+figures), and the study scored again as the job labels figures (*With the figure-type head* below); the tables before it use
+the modality threshold alone.
+""" if "with_types" in pooled else """Folds have no figure-type head, so charts and diagrams are rejected by the threshold alone (the shipped model also has the head).
+""")
     threshold_of = {source.strip(): fold["threshold"] for fold in report["folds"] for source in fold["source"].split(",")}
     rows = [f"| {source} | {', '.join(r['labels'])} | {r['n']} | {r['accuracy']:.3f} | {r['cross_fold_accuracy']:.3f} | "
             f"{r['closed_set_accuracy']:.3f} | {threshold_of.get(source, float('nan')):.4f} |" for source, r in pooled["per_source"].items()]
@@ -107,6 +117,43 @@ single threshold could do; `frontier` in the study's JSON):
 Medical images outside the six classes called `other`, by kind (cross-fold thresholds in brackets): {kinds or 'none held'}.
 Classes some fold did not train on: {', '.join(untestable) or 'none'}.
 Sources no fold held: {', '.join(pooled['unscored_sources']) or 'none'}.
+""" + (_typed_section(pooled["with_types"]) if "with_types" in pooled else "")
+
+
+def _typed_section(typed: dict[str, Any]) -> str:
+    """The study scored as the job labels figures: each fold's figure-type head makes every figure
+    it does not type ``medical_image`` ``other``."""
+    kept, cross, alone = typed["with_threshold"], typed["cross_fold"], typed["argmax"]
+    rows = [f"| {name} | {kept[key]:.3f} | {cross[key]:.3f} | {alone[key]:.3f} |" for key, name in (
+        ("macro_f1", "macro-F1, six modalities"), ("in_class_kept", "modality figures kept (not `other`)"),
+        ("other_medical_called_other", "medical images outside the six classes called `other`"),
+        ("other_figure_called_other", "other figures called `other`"))]
+    f1 = [f"| {label} | {m['f1']:.3f} | {cross['per_class'][label]['f1']:.3f} | {alone['per_class'][label]['f1']:.3f} |"
+          for label, m in kept["per_class"].items()]
+    kinds = ", ".join(f"{kind} {share:.2f}" for kind, share in kept["other_medical_by_kind"].items())
+    frontier = typed["frontier"]
+    return """
+### With the figure-type head
+
+The same figures, each fold's model with its own figure-type head (a figure it does not type `medical_image` is `other`, as
+in the job):
+
+| | fold's threshold | cross-fold thresholds | head alone (argmax) |
+|---|---:|---:|---:|
+""" + "\n".join(rows) + """
+
+| class | F1 | F1, cross-fold thresholds | F1, head alone |
+|---|---:|---:|---:|
+""" + "\n".join(f1) + """
+
+One threshold for every fold, with the head:
+
+| threshold | """ + " | ".join(f"{f['threshold']:g}" for f in frontier) + " |\n|---" + "|---:" * len(frontier) + "|\n" + "\n".join(
+        f"| {name} | " + " | ".join(f"{f[key]:.3f}" for f in frontier) + " |" for key, name in (
+            ("macro_f1", "macro-F1"), ("other_medical_called_other", "outside the six classes: `other`"),
+            ("other_figure_called_other", "other figures: `other`"))) + f"""
+
+Outside the six classes called `other` with the head, by kind (fold's threshold): {kinds or 'none held'}.
 """
 
 
@@ -124,8 +171,11 @@ def table(folds: list[dict[str, Any]]) -> str:
 
 def pooled_table(pooled: dict[str, Any]) -> str:
     """Per-class precision / recall / F1 of the pooled folds: with the folds' thresholds, with the
-    cross-fold thresholds and by argmax."""
+    cross-fold thresholds and by argmax (and the same with the folds' figure-type heads, when scored so)."""
     runs = {"fold's threshold": pooled["with_threshold"], "cross-fold thresholds": pooled["cross_fold"], "argmax": pooled["argmax"]}
+    if "with_types" in pooled:  # the same, each fold with its figure-type head
+        runs |= {f"{name} + type head": pooled["with_types"][key] for key, name in (
+            ("with_threshold", "fold's threshold"), ("cross_fold", "cross-fold"), ("argmax", "type head alone"))}
     lines = [f"{'class':<28}" + "".join(f"{name:>28}" for name in runs)]
     for label in pooled["with_threshold"]["per_class"]:
         lines.append(f"{label:<28}" + "".join(f"{r['per_class'][label]['precision']:>14.3f}{r['per_class'][label]['recall']:>7.3f}"

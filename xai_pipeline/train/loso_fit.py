@@ -17,10 +17,12 @@ each fold on Ray Train (8–11 minutes a fold on 2 CPU cores here).
 
 ``DIR/loso-fit.json`` collects per fold the held sources' classes, recall with the threshold and
 by argmax, the share of its ``other`` figures rejected and the threshold, and ``pooled``: every
-held figure scored by its fold's model (:func:`score_folds`), summed over folds into the
-leave-source-out confusion, per-class F1 and macro-F1 (:func:`xai_pipeline.train.loso.summarize`),
-with the fold's threshold and by argmax. Folds have no figure-type head (``figure_type`` is a
-later step), so here charts and diagrams are rejected by the modality threshold alone.
+held figure scored by its fold's model (:func:`xai_pipeline.train.loso_score.score_folds`), summed
+over folds into the leave-source-out confusion, per-class F1 and macro-F1
+(:func:`xai_pipeline.train.loso.summarize`), with the fold's threshold and by argmax. A fold's
+``train`` run has no figure-type head (``figure_type`` is a later step of ``make model``), so
+there charts and diagrams are rejected by the modality threshold alone; ``--type-heads`` fits each
+fold that head too and adds ``pooled.with_types``, the study scored as the job labels figures.
 """
 
 from __future__ import annotations
@@ -29,18 +31,13 @@ import argparse
 import json
 import logging
 import re
-from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from xai_pipeline.config import ConfigError, TrainConfig
 from xai_pipeline.store.source import S3Settings
 from xai_pipeline.train.loso_card import pooled_table, table
-from xai_pipeline.train.split import data_parts
 
 log = logging.getLogger(__name__)
 
@@ -149,91 +146,6 @@ def _study_config(base: TrainConfig) -> dict[str, Any]:
             "seed": base.seed, "split_seed": base.group_split_seed}
 
 
-FRONTIER = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
-"""Thresholds at which the pooled study is also scored with one threshold for all folds and classes."""
-
-
-def kept_scores(plain: np.ndarray, confident: np.ndarray, other: int) -> np.ndarray:
-    """``plain`` (label space, column ``other`` empty) with each row that is not ``confident``
-    replaced by 1 in column ``other`` and 0 elsewhere: argmax then decides with the thresholds."""
-    kept = plain * confident[:, None]
-    kept[:, other] = np.where(confident, 0.0, 1.0)
-    return kept
-
-
-def label_scores(p: np.ndarray, columns: list[int], thresholds: float | Sequence[float] | None, n_labels: int,
-                 other: int) -> tuple[np.ndarray, np.ndarray]:
-    r"""A fold model's probabilities ``p`` (n×C) in the label space of ``n_labels`` columns (its
-    class ``j`` in column ``columns[j]``): as they are (argmax decides), and *kept* — a row whose
-    top class :math:`\hat c` has :math:`p_{\hat c} < t_{\hat c}` becomes 1 in column ``other`` and 0
-    elsewhere, so argmax decides with the thresholds too."""
-    from xai_pipeline.model.labels import confident_rows
-
-    plain = np.zeros((len(p), n_labels))
-    plain[:, columns] = p
-    return plain, kept_scores(plain, confident_rows(p, thresholds), other)
-
-
-@torch.inference_mode()
-def score_folds(base: TrainConfig, folds: list[str], out: Path, min_accept: float = 0.97, min_figures: int = 10) -> dict[str, Any]:
-    r"""Every figure of every fold's held sources scored by that fold's model, pooled.
-
-    A figure keeps its top class :math:`\hat c` when :math:`p_{\hat c} \ge t_{\hat c}`, else it is
-    ``other``; the pooled confusion over all folds gives per-class precision, recall and F1 and the
-    macro-F1 over the six modalities three ways: with the folds' own thresholds (set in-source),
-    with thresholds set across folds (``cross_fold``: each fold's per-class thresholds set on the
-    other folds' held sources, :func:`xai_pipeline.train.thresholds.cross_fold_thresholds` with
-    ``min_accept`` and ``min_figures``), and by argmax. A class a fold did not train on is flagged
-    (``testable_classes``). ``frontier``: macro-F1 and the shares called ``other`` with one
-    threshold for every fold and class, each of :data:`FRONTIER`: chosen on the scored figures
-    themselves, it bounds what any threshold could do for this recipe.
-    """
-    from xai_pipeline.model.net import load_model
-    from xai_pipeline.train.dataset import load_images
-    from xai_pipeline.train.evaluate import head_probabilities
-    from xai_pipeline.train.loso import OTHER_INDEX, per_source, summarize
-    from xai_pipeline.train.run import MODEL_FILE
-    from xai_pipeline.train.sources import LABELS, read_all_sources
-    from xai_pipeline.train.thresholds import cross_fold_thresholds
-
-    examples = read_all_sources(data_parts(base.data), S3Settings(base.endpoint_url, base.region))
-    held_by = {source: fold for fold in folds for source in fold_sources(fold)}
-    scored = [e for e in examples if e.source in held_by]
-    y = np.array([LABELS.index(e.label) for e in scored], dtype=np.int64)
-    p_argmax, p_kept, seen = np.zeros((len(scored), len(LABELS))), np.zeros((len(scored), len(LABELS))), np.ones(len(scored), dtype=bool)
-    fold_of, caps = np.zeros(len(scored), dtype=np.int64), np.ones((len(folds), OTHER_INDEX))
-    for k, fold in enumerate(folds):
-        rows = [i for i, e in enumerate(scored) if held_by[e.source] == fold]
-        report = fold_report(out, fold)
-        model, trained = load_model(fold_dir(out, fold) / MODEL_FILE), report["split"]["train"]
-        columns = [LABELS.index(name) for name in model.spec.class_names]
-        own = np.broadcast_to(np.asarray(model.spec.decision_thresholds or 0.0, dtype=float), (len(columns),))
-        caps[k], caps[k, columns] = own.max(), own  # a class the fold lacks never tops its scores
-        for start in range(0, len(rows), 32):
-            chunk = rows[start:start + 32]
-            p, _ = head_probabilities(model, load_images([scored[i].example for i in chunk], S3Settings(base.endpoint_url, base.region)))
-            p_argmax[chunk], p_kept[chunk] = label_scores(p, columns, model.spec.decision_thresholds, len(LABELS), OTHER_INDEX)
-        fold_of[rows] = k
-        seen[rows] = [scored[i].label == LABELS[OTHER_INDEX] or trained.get(scored[i].label, 0) > 0 for i in rows]
-    modal = p_argmax[:, :OTHER_INDEX]
-    crossed = cross_fold_thresholds(modal, y, fold_of, caps, min_accept, min_figures)
-    p_cross = kept_scores(p_argmax, modal.max(axis=1) >= crossed[fold_of, modal.argmax(axis=1)], OTHER_INDEX)
-    sources = per_source(p_kept, y, scored, 0.0)
-    for name, closed in per_source(p_argmax, y, scored, 0.0).items():
-        sources[name]["closed_set_accuracy"] = closed["closed_set_accuracy"]
-    for name, cross in per_source(p_cross, y, scored, 0.0).items():
-        sources[name]["cross_fold_accuracy"] = cross["accuracy"]
-    frontier = []
-    for t in FRONTIER:  # one threshold for every fold, chosen on these very figures: a bound, not a result
-        at = summarize(kept_scores(p_argmax, modal.max(axis=1) >= t, OTHER_INDEX), y, scored, 0.0, seen)
-        frontier.append({"threshold": t} | {k: at[k] for k in ("macro_f1", "other_medical_called_other", "other_figure_called_other")})
-    return {"figures": len(scored), "with_threshold": summarize(p_kept, y, scored, 0.0, seen), "frontier": frontier,
-            "cross_fold": summarize(p_cross, y, scored, 0.0, seen) | {"min_accept": min_accept, "min_figures": min_figures},
-            "cross_fold_thresholds": {fold: dict(zip(LABELS, map(float, crossed[k]))) for k, fold in enumerate(folds)},
-            "argmax": summarize(p_argmax, y, scored, 0.0, seen), "per_source": sources,
-            "unscored_sources": sorted({e.source for e in examples} - set(held_by))}
-
-
 def fold_problem(folds: list[str], base: TrainConfig) -> str | None:
     """Why ``folds`` cannot be a study of ``base.data``: an empty fold, a source held more than once
     (each source is scored by one fold's model), a source ``--data`` does not have, or two folds
@@ -270,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-data", default=None, help="score the folds on these manifests' figures of the held sources instead of --data's "
                         "(e.g. an earlier data set's, to compare two studies on the same figures): every fold must be finished; written to "
                         "loso-fit-scored.json (replaced), whose folds still describe --data")
+    parser.add_argument("--type-heads", default=None, metavar="MANIFEST", help="also fit each fold the figure-type head make model fits "
+                        "(scans of --data, the non-scan figures of this manifest: other-v1's; none of the fold's held sources) and score "
+                        "the study as the job labels figures too (pooled.with_types)")
     parser.add_argument("--retrain", action="store_true", help="train every fold again, even one already finished with the same recipe")
     parser.add_argument("--ray", action="store_true")
     parser.add_argument("--use-gpu", action="store_true")
@@ -296,7 +211,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --score-data: {exc}")
         return 2
     print(table(folds))
-    pooled = score_folds(replace(base, data=args.score_data or base.data), args.hold, args.out, args.min_accept, args.min_figures)
+    from xai_pipeline.train import loso_score  # scoring imports this module's fold helpers
+
+    try:
+        if args.type_heads:
+            loso_score.fit_fold_type_heads(base, args.hold, args.out, args.type_heads)
+    except ConfigError as exc:
+        print(f"error: {exc}")
+        return 2
+    pooled = loso_score.score_folds(replace(base, data=args.score_data or base.data), args.hold, args.out, args.min_accept,
+                                    args.min_figures, typed=bool(args.type_heads))
     scored_on = {"score_data": args.score_data} if args.score_data else {}
     (args.out / ("loso-fit-scored.json" if scored_on else "loso-fit.json")).write_text(
         json.dumps({"config": _study_config(base) | scored_on, "folds": folds, "pooled": pooled}, indent=2) + "\n")

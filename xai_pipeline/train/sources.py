@@ -1,8 +1,9 @@
 """The training sources of issue 17 in one label space, with where each figure came from.
 
 The shared manifests (``read_examples``'s format, local or ``s3://``) are merged, and any
-other manifest of the same format (``make model`` adds ``packaged-v1``: histology, DICOM scans
-and out-of-taxonomy medical images shipped in PyPI wheels, :mod:`xai_pipeline.train.packaged`):
+other manifest of the same format (``make model`` adds ``packaged-v3``: histology, DICOM scans,
+CT and MRI volume slices and out-of-taxonomy medical images shipped in PyPI packages,
+:mod:`xai_pipeline.train.packaged`):
 
 * ``modality-v1``: the six modality classes, one or two public repositories per class;
 * ``modality-extra-v1``: new repositories for fundus, chest X-ray, ultrasound (and four

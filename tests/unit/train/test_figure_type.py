@@ -95,3 +95,24 @@ def test_scans_come_round_robin_from_every_source_but_the_held_out_ones(tmp_path
     assert sorted(by_label["histology"]) == ["big", "big", "small", "small"]  # the small source is not drowned
     assert sorted(by_label["ct"]) == ["dicom", "medpix", "medpix", "medpix"]
     assert "other" not in by_label and all("held" not in v for v in by_label.values())
+    every = scan_rows([a, b], per_class=None, exclude={"held"}, rng=np.random.default_rng(0))  # the default: no cap
+    assert sorted(row["source_repo"] for _, row in every) == sorted(["big"] * 10 + ["small"] * 2 + ["medpix"] * 3 + ["dicom"])
+
+
+def test_excluded_sources_leave_the_non_scan_figures_too(tmp_path) -> None:
+    import json
+
+    from PIL import Image
+
+    from xai_pipeline.train.figure_type import labelled_figures
+
+    scans, other = tmp_path / "s" / "manifest.jsonl", tmp_path / "o" / "manifest.jsonl"
+    for path, rows in ((scans, [("ct", "medpix", ""), ("ct", "held", "")]),
+                       (other, [("other", "charts", "chart (x)"), ("other", "held", "chart (y)"), ("fundus", "stray", "")])):
+        path.parent.mkdir(parents=True)
+        for label, src, _ in rows:
+            Image.new("RGB", (8, 8)).save(path.parent / f"{src}.png")
+        path.write_text("".join(json.dumps({"file": f"{src}.png", "label": label, "source_repo": src, "kind": kind}) + "\n"
+                                for label, src, kind in rows))
+    _, types, sources = labelled_figures([scans], other, None, 0, 0, frozenset({"held"}))
+    assert sorted(zip(sources, types)) == [("charts", "chart"), ("medpix", "medical_image")]  # no held figure, no stray scan

@@ -126,7 +126,11 @@ def test_model_card_leave_one_source_out_section(tmp_path: Path) -> None:
     n_sources = len(lite0["sources_per_class"]["chest_xray"])
     unseen = ", ".join(f"{c} ({n})" for c, n in lite0["unseen_in_fold"].items()) or "none"
     assert f"| chest_xray | {n_sources} | {f1:.3f} |" in text and "efficientnet_lite2 LOSO F1" in text
-    assert f"cannot be right when it is held out: {unseen}." in text
+    assert f"cannot be right when it is held out: {unseen}." in text and "figures)" not in text  # same data: no counts
+    other_data = tmp_path / "lite1-other-data.json"
+    other_data.write_text(json.dumps(json.loads(reports[1].read_text()) | {"n": 9999}))
+    assert model_card.main(["--card", str(card), "--loso", str(reports[0]), str(other_data)]) == 0
+    assert f"efficientnet_lite0 LOSO F1 ({lite0['n']:,} figures) | efficientnet_lite1 LOSO F1 (9,999 figures)" in card.read_text()
     with pytest.raises(SystemExit):
         model_card.main(["--card", str(card)])
 
@@ -152,7 +156,8 @@ def test_source_balance_tempers_big_sources_within_a_class() -> None:
 def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(tmp_path: Path, dataset_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                                                                capsys: pytest.CaptureFixture[str]) -> None:
     from xai_pipeline.train.loso_card import table
-    from xai_pipeline.train.loso_fit import fold_dir, main as loso_fit_main, run_folds, score_folds
+    from xai_pipeline.train.loso_fit import fold_dir, main as loso_fit_main, run_folds
+    from xai_pipeline.train.loso_score import score_folds
     from xai_pipeline.train.model_card import main as card_main
 
     a, b = _two_manifests(tmp_path, dataset_dir)
@@ -215,16 +220,65 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     # Scored on other manifests (--score-data): only their figures of the held sources count.
     on_b = score_folds(replace(base, data=b), ["src-b", "charts-y"], out)
     assert on_b["figures"] == 7 and on_b["per_source"] == pooled["per_source"] and on_b["unscored_sources"] == ["charts-x"]  # src-a is only in --data
+    # Each fold's figure-type head (--type-heads): fitted on none of its held sources, and the study scored as the job labels.
+    import xai_pipeline.train.figure_type as figure_type_module
+    from xai_pipeline.model.net import load_model
+    from xai_pipeline.train.loso_score import TYPED_FILE, fit_fold_type_heads
+
+    fitted_on: list[set[str]] = []
+    real_figures = figure_type_module.labelled_figures
+
+    def figures_spy(*args: Any, **kwargs: Any) -> Any:
+        images, types, sources = real_figures(*args, **kwargs)
+        fitted_on.append(set(sources))
+        return images, types, sources
+
+    monkeypatch.setattr(figure_type_module, "labelled_figures", figures_spy)
+    fit_fold_type_heads(base, ["src-b", "charts-y"], out, b)
+    assert len(fitted_on) == 2 and "src-a" in fitted_on[0] and "src-b" not in fitted_on[0] | fitted_on[1]  # b's fundus rows are scans of no --scans
+    assert "charts-y" in fitted_on[0] and "charts-y" not in fitted_on[1] and "charts-x" in fitted_on[1]
+    typed_file = fold_dir(out, "charts-y") / TYPED_FILE
+    assert load_model(typed_file).spec.figure_types and "medical_image" in load_model(typed_file).spec.figure_types
+    stamp_typed = typed_file.stat().st_mtime_ns
+    fit_fold_type_heads(base, ["src-b", "charts-y"], out, b)  # the same fold models and data: reused
+    assert typed_file.stat().st_mtime_ns == stamp_typed and len(fitted_on) == 2
+    with pytest.raises(ConfigError, match="--type-heads"):
+        fit_fold_type_heads(base, ["src-b"], out, str(tmp_path / "missing.jsonl"))
+    typed = score_folds(base, ["src-b", "charts-y"], out, typed=True)
+    for key in ("with_threshold", "cross_fold", "argmax", "frontier", "cross_fold_thresholds"):
+        assert json.dumps(typed[key]) == json.dumps(pooled[key])  # (NaN-safe) the typed file's modality head is the fold's
+    gated = typed["with_types"]
+    assert set(gated) == {"with_threshold", "cross_fold", "argmax", "frontier"}
+    for name in ("with_threshold", "cross_fold", "argmax"):  # the gate only ever adds 'other'
+        assert gated[name]["other_figure_called_other"] >= pooled[name]["other_figure_called_other"]
+        assert gated[name]["in_class_kept"] <= pooled[name]["in_class_kept"]
+    from xai_pipeline.model.labels import image_labels
+    from xai_pipeline.train.evaluate import head_probabilities
+
+    typed_model = load_model(typed_file)  # charts-y's figures, labelled by its fold's head alone
+    charts = [Image.open(tmp_path / "b" / f"chart{i}.png").convert("RGB") for i in range(3)]
+    p_charts, t_charts = head_probabilities(typed_model, charts)
+    alone = image_labels(p_charts, t_charts, typed_model.spec.class_names, typed_model.spec.figure_types, None)[0]
+    assert gated["argmax"]["other_figure_called_other"] == pytest.approx(np.mean([m == "other" for m in alone]))
+    assert typed["per_source"]["charts-y"]["typed_accuracy"] >= typed["per_source"]["charts-y"]["accuracy"]
+    assert typed["per_source"]["src-b"]["typed_accuracy"] <= typed["per_source"]["src-b"]["accuracy"]
+    monkeypatch.undo()
+
     import xai_pipeline.train.loso_fit as loso_fit_module
+    import xai_pipeline.train.loso_score as loso_score_module
 
     scored_with: list[str] = []
     trains: list[bool] = []
     monkeypatch.setattr(loso_fit_module, "run_folds", lambda base, folds, out, retrain=False, train=True: trains.append(train) or folds_done)
-    monkeypatch.setattr(loso_fit_module, "score_folds", lambda base, folds, out, *rest: scored_with.append(base.data) or pooled)
+    typed_with: list[Any] = []
+    monkeypatch.setattr(loso_score_module, "score_folds", lambda base, folds, out, *rest, typed=False: scored_with.append(base.data) or typed_with.append(typed) or pooled)
+    monkeypatch.setattr(loso_score_module, "fit_fold_type_heads", lambda base, folds, out, other: typed_with.append((folds, other)))
     folds_done, elsewhere = folds, tmp_path / "elsewhere"
     assert loso_fit_main(["--data", f"{a},{b}", "--hold", "src-b", "--hold", "charts-y", "--out", str(elsewhere), "--score-data", b]) == 0
     assert scored_with == [b] and trains == [False] and not (elsewhere / "loso-fit.json").exists()
     assert json.loads((elsewhere / "loso-fit-scored.json").read_text())["config"]["score_data"] == b
+    assert loso_fit_main(["--data", f"{a},{b}", "--hold", "src-b", "--out", str(elsewhere), "--score-data", b, "--type-heads", b]) == 0
+    assert typed_with == [False, (["src-b"], b), True]  # heads fitted, then scored with them
     monkeypatch.undo()
 
     # Several sources in one fold; a finished fold with the same configuration is not trained again.
@@ -256,10 +310,20 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     assert f"| src-b | fundus | 4 | {pooled['per_source']['src-b']['accuracy']:.3f} |" in text and "| charts-y | other | 3 |" in text
     assert "| fundus | 4 |" in text and "macro-F1, six modalities" in text and "| threshold | 0 | 0.3 |" in text and "Sources no fold held: charts-x, src-a." in text
     assert card_main(["--card", str(card), "--loso-fit", str(out / "loso-fit.json")]) == 0 and card.read_text() == text  # replaced, not added
+    assert "### With the figure-type head" not in text and "Folds have no figure-type head" in text
+    (out / "loso-fit.json").write_text(json.dumps({"config": json.loads((out / "loso-fit.json").read_text())["config"],
+                                                   "folds": folds, "pooled": typed}))
+    assert card_main(["--card", str(card), "--loso-fit", str(out / "loso-fit.json")]) == 0
+    typed_text = card.read_text()
+    assert typed_text.count("### With the figure-type head") == 1 and "Folds have no figure-type head" not in typed_text
+    assert f"| macro-F1, six modalities | {typed['with_types']['with_threshold']['macro_f1']:.3f} |" in typed_text
+    from xai_pipeline.train.loso_card import pooled_table
+
+    assert "type head alone" in pooled_table(typed) and "type head" not in pooled_table(pooled)
 
 
 def test_fold_scores_keep_a_top_class_only_above_its_own_threshold() -> None:
-    from xai_pipeline.train.loso_fit import label_scores
+    from xai_pipeline.train.loso_score import label_scores
 
     p = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
     plain, kept = label_scores(p, [2, 3], [0.5, 0.75], 7, 6)  # the fold's classes are labels 2 and 3
