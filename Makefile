@@ -44,7 +44,11 @@ PACKAGED_DATA := build/data/$(PACKAGED_SET)
 TRAIN_DATA := $(DATA)/manifest.jsonl,$(EXTRA_DATA)/manifest.jsonl,$(OTHER_DATA)/manifest.jsonl,$(PACKAGED_DATA)/manifest.jsonl
 HOLDOUT := agchung/Actualmed-COVID-chestxray-dataset,Traslational-Visual-Health-Laboratory/OCT-AND-EYE-FUNDUS-DATASET,jnkather/ColorDeconvolutionMatlab,Project-MONAI/MONAI,pypi:scikit-image==0.26.0,pypi:tiatoolbox==2.1.3
 SOURCE_BALANCE := 0
-MODEL_VERSION := 1.4.0
+# The version each PACKAGED_SET's recipe shipped as; another set (packaged-v2) needs MODEL_VERSION= given (tables reindex
+# by model version, so two recipes must never share one).
+MODEL_VERSION_packaged-v1 := 1.3.1
+MODEL_VERSION_packaged-v3 := 1.4.0
+MODEL_VERSION = $(MODEL_VERSION_$(PACKAGED_SET))
 comma := ,
 space := $(subst ,, )
 # The card's ImageNet-probe columns for Lite1 and Lite2: computed on this PACKAGED_SET's figures where bench/results/loso has
@@ -71,6 +75,7 @@ $(MODEL_DIR)/member-%/training_metrics.json: | install $(PACKAGED_DATA)/manifest
 	$(BIN)/xai-pipeline train $(TRAIN_ARGS) --out $(MODEL_DIR)/member-$* --seed $* --split-seed 0
 
 candidate: install $(PACKAGED_DATA)/manifest.jsonl $(if $(filter-out 1,$(MEMBERS)),$(MEMBER_RUNS:=/training_metrics.json))
+	@test -n "$(MODEL_VERSION)" || { echo "PACKAGED_SET=$(PACKAGED_SET) shipped as no model version: give it one, MODEL_VERSION=..."; exit 2; }
 ifeq ($(MEMBERS),1)
 	$(BIN)/xai-pipeline train $(TRAIN_ARGS) --out $(MODEL_DIR)
 else

@@ -49,7 +49,9 @@ def figure_key(source: str, uri: str, manifest_dir_uri: str) -> tuple[str, str]:
     """A figure's name independent of where its data set was built: (source, path below its
     manifest's folder)."""
     prefix = manifest_dir_uri.rstrip("/") + "/"
-    return source, uri[len(prefix):] if uri.startswith(prefix) else uri
+    if not uri.startswith(prefix):  # a full URI would name one figure twice across data folders
+        raise ValueError(f"{uri} is not below its manifest's folder {manifest_dir_uri}")
+    return source, uri[len(prefix):]
 
 
 def run_figures(run: Path) -> tuple[dict[tuple[str, str], SourcedExample], set[tuple[str, str]]]:

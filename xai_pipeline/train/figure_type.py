@@ -117,8 +117,9 @@ def fit_type_head(features: np.ndarray, types: list[str], c: float = 1.0) -> tup
 
 PER_SCAN_CLASS: int | None = 80
 """``--per-scan-class``'s default. Every scan (None) was measured against it on packaged-v3's
-leave-source-out folds (``loso_fit --type-heads``): the volumes' slices then outnumber the other
-classes' scans, and held-out ultrasound lost 7 points of recall to non-medical types."""
+leave-source-out folds (``loso_fit --type-heads … --type-head-per-scan-class 0``): the volumes'
+slices then outnumber the other classes' scans, and held-out ultrasound lost 7 points of recall
+to non-medical types."""
 SYNTHETIC_PER_KIND = 40
 """``--synthetic-per-kind``'s default."""
 

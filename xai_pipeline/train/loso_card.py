@@ -39,7 +39,9 @@ def loso_section(reports: list[dict[str, Any]]) -> str:
 def _figures_note(report: dict[str, Any], reports: list[dict[str, Any]]) -> str:
     """`` (N figures)`` when the reports were not all made on the same number of figures (another
     data set: their columns are then not a like-for-like comparison), else nothing."""
-    return f" ({report['n']:,} figures)" if len({r.get("n") for r in reports}) > 1 else ""
+    if len({r.get("n") for r in reports}) == 1:
+        return ""
+    return f" ({report['n']:,} figures)" if isinstance(report.get("n"), int) else " (figures not recorded)"
 
 
 def _fold_name(fold: str) -> str:
@@ -174,8 +176,8 @@ def pooled_table(pooled: dict[str, Any]) -> str:
     cross-fold thresholds and by argmax (and the same with the folds' figure-type heads, when scored so)."""
     runs = {"fold's threshold": pooled["with_threshold"], "cross-fold thresholds": pooled["cross_fold"], "argmax": pooled["argmax"]}
     if "with_types" in pooled:  # the same, each fold with its figure-type head
-        runs |= {f"{name} + type head": pooled["with_types"][key] for key, name in (
-            ("with_threshold", "fold's threshold"), ("cross_fold", "cross-fold"), ("argmax", "type head alone"))}
+        runs |= {name: pooled["with_types"][key] for key, name in (
+            ("with_threshold", "fold's t. + type head"), ("cross_fold", "cross-fold + type head"), ("argmax", "type head alone"))}
     lines = [f"{'class':<28}" + "".join(f"{name:>28}" for name in runs)]
     for label in pooled["with_threshold"]["per_class"]:
         lines.append(f"{label:<28}" + "".join(f"{r['per_class'][label]['precision']:>14.3f}{r['per_class'][label]['recall']:>7.3f}"

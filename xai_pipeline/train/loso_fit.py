@@ -185,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--type-heads", default=None, metavar="MANIFEST", help="also fit each fold the figure-type head make model fits "
                         "(scans of --data, the non-scan figures of this manifest: other-v1's; none of the fold's held sources) and score "
                         "the study as the job labels figures too (pooled.with_types)")
-    parser.add_argument("--retrain", action="store_true", help="train every fold again, even one already finished with the same recipe")
+    parser.add_argument("--type-head-per-scan-class", type=int, default=None, metavar="N",
+                        help="with --type-heads: figure_type's --per-scan-class for the folds' heads (default: figure_type's; 0: every scan)")
+    parser.add_argument("--retrain", action="store_true", help="train every fold again, even one already finished with the same recipe (and refit its figure-type head)")
     parser.add_argument("--ray", action="store_true")
     parser.add_argument("--use-gpu", action="store_true")
     parser.add_argument("--num-workers", type=int, default=1)
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.type_heads:
-            loso_score.fit_fold_type_heads(base, args.hold, args.out, args.type_heads)
+            loso_score.fit_fold_type_heads(base, args.hold, args.out, args.type_heads, args.type_head_per_scan_class, refit=args.retrain)
     except ConfigError as exc:
         print(f"error: {exc}")
         return 2

@@ -33,11 +33,16 @@ TYPE_HEAD_RECORD = "type_head.json"
 """What a fold's figure-type head was fitted on (a head fitted on the same is reused)."""
 
 
-def fit_fold_type_heads(base: TrainConfig, folds: list[str], out: Path, other: str) -> None:
+def fit_fold_type_heads(base: TrainConfig, folds: list[str], out: Path, other: str, per_scan_class: int | None = None,
+                        refit: bool = False) -> None:
     """Give each fold's model the figure-type head of :func:`xai_pipeline.train.figure_type.type_model`,
     fitted on the scans of ``base.data``'s manifests and the non-scan figures of ``other`` (the
     ``other-v1`` manifest), none from the fold's held sources; written to ``TYPED_FILE`` in the
-    fold's folder. A head fitted before on the same fold model, data and head recipe is kept."""
+    fold's folder. ``per_scan_class``: ``figure_type``'s cap (None: its default, 0: every scan). A
+    head fitted before on the same fold model, manifests (by content) and head recipe is kept unless
+    ``refit`` (a change of the figure-type code itself is not seen). Every manifest must be local."""
+    import hashlib
+
     from xai_pipeline.model.net import load_model, save_model
     from xai_pipeline.train.figure_type import PER_SCAN_CLASS, SYNTHETIC_PER_KIND, type_model
     from xai_pipeline.train.run import MODEL_FILE
@@ -45,19 +50,24 @@ def fit_fold_type_heads(base: TrainConfig, folds: list[str], out: Path, other: s
     other_path = Path(other)
     if not other_path.is_file():
         raise ConfigError(f"--type-heads {other}: no such manifest (other-v1's manifest.jsonl)")
+    remote = [m for m in data_parts(base.data) if "://" in m]
+    if remote:
+        raise ConfigError(f"--type-heads: the figure-type head reads local manifests only; --data has {', '.join(remote)}")
     scans = [Path(m) for m in data_parts(base.data) if Path(m).resolve() != other_path.resolve()]
+    cap = PER_SCAN_CLASS if per_scan_class is None else (per_scan_class or None)
+    contents = {str(p.resolve()): hashlib.sha256(p.read_bytes()).hexdigest() for p in [*scans, other_path]}
     for fold in folds:
         folder = fold_dir(out, fold)
         model = load_model(folder / MODEL_FILE)
         record = {"model_sha256": model.spec.weights_sha256, "scans": [str(p.resolve()) for p in scans],
-                  "other": str(other_path.resolve()), "exclude": sorted(fold_sources(fold)),
-                  "per_scan_class": PER_SCAN_CLASS, "synthetic_per_kind": SYNTHETIC_PER_KIND, "seed": 0}
+                  "other": str(other_path.resolve()), "manifest_sha256": contents, "exclude": sorted(fold_sources(fold)),
+                  "per_scan_class": cap, "synthetic_per_kind": SYNTHETIC_PER_KIND, "seed": 0}
         path, meta = folder / TYPED_FILE, folder / TYPE_HEAD_RECORD
-        if path.is_file() and meta.is_file() and json.loads(meta.read_text()) == record:
+        if not refit and path.is_file() and meta.is_file() and json.loads(meta.read_text()) == record:
             log.info("fold %s: figure-type head fitted before (reused)", fold)
             continue
         log.info("fold %s: fitting its figure-type head", fold)
-        save_model(type_model(model, scans, other_path, frozenset(fold_sources(fold))), path)
+        save_model(type_model(model, scans, other_path, frozenset(fold_sources(fold)), per_scan_class=cap), path)
         meta.write_text(json.dumps(record, indent=2) + "\n")
 
 

@@ -242,6 +242,14 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     stamp_typed = typed_file.stat().st_mtime_ns
     fit_fold_type_heads(base, ["src-b", "charts-y"], out, b)  # the same fold models and data: reused
     assert typed_file.stat().st_mtime_ns == stamp_typed and len(fitted_on) == 2
+    fit_fold_type_heads(base, ["charts-y"], out, b, per_scan_class=0)  # another head recipe: fitted again
+    assert len(fitted_on) == 3 and json.loads((fold_dir(out, "charts-y") / "type_head.json").read_text())["per_scan_class"] is None
+    fit_fold_type_heads(base, ["charts-y"], out, b, per_scan_class=0, refit=True)  # --retrain
+    assert len(fitted_on) == 4
+    fit_fold_type_heads(base, ["charts-y"], out, b)  # back to figure_type's default cap
+    assert len(fitted_on) == 5 and typed_file.stat().st_mtime_ns != stamp_typed
+    with pytest.raises(ConfigError, match="local manifests"):
+        fit_fold_type_heads(replace(base, data=f"{a},s3://bucket/b/manifest.jsonl"), ["src-b"], out, b)
     with pytest.raises(ConfigError, match="--type-heads"):
         fit_fold_type_heads(base, ["src-b"], out, str(tmp_path / "missing.jsonl"))
     typed = score_folds(base, ["src-b", "charts-y"], out, typed=True)
@@ -260,6 +268,7 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     p_charts, t_charts = head_probabilities(typed_model, charts)
     alone = image_labels(p_charts, t_charts, typed_model.spec.class_names, typed_model.spec.figure_types, None)[0]
     assert gated["argmax"]["other_figure_called_other"] == pytest.approx(np.mean([m == "other" for m in alone]))
+    assert gated["argmax"]["other_figure_called_other"] > 0  # the gate does act: without it argmax calls no chart 'other'
     assert typed["per_source"]["charts-y"]["typed_accuracy"] >= typed["per_source"]["charts-y"]["accuracy"]
     assert typed["per_source"]["src-b"]["typed_accuracy"] <= typed["per_source"]["src-b"]["accuracy"]
     monkeypatch.undo()
@@ -272,13 +281,17 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     monkeypatch.setattr(loso_fit_module, "run_folds", lambda base, folds, out, retrain=False, train=True: trains.append(train) or folds_done)
     typed_with: list[Any] = []
     monkeypatch.setattr(loso_score_module, "score_folds", lambda base, folds, out, *rest, typed=False: scored_with.append(base.data) or typed_with.append(typed) or pooled)
-    monkeypatch.setattr(loso_score_module, "fit_fold_type_heads", lambda base, folds, out, other: typed_with.append((folds, other)))
+    monkeypatch.setattr(loso_score_module, "fit_fold_type_heads",
+                        lambda base, folds, out, other, per_scan_class=None, refit=False: typed_with.append((folds, other, per_scan_class, refit)))
     folds_done, elsewhere = folds, tmp_path / "elsewhere"
     assert loso_fit_main(["--data", f"{a},{b}", "--hold", "src-b", "--hold", "charts-y", "--out", str(elsewhere), "--score-data", b]) == 0
     assert scored_with == [b] and trains == [False] and not (elsewhere / "loso-fit.json").exists()
     assert json.loads((elsewhere / "loso-fit-scored.json").read_text())["config"]["score_data"] == b
     assert loso_fit_main(["--data", f"{a},{b}", "--hold", "src-b", "--out", str(elsewhere), "--score-data", b, "--type-heads", b]) == 0
-    assert typed_with == [False, (["src-b"], b), True]  # heads fitted, then scored with them
+    assert typed_with == [False, (["src-b"], b, None, False), True]  # heads fitted, then scored with them
+    assert loso_fit_main(["--data", f"{a},{b}", "--hold", "src-b", "--out", str(elsewhere), "--score-data", b, "--type-heads", b,
+                          "--type-head-per-scan-class", "0", "--retrain"]) == 0
+    assert typed_with[3:] == [(["src-b"], b, 0, True), True]
     monkeypatch.undo()
 
     # Several sources in one fold; a finished fold with the same configuration is not trained again.
