@@ -41,7 +41,7 @@ from xai_pipeline.store.source import S3Settings
 from xai_pipeline.train.dataset import Example, load_images
 from xai_pipeline.train.evaluate import pooled_features
 from xai_pipeline.train.loso import OTHER_INDEX, summarize
-from xai_pipeline.train.loso_fit import fold_dir, fold_report, fold_sources
+from xai_pipeline.train.loso_folds import fold_dir, fold_report, fold_sources
 from xai_pipeline.train.loso_score import kept_scores, label_scores
 from xai_pipeline.train.run import MODEL_FILE
 from xai_pipeline.train.sources import LABELS, read_all_sources

@@ -96,7 +96,8 @@ def ensemble_studies(studies: list[Path], out: Path) -> dict[str, Any]:
     """Every fold of the leave-source-out ``studies`` (same folds) assembled across them into
     ``out/<fold>/`` and scored as one study; returns (and writes) ``out/loso-fit.json``."""
     from xai_pipeline.train.loso_card import pooled_table, table
-    from xai_pipeline.train.loso_fit import fold_dir, fold_report, fold_summary
+    from xai_pipeline.train.loso_fit import fold_summary
+    from xai_pipeline.train.loso_folds import fold_dir, fold_report
     from xai_pipeline.train.loso_score import score_folds
 
     reports = [json.loads((study / "loso-fit.json").read_text()) for study in studies]

@@ -30,38 +30,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from xai_pipeline.config import ConfigError, TrainConfig
 from xai_pipeline.store.source import S3Settings
+from xai_pipeline.train import loso_score
 from xai_pipeline.train.loso_card import pooled_table, table
+from xai_pipeline.train.loso_folds import fold_dir, fold_sources
 
 log = logging.getLogger(__name__)
-
-
-def fold_sources(fold: str) -> list[str]:
-    """The sources of a fold: ``--hold``'s comma-separated value."""
-    return [s.strip() for s in fold.split(",") if s.strip()]
-
-
-def fold_dir(out: Path, fold: str) -> Path:
-    """``out/<first source>`` (``_and_<k>_more`` when the fold holds ``k`` more), every character
-    outside ``[A-Za-z0-9._-]`` replaced by ``_``."""
-    sources = fold_sources(fold)
-    more = f"_and_{len(sources) - 1}_more" if len(sources) > 1 else ""
-    return out / (re.sub(r"[^A-Za-z0-9._-]", "_", sources[0]) + more)
-
-
-def fold_report(out: Path, fold: str) -> dict[str, Any]:
-    """The training report of ``fold``'s run in study ``out``, checked to hold exactly ``fold``'s
-    sources out (a folder reused from another study would score figures its model saw)."""
-    report = json.loads((fold_dir(out, fold) / "training_metrics.json").read_text())
-    if sorted(fold_sources(report["config"]["holdout_sources"])) != sorted(fold_sources(fold)):
-        raise ValueError(f"{fold_dir(out, fold)} holds {report['config']['holdout_sources']!r} out, not {fold!r}")
-    return report
 
 
 def fold_summary(fold: str, report: dict[str, Any]) -> dict[str, Any]:
@@ -213,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --score-data: {exc}")
         return 2
     print(table(folds))
-    from xai_pipeline.train import loso_score  # scoring imports this module's fold helpers
-
     try:
         if args.type_heads:
             loso_score.fit_fold_type_heads(base, args.hold, args.out, args.type_heads, args.type_head_per_scan_class, refit=args.retrain)

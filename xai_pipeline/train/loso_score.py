@@ -22,7 +22,7 @@ import torch
 
 from xai_pipeline.config import ConfigError, TrainConfig
 from xai_pipeline.store.source import S3Settings
-from xai_pipeline.train.loso_fit import fold_dir, fold_report, fold_sources
+from xai_pipeline.train.loso_folds import fold_dir, fold_report, fold_sources
 from xai_pipeline.train.split import data_parts
 
 log = logging.getLogger(__name__)

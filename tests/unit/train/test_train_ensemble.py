@@ -77,7 +77,8 @@ def test_studies_must_hold_the_same_folds(tmp_path: Path) -> None:
 def test_ensemble_of_runs_and_of_studies(tmp_path: Path, dataset_dir: Path) -> None:
     from xai_pipeline.model.net import load_model
     from xai_pipeline.train.evaluate import predict_images
-    from xai_pipeline.train.loso_fit import fold_dir, run_folds
+    from xai_pipeline.train.loso_fit import run_folds
+    from xai_pipeline.train.loso_folds import fold_dir
     from xai_pipeline.train.run import MODEL_FILE, run_training
     from xai_pipeline.train.split import examples_and_split, training_data
 

@@ -156,7 +156,8 @@ def test_source_balance_tempers_big_sources_within_a_class() -> None:
 def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(tmp_path: Path, dataset_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                                                                capsys: pytest.CaptureFixture[str]) -> None:
     from xai_pipeline.train.loso_card import table
-    from xai_pipeline.train.loso_fit import fold_dir, main as loso_fit_main, run_folds
+    from xai_pipeline.train.loso_fit import main as loso_fit_main, run_folds
+    from xai_pipeline.train.loso_folds import fold_dir
     from xai_pipeline.train.loso_score import score_folds
     from xai_pipeline.train.model_card import main as card_main
 
