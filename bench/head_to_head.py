@@ -38,6 +38,7 @@ import numpy as np
 
 from bench.common import bench_parser, print_table, write_results
 from xai_pipeline.config import TrainConfig
+from xai_pipeline.model.net import ModalityNet, load_model
 from xai_pipeline.store.source import parse_location
 from xai_pipeline.train.sources import LABELS, MODALITIES, OTHER, Role, SourcedExample, read_all_sources
 from xai_pipeline.train.split import data_parts, examples_and_split
@@ -114,14 +115,12 @@ def scores(predicted: list[str], examples: list[SourcedExample]) -> dict[str, An
     }
 
 
-def label_figures(model_path: Path, examples: list[SourcedExample]) -> list[str]:
+def label_figures(model: ModalityNet, examples: list[SourcedExample]) -> list[str]:
     """The modality the job would give each figure (whole-figure labels, no panel split)."""
     from xai_pipeline.model.labels import image_labels
-    from xai_pipeline.model.net import load_model
     from xai_pipeline.train.dataset import load_images
     from xai_pipeline.train.evaluate import head_probabilities
 
-    model = load_model(model_path)
     modalities: list[str] = []
     for start in range(0, len(examples), 128):  # bounded memory: decoded images of one chunk at a time
         images = load_images([e.example for e in examples[start:start + 128]])
@@ -149,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
                                "models": {}}
     for run in runs:
         spec = json.loads((run / "training_metrics.json").read_text())["config"]
-        results["models"][str(run)] = {"data": spec["data"], **scores(label_figures(run / MODEL_FILE, examples), examples)}
+        model = load_model(run / MODEL_FILE)
+        results["models"][str(run)] = {"data": spec["data"], **scores(label_figures(model, examples), examples)}
         if unread[run]:  # sources only the other runs read: new to this one
-            results["models"][str(run)]["unread_sources"] = scores(label_figures(run / MODEL_FILE, unread[run]), unread[run])
+            results["models"][str(run)]["unread_sources"] = scores(label_figures(model, unread[run]), unread[run])
     rows = [[run, m["macro_f1"], *(m["per_class"].get(c, {}).get("f1", "") for c in MODALITIES),
              m["in_class_right"], m["other_medical_called_other"], m["other_figure_called_other"]]
             for run, m in results["models"].items()]

@@ -56,8 +56,8 @@ def type_of_kind(kind: str) -> str:
     return "other"
 
 
-def scan_rows(manifests: list[Path], per_class: int | None, exclude: Collection[str], rng: np.random.Generator) -> list[tuple[Path, dict[str, str]]]:
-    """``(manifest folder, row)`` of up to ``per_class`` in-class scans per class (None: all of
+def scan_rows(manifests: list[Path], per_class: int, exclude: Collection[str], rng: np.random.Generator) -> list[tuple[Path, dict[str, str]]]:
+    """``(manifest folder, row)`` of up to ``per_class`` in-class scans per class (0: all of
     them), drawn round-robin over the class's sources (each source's rows shuffled), skipping
     ``exclude``."""
     by_source: dict[str, dict[str, list[tuple[Path, dict[str, str]]]]] = {}
@@ -72,11 +72,11 @@ def scan_rows(manifests: list[Path], per_class: int | None, exclude: Collection[
     for label in sorted(by_source):
         queues = [[rows[i] for i in rng.permutation(len(rows))] for _, rows in sorted(by_source[label].items())]
         interleaved = [row for turn in zip_longest(*queues) for row in turn if row is not None]
-        chosen += interleaved[:per_class]
+        chosen += interleaved[:per_class or None]
     return chosen
 
 
-def labelled_figures(scans: list[Path], other: Path, per_scan_class: int | None, synthetic_per_kind: int, seed: int,
+def labelled_figures(scans: list[Path], other: Path, per_scan_class: int, synthetic_per_kind: int, seed: int,
                      exclude: frozenset[str] = frozenset()) -> tuple[list[Image.Image], list[str], list[str]]:
     """Images, their figure types and their sources (for a split by source); no figure, scan or
     not, of a source in ``exclude``."""
@@ -115,8 +115,8 @@ def fit_type_head(features: np.ndarray, types: list[str], c: float = 1.0) -> tup
     return weight.astype(np.float32), bias.astype(np.float32), names
 
 
-PER_SCAN_CLASS: int | None = 80
-"""``--per-scan-class``'s default. Every scan (None) was measured against it on packaged-v3's
+PER_SCAN_CLASS = 80
+"""``--per-scan-class``'s default. Every scan (0) was measured against it on packaged-v3's
 leave-source-out folds (``loso_fit --type-heads … --type-head-per-scan-class 0``): the volumes'
 slices then outnumber the other classes' scans, and held-out ultrasound lost 7 points of recall
 to non-medical types."""
@@ -124,7 +124,7 @@ SYNTHETIC_PER_KIND = 40
 """``--synthetic-per-kind``'s default."""
 
 
-def type_model(model: ModalityNet, scans: list[Path], other: Path, exclude: frozenset[str], per_scan_class: int | None = PER_SCAN_CLASS,
+def type_model(model: ModalityNet, scans: list[Path], other: Path, exclude: frozenset[str], per_scan_class: int = PER_SCAN_CLASS,
                synthetic_per_kind: int = SYNTHETIC_PER_KIND, seed: int = 0) -> ModalityNet:
     """``model`` with a figure-type head fitted as :func:`main` fits it (same figures, defaults and
     seed), none of ``exclude``'s figures among them: the head of a leave-source-out fold."""
@@ -174,7 +174,7 @@ def card_with_type_head(card: str, before: Any, after: Any) -> str:
                         head + f"- Weights: safetensors, SHA-256 `{after.weights_sha256}` (with the figure-type head)", 1)
 
 
-def _scans_per_class(cap: int | None) -> str:
+def _scans_per_class(cap: int | None) -> str:  # 0 (or a report before the flag had it): every scan
     return f"up to {cap} scans per modality class" if cap else "every scan of the six modality classes"
 
 
@@ -241,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--card", type=Path, default=None, help="MODEL_CARD.md to append the figure-type section to")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args.per_scan_class = args.per_scan_class or None  # 0: every scan
     torch.manual_seed(args.seed)
     model = load_model(args.model)
     exclude = frozenset(s.strip() for s in args.exclude_sources.split(",") if s.strip())

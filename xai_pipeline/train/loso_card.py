@@ -111,15 +111,20 @@ Cross-fold thresholds (a fold's own threshold where other folds hold too few rig
 With one threshold for every fold and class, chosen on these figures themselves (so an upper bound on what any
 single threshold could do; `frontier` in the study's JSON):
 
-| threshold | """ + " | ".join(f"{f['threshold']:g}" for f in pooled["frontier"]) + " |\n|---" + "|---:" * len(pooled["frontier"]) + "|\n" + "\n".join(
-        f"| {name} | " + " | ".join(f"{f[key]:.3f}" for f in pooled["frontier"]) + " |" for key, name in (
-            ("macro_f1", "macro-F1"), ("other_medical_called_other", "outside the six classes: `other`"),
-            ("other_figure_called_other", "other figures: `other`"))) + f"""
+""" + _frontier_table(pooled["frontier"]) + f"""
 
 Medical images outside the six classes called `other`, by kind (cross-fold thresholds in brackets): {kinds or 'none held'}.
 Classes some fold did not train on: {', '.join(untestable) or 'none'}.
 Sources no fold held: {', '.join(pooled['unscored_sources']) or 'none'}.
 """ + (_typed_section(pooled["with_types"]) if "with_types" in pooled else "")
+
+
+def _frontier_table(frontier: list[dict[str, Any]]) -> str:
+    """The one-threshold-for-every-fold table: macro-F1 and the shares called ``other`` per threshold."""
+    head = "| threshold | " + " | ".join(f"{f['threshold']:g}" for f in frontier) + " |\n|---" + "|---:" * len(frontier) + "|\n"
+    return head + "\n".join(f"| {name} | " + " | ".join(f"{f[key]:.3f}" for f in frontier) + " |" for key, name in (
+        ("macro_f1", "macro-F1"), ("other_medical_called_other", "outside the six classes: `other`"),
+        ("other_figure_called_other", "other figures: `other`")))
 
 
 def _typed_section(typed: dict[str, Any]) -> str:
@@ -133,7 +138,6 @@ def _typed_section(typed: dict[str, Any]) -> str:
     f1 = [f"| {label} | {m['f1']:.3f} | {cross['per_class'][label]['f1']:.3f} | {alone['per_class'][label]['f1']:.3f} |"
           for label, m in kept["per_class"].items()]
     kinds = ", ".join(f"{kind} {share:.2f}" for kind, share in kept["other_medical_by_kind"].items())
-    frontier = typed["frontier"]
     return """
 ### With the figure-type head
 
@@ -150,10 +154,7 @@ in the job):
 
 One threshold for every fold, with the head:
 
-| threshold | """ + " | ".join(f"{f['threshold']:g}" for f in frontier) + " |\n|---" + "|---:" * len(frontier) + "|\n" + "\n".join(
-        f"| {name} | " + " | ".join(f"{f[key]:.3f}" for f in frontier) + " |" for key, name in (
-            ("macro_f1", "macro-F1"), ("other_medical_called_other", "outside the six classes: `other`"),
-            ("other_figure_called_other", "other figures: `other`"))) + f"""
+""" + _frontier_table(typed["frontier"]) + f"""
 
 Outside the six classes called `other` with the head, by kind (fold's threshold): {kinds or 'none held'}.
 """

@@ -54,7 +54,7 @@ def fit_fold_type_heads(base: TrainConfig, folds: list[str], out: Path, other: s
     if remote:
         raise ConfigError(f"--type-heads: the figure-type head reads local manifests only; --data has {', '.join(remote)}")
     scans = [Path(m) for m in data_parts(base.data) if Path(m).resolve() != other_path.resolve()]
-    cap = PER_SCAN_CLASS if per_scan_class is None else (per_scan_class or None)
+    cap = PER_SCAN_CLASS if per_scan_class is None else per_scan_class
     contents = {str(p.resolve()): hashlib.sha256(p.read_bytes()).hexdigest() for p in [*scans, other_path]}
     for fold in folds:
         folder = fold_dir(out, fold)

@@ -95,7 +95,7 @@ def test_scans_come_round_robin_from_every_source_but_the_held_out_ones(tmp_path
     assert sorted(by_label["histology"]) == ["big", "big", "small", "small"]  # the small source is not drowned
     assert sorted(by_label["ct"]) == ["dicom", "medpix", "medpix", "medpix"]
     assert "other" not in by_label and all("held" not in v for v in by_label.values())
-    every = scan_rows([a, b], per_class=None, exclude={"held"}, rng=np.random.default_rng(0))  # no cap (--per-scan-class 0)
+    every = scan_rows([a, b], per_class=0, exclude={"held"}, rng=np.random.default_rng(0))  # no cap (--per-scan-class 0)
     assert sorted(row["source_repo"] for _, row in every) == sorted(["big"] * 10 + ["small"] * 2 + ["medpix"] * 3 + ["dicom"])
 
 

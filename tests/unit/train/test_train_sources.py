@@ -244,7 +244,7 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     fit_fold_type_heads(base, ["src-b", "charts-y"], out, b)  # the same fold models and data: reused
     assert typed_file.stat().st_mtime_ns == stamp_typed and len(fitted_on) == 2
     fit_fold_type_heads(base, ["charts-y"], out, b, per_scan_class=0)  # another head recipe: fitted again
-    assert len(fitted_on) == 3 and json.loads((fold_dir(out, "charts-y") / "type_head.json").read_text())["per_scan_class"] is None
+    assert len(fitted_on) == 3 and json.loads((fold_dir(out, "charts-y") / "type_head.json").read_text())["per_scan_class"] == 0
     fit_fold_type_heads(base, ["charts-y"], out, b, per_scan_class=0, refit=True)  # --retrain
     assert len(fitted_on) == 4
     fit_fold_type_heads(base, ["charts-y"], out, b)  # back to figure_type's default cap
