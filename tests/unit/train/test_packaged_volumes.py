@@ -1,4 +1,4 @@
-"""CT and MRI volume slices from PyPI source archives and wheels (``packaged-v2``, ``-v3``): orientation, windows, pins."""
+"""CT and MRI volume slices from PyPI source archives and wheels (``packaged-v2`` … ``-v4``): orientation, planes, windows, pins."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import pytest
 
 from xai_pipeline.train import packaged
 from xai_pipeline.train.packaged import PackagedError, build
-from xai_pipeline.train.packaged_volumes import (CT_WINDOWS, VOLUMES, VOLUMES_V3, PackagedVolume, archive_members, axial_slices,
-                                                 read_nifti, read_nrrd, read_volume, stretch, window)
+from xai_pipeline.train.packaged_volumes import (CT_WINDOWS, VOLUMES, VOLUMES_V3, PackagedVolume, archive_members, read_nifti, read_nrrd,
+                                                 read_spacing, read_volume)
+from xai_pipeline.train.volume_slices import MIN_SECTION_SLICES, axial_slices, section_slices, stretch, volume_planes, window
 from xai_pipeline.train.sources import Role, read_sources
 
 
@@ -75,6 +76,45 @@ def test_axial_slices_show_anterior_up_and_the_patients_left_on_the_right() -> N
     mri = axial_slices(v.astype(np.float32), _spec("mri", step=1))
     assert len(mri) == 8 and mri[0][0] == "axial slice 1 of 10, 0.5-99.5 percentile window"
     assert np.array_equal(np.asarray(mri[4][1]), stretch(v[:, :, 5].T))
+
+
+def _tall_volume() -> np.ndarray:
+    """x, y, z = 8, 6, 48 voxels of 0 with 100 at the patient's left (x = 7), 200 at the front
+    (y = 0) and 300 at the top (z = 47), each on its own face."""
+    v = np.zeros((8, 6, MIN_SECTION_SLICES + 8), np.float32)
+    v[7, 1:, :-1], v[:7, 0, :-1], v[:, :, -1] = 100, 200, 300
+    return v
+
+
+def test_sections_show_superior_up_left_on_the_right_and_anterior_on_the_left() -> None:
+    v, spec = _tall_volume(), _spec("mri")
+    coronal = section_slices(v, (1.0, 0.5, 2.0), spec, "coronal", 30)
+    assert [note.split(",")[0] for note, _ in coronal] == [f"coronal slice {k} of 6" for k in (1, 2, 3, 4)]  # 10 asked, 4 distinct
+    pixels = np.asarray(coronal[0][1]).astype(int)
+    assert pixels.shape == (96, 8)  # 48 slices of 2 mm as 96 rows as tall as x's 1 mm columns
+    assert pixels[0].min() == 255 and pixels[-1, 7] > pixels[-1, 0]  # the top row is superior; the patient's left on the right
+    sagittal = section_slices(v, (1.0, 0.5, 2.0), spec, "sagittal", 30)
+    pixels = np.asarray(sagittal[0][1]).astype(int)
+    assert pixels.shape == (192, 6) and sagittal[0][0].startswith("sagittal slice 2 of 8")  # as tall as y's 0.5 mm columns
+    assert pixels[-1, 0] > pixels[-1, 5]  # anterior (y = 0) on the left
+    ct = section_slices(v * 10 - 1000, (1.0, 1.0, 1.0), _spec("ct"), "coronal", 9)
+    assert [note.split(", ")[1] for note, _ in ct] == [f"window L={level:g} W={width:g}" for level, width in CT_WINDOWS[:3]]
+    assert section_slices(v[:, :, : MIN_SECTION_SLICES - 1], (1.0, 1.0, 2.0), spec, "sagittal", 30) == []  # a thin slab: none
+    with pytest.raises(ValueError, match="no such section plane 'oblique'"):
+        section_slices(v, (1.0, 1.0, 2.0), spec, "oblique", 30)
+    assert len(volume_planes(v, (1.0, 1.0, 2.0), spec)) == len(axial_slices(v, spec))  # v3's volumes: axial only
+    every = volume_planes(v, (1.0, 1.0, 2.0), replace(spec, planes=("axial", "coronal", "sagittal")))
+    assert [note.split()[0] for note, _ in every] == ["axial"] * 19 + ["coronal"] * 4 + ["sagittal"] * 4
+
+
+def test_read_spacing_follows_the_axes_read_volume_returns() -> None:
+    v = _marked_volume()
+    assert read_spacing("x/v.nrrd", _nrrd_bytes(v, [[-0.5, 0, 0], [0, 0.7, 0], [0, 0, 5]])) == (0.5, 0.7, 5.0)
+    swapped = np.transpose(v, (1, 0, 2)).copy()  # stored y (0.7 mm), x (2 mm), z: the spacing comes back as x, y, z
+    affine = np.array([[0, -2.0, 0, 0], [-0.7, 0, 0, 0], [0, 0, 5.0, 0], [0, 0, 0, 1]])
+    assert read_spacing("x/v.nii.gz", _nifti_bytes(swapped, affine)) == pytest.approx((2.0, 0.7, 5.0))
+    assert read_volume("x/v.nii.gz", _nifti_bytes(swapped, affine)).shape == (8, 6, 10)  # the axes the spacing is given in
+    assert read_spacing("x/v.nii", _nifti_bytes(swapped, affine, compress=False)) == pytest.approx((2.0, 0.7, 5.0))
 
 
 def _archive(tmp_path: Path, members: dict[str, bytes]) -> tuple[Path, str]:
@@ -154,6 +194,9 @@ def test_every_pinned_volume_names_a_version_digests_and_terms() -> None:
         assert all(width > 0 for _, width in spec.windows)
     assert not {v.source for v in VOLUMES} & {v.source for v in VOLUMES_V3}  # v3's volumes are new sources
     assert len({(v.archive_name, v.member) for v in VOLUMES + VOLUMES_V3}) == len(VOLUMES + VOLUMES_V3)
+    v3, v4 = packaged.SETS["packaged-v3"], packaged.SETS["packaged-v4"]
+    assert v4[0] == v3[0] and [replace(v, planes=("axial",)) for v in v4[1]] == list(v3[1])  # the same files, sliced three ways
+    assert {v.planes for v in v4[1]} == {("axial", "coronal", "sagittal")} and {v.planes for v in v3[1]} == {("axial",)}
 
 
 def _nifti_bytes(volume: np.ndarray, affine: np.ndarray | None, compress: bool = True) -> bytes:
