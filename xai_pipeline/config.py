@@ -258,6 +258,7 @@ class TrainConfig:
     outlier_fraction: float = field(default=0.2, metadata=opt("share of each batch that is a synthetic non-modality figure (outlier exposure)", metavar="F"))
     source_balance: float = field(default=0.0, metadata=opt("within each class (and among the real 'other' figures), draw source s in proportion to n_s^(1-F): 0 = by size, 1 = every source alike", metavar="F"))
     augment: bool = field(default=True, metadata=opt("apply literature-style augmentations"))
+    sector_probability: float = field(default=0.0, metadata=opt("with --augment, scan-convert an ultrasound training figure into a curved probe's fan with this probability (0: off)", metavar="P"))
     val_fraction: float = field(default=0.2, metadata=opt("share of each class's groups (cases, tiles, images) held out for validation", metavar="F"))
     holdout_sources: str = field(default="", metadata=opt("comma-separated source_repo values never trained on, evaluated separately", metavar="SOURCES"))
     min_accept: float = field(default=0.97, metadata=opt("the 'other' threshold keeps this share of the in-class figures it is set on (see --threshold-on)", metavar="F"))
@@ -280,8 +281,9 @@ class TrainConfig:
         for name in ("outlier_fraction", "val_fraction", "min_accept", "label_smoothing"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{flag_name(name)} must be in [0, 1), got {getattr(self, name)}")
-        if not 0 <= self.source_balance <= 1:
-            raise ConfigError(f"{flag_name('source_balance')} must be in [0, 1], got {self.source_balance}")
+        for name in ("source_balance", "sector_probability"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{flag_name(name)} must be in [0, 1], got {getattr(self, name)}")
         check_choice(self, "architecture")
         check_choice(self, "threshold_on")
         if self.threshold_on == "holdout" and not self.holdout:

@@ -30,6 +30,12 @@ scanners, since the training data has one stain protocol and one organ for most 
   its size, so the tissue appears at a lower magnification with its detail kept. (Small crops
   blown up to the input size were tried first: they taught the model that any blurry, upscaled
   image is histology, and a 64-pixel MR slice came out histology.)
+
+Ultrasound (``sector=True``, off unless ``sector_probability`` > 0: ``train --sector-probability``)
+can be **scan-converted into a sector** (:func:`sector_scan`): the training ultrasound is mostly
+breast frames from a linear probe (a full rectangle of speckle), while obstetric, abdominal and
+cardiac figures show the fan of a curved or phased-array probe on black, which the
+leave-source-out study calls MRI (HC18's fetal heads).
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ class AugmentConfig:
     ihc_probability: float = 0.25  # histology only: H&E → H-DAB restaining
     zoom_out_probability: float = 0.3  # histology only: lower magnification
     zoom_out_scale: tuple[float, float] = (0.35, 0.7)  # the tile's side shrinks to this share
+    sector_probability: float = 0.0  # ultrasound only: scan conversion into a fan (0: off, no random draw)
+    sector_half_angle: tuple[float, float] = (25.0, 45.0)  # degrees either side of the fan's axis
+    sector_apex: tuple[float, float] = (0.05, 0.5)  # the apex lies this share of the height above the top
 
 
 # Ruifrok & Johnston's stain OD vectors (haematoxylin, eosin, DAB), as in skimage.color.rgb_from_hed.
@@ -113,6 +122,37 @@ def zoom_out(img: Image.Image, factor: float) -> Image.Image:
     strip = np.concatenate(row, axis=1)
     tiled = np.concatenate([strip if i % 2 == 0 else strip[::-1] for i in range(reps[0])], axis=0)
     return Image.fromarray(np.ascontiguousarray(tiled[:h, :w]))
+
+
+def sector_scan(img: Image.Image, half_angle: float, apex: float) -> Image.Image:
+    """``img`` read as a linear-probe frame (rows: depth, columns: lateral position) and
+    scan-converted into the fan of a curved probe, as tall as ``img`` and as wide as the fan.
+
+    With ``H`` the height, ``α`` = ``half_angle`` (degrees) and the apex at ``(W/2, −a·H)``
+    (``a`` = ``apex``), output pixel ``(x, y)`` lies at depth ``r = √((x − W/2)² + (y + aH)²) − aH``
+    and angle ``θ = atan2(x − W/2, y + aH)``; it takes the source pixel at row ``r`` and column
+    ``(θ + α)/(2α) · (W_s − 1)`` (bilinear), and is black where ``|θ| > α`` or ``r ∉ [0, H − 1]``.
+    """
+    from scipy.ndimage import map_coordinates
+
+    src = np.asarray(img.convert("RGB"), dtype=np.float32)
+    h, w_src = src.shape[:2]
+    alpha, top = np.radians(half_angle), apex * h
+    width = int(np.ceil(2 * (top + h) * np.sin(alpha))) + 1
+    y, x = np.mgrid[0:h, 0:width].astype(np.float64)
+    dx, dy = x - width / 2, y + top
+    depth, theta = np.hypot(dx, dy) - top, np.arctan2(dx, dy)
+    column = (theta + alpha) / (2 * alpha) * (w_src - 1)
+    inside = (np.abs(theta) <= alpha) & (depth >= 0) & (depth <= h - 1)
+    out = np.stack([map_coordinates(src[..., c], [depth, column], order=1, mode="nearest") for c in range(3)], axis=-1)
+    return Image.fromarray((out * inside[..., None]).clip(0, 255).astype(np.uint8))
+
+
+def _framed(img: Image.Image, grey: float = 8.0) -> bool:
+    """Both top corners (a tenth of each side) are black: the frame is already a fan or masked."""
+    pixels = np.asarray(img.convert("L"), dtype=np.float32)
+    h, w = max(1, pixels.shape[0] // 10), max(1, pixels.shape[1] // 10)
+    return bool(pixels[:h, :w].mean() < grey and pixels[:h, -w:].mean() < grey)
 
 
 def _stain(img: Image.Image, rng: np.random.Generator, cfg: "AugmentConfig") -> Image.Image:
@@ -177,10 +217,14 @@ def _jpeg(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def augment(
-    img: Image.Image, rng: np.random.Generator, size: int, cfg: AugmentConfig = AugmentConfig(), *, stain: bool = False
+    img: Image.Image, rng: np.random.Generator, size: int, cfg: AugmentConfig = AugmentConfig(), *, stain: bool = False,
+    sector: bool = False,
 ) -> np.ndarray:
     """One random variant of an RGB figure → ``3×size×size`` uint8; ``stain``: a histology
-    figure (IHC restaining, HED jitter and zoom-out)."""
+    figure (IHC restaining, HED jitter and zoom-out); ``sector``: an ultrasound figure (scan
+    conversion into a fan with ``cfg.sector_probability``, unless its top corners are black)."""
+    if sector and cfg.sector_probability > 0 and rng.random() < cfg.sector_probability and not _framed(img):
+        img = sector_scan(img, rng.uniform(*cfg.sector_half_angle), rng.uniform(*cfg.sector_apex))
     img = _random_crop(img, rng, cfg.crop_scale)
     if stain and rng.random() < cfg.ihc_probability:
         img = _ihc(img, rng)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from xai_pipeline.train.augment import augment
+from xai_pipeline.train.augment import AugmentConfig, augment
 from xai_pipeline.model.backbones import LITE_VARIANTS, lite_blocks, load_lite_imagenet
 from xai_pipeline.config import TrainConfig
 from xai_pipeline.job.decode import to_pixels
@@ -43,6 +43,8 @@ REAL_OUTLIER_SHARE = 0.5
 """Share of the outlier slots of a batch filled with real ``other`` figures when there are any."""
 STAINED_CLASSES: tuple[str, ...] = ("histology",)
 """Classes whose training figures get stain (HED) jitter and zoom-out (:mod:`xai_pipeline.train.augment`)."""
+SECTOR_CLASSES: tuple[str, ...] = ("ultrasound",)
+"""Classes whose training figures may be scan-converted into a fan (``--sector-probability``)."""
 
 
 @dataclass
@@ -115,7 +117,10 @@ def _batch(
     size = cfg.input_size
     if cfg.augment:
         stained = {data.class_names.index(c) for c in STAINED_CLASSES if c in data.class_names}
-        arrays = [augment(data.images[i], rng, size, stain=int(data.labels[i]) in stained) for i in indices]
+        sectored = {data.class_names.index(c) for c in SECTOR_CLASSES if c in data.class_names}
+        aug = AugmentConfig(sector_probability=cfg.sector_probability)
+        arrays = [augment(data.images[i], rng, size, aug, stain=int(data.labels[i]) in stained, sector=int(data.labels[i]) in sectored)
+                  for i in indices]
         arrays += [augment(_outlier(data, rng, outlier_weights), rng, size) for _ in range(n_outliers)]
     else:
         arrays = [to_pixels(data.images[i], size) for i in indices]

@@ -121,8 +121,9 @@ def run_folds(base: TrainConfig, folds: list[str], out: Path, retrain: bool = Fa
 
 
 def _study_config(base: TrainConfig) -> dict[str, Any]:
-    return {"data": base.data, "epochs": base.epochs, "source_balance": base.source_balance, "architecture": base.architecture,
-            "seed": base.seed, "split_seed": base.group_split_seed}
+    recorded = {"data": base.data, "epochs": base.epochs, "source_balance": base.source_balance, "architecture": base.architecture,
+                "seed": base.seed, "split_seed": base.group_split_seed}
+    return recorded | ({"sector_probability": base.sector_probability} if base.sector_probability else {})
 
 
 def fold_problem(folds: list[str], base: TrainConfig) -> str | None:
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold", action="append", required=True, help="a fold: a source_repo, or several comma-separated, held out together (repeat)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the folds and loso-fit.json")
     parser.add_argument("--source-balance", type=float, default=0.0)
+    parser.add_argument("--sector-probability", type=float, default=0.0, help="train's flag: ultrasound scan-converted into a fan")
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split-seed", type=int, default=None, help="seed of each fold's split into training and validation groups (train's flag; default: --seed)")
@@ -173,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
-        base = TrainConfig(data=args.data, out=str(args.out), source_balance=args.source_balance, epochs=args.epochs, seed=args.seed, split_seed=args.split_seed,
+        base = TrainConfig(data=args.data, out=str(args.out), source_balance=args.source_balance, sector_probability=args.sector_probability,
+                           epochs=args.epochs, seed=args.seed, split_seed=args.split_seed,
                            torch_threads=args.torch_threads, ray=args.ray, use_gpu=args.use_gpu, num_workers=args.num_workers)
     except ConfigError as exc:
         print(f"error: {exc}")

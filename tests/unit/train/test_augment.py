@@ -1,14 +1,17 @@
 """Stain augmentation: HED jitter is colour deconvolution, a per-stain affine map and
-recomposition; histology figures, and only they, get it in training batches."""
+recomposition; histology figures, and only they, get it in training batches. Sector scan
+conversion: ultrasound figures, and only they, when asked for."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from xai_pipeline.train import fit as fit_module
-from xai_pipeline.train.augment import AugmentConfig, RGB_FROM_HED, augment, hed_jitter
+from xai_pipeline.train.augment import AugmentConfig, RGB_FROM_HED, augment, hed_jitter, sector_scan
 
 
 def _stained(amounts: np.ndarray) -> np.ndarray:
@@ -48,19 +51,50 @@ def test_stained_augment_varies_the_colour_of_a_tile() -> None:
     assert means[True].shape == (20, 3)
 
 
-def test_only_histology_figures_are_stained_in_a_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[bool] = []
+def test_only_histology_figures_are_stained_and_ultrasound_sectored_in_a_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[bool, bool, float]] = []
 
-    def spy(img: Image.Image, rng: np.random.Generator, size: int, *args: object, stain: bool = False) -> np.ndarray:
-        seen.append(stain)
+    def spy(img: Image.Image, rng: np.random.Generator, size: int, cfg: AugmentConfig, *, stain: bool = False,
+            sector: bool = False) -> np.ndarray:
+        seen.append((stain, sector, cfg.sector_probability))
         return np.zeros((3, size, size), np.uint8)
 
     monkeypatch.setattr(fit_module, "augment", spy)
     images = [Image.new("RGB", (8, 8))] * 4
-    data = fit_module.TrainData(images=images, labels=np.array([0, 1, 2, 1]), class_names=("ct", "histology", "mri"))
-    cfg = type("Cfg", (), {"input_size": 16, "augment": True})()
+    data = fit_module.TrainData(images=images, labels=np.array([0, 1, 2, 1]), class_names=("ct", "histology", "ultrasound"))
+    cfg = type("Cfg", (), {"input_size": 16, "augment": True, "sector_probability": 0.4})()
     pixels, targets = fit_module._batch(data, np.array([0, 1, 2, 3]), 0, np.random.default_rng(0), cfg)  # type: ignore[arg-type]
-    assert seen == [False, True, False, True] and pixels.shape == (4, 3, 16, 16) and targets.tolist() == [0, 1, 2, 1]
+    assert seen == [(False, False, 0.4), (True, False, 0.4), (False, True, 0.4), (True, False, 0.4)]
+    assert pixels.shape == (4, 3, 16, 16) and targets.tolist() == [0, 1, 2, 1]
+
+
+def test_sector_scan_turns_a_frame_into_a_fan_on_black() -> None:
+    rows = np.repeat(np.linspace(40, 250, 100)[:, None], 80, axis=1)  # brighter with depth
+    frame = Image.fromarray(np.stack([rows] * 3, axis=-1).astype(np.uint8))
+    fan = np.asarray(sector_scan(frame, 30.0, 0.25)).astype(int)
+    top, h = 25.0, 100
+    assert fan.shape[0] == h and fan.shape[1] == int(np.ceil(2 * (top + h) * np.sin(np.radians(30)))) + 1
+    assert fan[0, 0].max() == fan[0, -1].max() == fan[-1, 0].max() == 0  # black outside the fan
+    centre = fan.shape[1] // 2
+    assert fan[2, centre, 0] < 60 and fan[-2, centre, 0] > 230  # depth runs down the axis, as the frame's rows
+    edge_column = int(round(centre + (top + 50) * np.sin(np.radians(29))))  # along the fan's edge, half-way down
+    assert fan[int(round((top + 50) * np.cos(np.radians(29)) - top)), edge_column, 0] > 100
+
+
+def test_sector_probability_zero_draws_nothing_and_one_always_converts() -> None:
+    frame = Image.fromarray(np.random.default_rng(0).integers(60, 200, (64, 64, 3), dtype=np.uint8))
+    plain = augment(frame, np.random.default_rng(1), 32, AugmentConfig(), sector=False)
+    assert np.array_equal(augment(frame, np.random.default_rng(1), 32, AugmentConfig(), sector=True), plain)  # the same stream
+    quiet = AugmentConfig(crop_scale=(1.0, 1.0), pad_probability=0, grayscale_probability=0, color_probability=0, text_probability=0,
+                          jpeg_probability=0, rescale_probability=0, flip_probability=0, sector_probability=1.0)
+    fan = augment(frame, np.random.default_rng(1), 32, quiet, sector=True)
+    assert fan[:, 0, 0].max() == fan[:, 0, -1].max() == 0 and fan[:, 20, 16].min() > 0  # black top corners, tissue in the middle
+    black_corners = np.asarray(frame).copy()
+    black_corners[:10, :10] = black_corners[:10, -10:] = 0  # already a fan (or masked): left as it is
+    drawn = np.random.default_rng(1)
+    drawn.random()  # the sector draw, then nothing converted
+    assert np.array_equal(augment(Image.fromarray(black_corners), np.random.default_rng(1), 32, quiet, sector=True),
+                          augment(Image.fromarray(black_corners), drawn, 32, replace(quiet, sector_probability=0.0), sector=True))
 
 
 def test_zoom_out_keeps_the_size_and_shows_the_tissue_smaller() -> None:

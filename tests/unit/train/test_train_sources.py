@@ -150,6 +150,8 @@ def test_source_balance_tempers_big_sources_within_a_class() -> None:
     assert np.allclose(sampling_weights(labels, [], 1.0), by_size)  # no sources: class-balanced
     with pytest.raises(ConfigError, match="--source-balance"):
         TrainConfig(data="a", out="b", source_balance=1.5)
+    with pytest.raises(ConfigError, match=r"--sector-probability must be in \[0, 1\], got -0.1"):
+        TrainConfig(data="a", out="b", sector_probability=-0.1)
 
 
 @pytest.mark.slow
@@ -177,6 +179,7 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     assert fold_dir(out, "pypi:a==1, src-b,c") == out / "pypi_a__1_and_2_more"
     assert "src-b" in table(folds).splitlines()[1] and "fundus" in table(folds)
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--source-balance", "2"]) == 2  # names the flag
+    assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--sector-probability", "1.5"]) == 2
     assert loso_fit_main(["--data", a, "--hold", "src-a,src-b", "--hold", "src-b", "--out", str(out)]) == 2  # src-b twice
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--min-accept", "1.5"]) == 2  # before any training
 
