@@ -38,6 +38,7 @@ test-fast: install
 # xai_pipeline.train.packaged: histology, DICOM scans and the slices of 13 CT and MRI volumes; model 1.3.1 was
 # PACKAGED_SET=packaged-v1, packaged-v2 is v1 plus pyradiomics' four volumes); each class's held-out source (one per
 # class that has two or more, and the OCT of the held-out fundus source) is never trained on and sets the 'other' threshold.
+# PACKAGED_SET=packaged-v4 (v3's volumes also cut coronally and sagittally) is measured by make loso-fit, not shipped.
 EXTRA_DATA ?= $(dir $(DATA))modality-extra-v1
 PACKAGED_SET ?= packaged-v3
 PACKAGED_DATA := build/data/$(PACKAGED_SET)
