@@ -228,9 +228,10 @@ def read_spacing(member: str, data: bytes) -> tuple[float, float, float]:
     import nibabel
     from nibabel.affines import voxel_sizes
 
-    header = nibabel.Nifti1Header.from_fileobj(io.BytesIO(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data))
+    handle = io.BytesIO(data)  # only the header is read, so a gzipped file is decompressed no further than it
+    header = nibabel.Nifti1Header.from_fileobj(gzip.GzipFile(fileobj=handle) if data[:2] == b"\x1f\x8b" else handle)
     affine = header.get_best_affine()
-    spacing = [0.0, 0.0, 0.0]
+    sizes, spacing = voxel_sizes(affine), [0.0, 0.0, 0.0]
     for stored, (axis, _) in enumerate(nibabel.io_orientation(affine)):
-        spacing[int(axis)] = float(voxel_sizes(affine)[stored])
+        spacing[int(axis)] = float(sizes[stored])
     return spacing[0], spacing[1], spacing[2]
