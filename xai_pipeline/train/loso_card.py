@@ -116,7 +116,35 @@ single threshold could do; `frontier` in the study's JSON):
 Medical images outside the six classes called `other`, by kind (cross-fold thresholds in brackets): {kinds or 'none held'}.
 Classes some fold did not train on: {', '.join(untestable) or 'none'}.
 Sources no fold held: {', '.join(pooled['unscored_sources']) or 'none'}.
-""" + (_typed_section(pooled["with_types"]) if "with_types" in pooled else "")
+""" + (_raised_section(pooled) if "cross_fold_raised" in pooled else "") + (_typed_section(pooled["with_types"]) if "with_types" in pooled else "")
+
+
+def _raised_section(pooled: dict[str, Any]) -> str:
+    """The study with the cross-fold thresholds as floors on each fold's own (``cross_fold_raised``)."""
+    own, raised = pooled["with_threshold"], pooled["cross_fold_raised"]
+    typed = pooled.get("with_types", {})
+    columns = [("fold's threshold", own), ("raised cross-fold", raised)] + (
+        [("fold's t. + type head", typed["with_threshold"]), ("raised + type head", typed["cross_fold_raised"])] if "cross_fold_raised" in typed else [])
+    keys = [("macro_f1", "macro-F1, six modalities"), ("in_class_kept", "modality figures kept (not `other`)"),
+            ("other_medical_called_other", "medical images outside the six classes called `other`"),
+            ("other_figure_called_other", "other figures called `other`")]
+    rows = [f"| {name} | " + " | ".join(f"{r[key]:.3f}" for _, r in columns) + " |" for key, name in keys]
+    rows += [f"| {label} F1 | " + " | ".join(f"{r['per_class'][label]['f1']:.3f}" for _, r in columns) + " |" for label in list(own["per_class"])[:-1]]
+    labels = list(own["per_class"])[:-1]
+    lifted = [f"| {_fold_name(fold)} | " + " | ".join(f"{t[label]:.4f}" for label in labels) + " |"
+              for fold, t in pooled["cross_fold_raised_thresholds"].items()]
+    kinds = ", ".join(f"{kind} {share:.2f}" for kind, share in raised["other_medical_by_kind"].items())
+    return """
+*Raised* cross-fold thresholds (`cross_fold_raised`): the same quantile of the right figures other folds held, but the
+fold's own threshold a floor, never a cap. A class whose new hospitals' figures stay sure of it refuses the less sure
+figures of kinds the fold never saw that land on it; a class new hospitals are unsure of keeps the fold's own threshold.
+
+| | """ + " | ".join(name for name, _ in columns) + " |\n|---" + "|---:" * len(columns) + "|\n" + "\n".join(rows) + """
+
+| fold (+ more sources) | """ + " | ".join(labels) + " |\n|---" + "|---:" * len(labels) + "|\n" + "\n".join(lifted) + f"""
+
+Outside the six classes called `other` with raised thresholds, by kind: {kinds or 'none held'}.
+"""
 
 
 def _frontier_table(frontier: list[dict[str, Any]]) -> str:
@@ -175,10 +203,13 @@ def table(folds: list[dict[str, Any]]) -> str:
 def pooled_table(pooled: dict[str, Any]) -> str:
     """Per-class precision / recall / F1 of the pooled folds: with the folds' thresholds, with the
     cross-fold thresholds and by argmax (and the same with the folds' figure-type heads, when scored so)."""
-    runs = {"fold's threshold": pooled["with_threshold"], "cross-fold thresholds": pooled["cross_fold"], "argmax": pooled["argmax"]}
+    names = (("with_threshold", "fold's threshold"), ("cross_fold", "cross-fold thresholds"), ("cross_fold_raised", "raised cross-fold"),
+             ("argmax", "argmax"))
+    runs = {name: pooled[key] for key, name in names if key in pooled}  # a study scored before raised thresholds has none
     if "with_types" in pooled:  # the same, each fold with its figure-type head
         runs |= {name: pooled["with_types"][key] for key, name in (
-            ("with_threshold", "fold's t. + type head"), ("cross_fold", "cross-fold + type head"), ("argmax", "type head alone"))}
+            ("with_threshold", "fold's t. + type head"), ("cross_fold", "cross-fold + type head"),
+            ("cross_fold_raised", "raised + type head"), ("argmax", "type head alone")) if key in pooled["with_types"]}
     lines = [f"{'class':<28}" + "".join(f"{name:>28}" for name in runs)]
     for label in pooled["with_threshold"]["per_class"]:
         lines.append(f"{label:<28}" + "".join(f"{r['per_class'][label]['precision']:>14.3f}{r['per_class'][label]['recall']:>7.3f}"

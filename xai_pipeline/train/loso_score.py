@@ -1,8 +1,9 @@
 """Scoring a fine-tuned leave-source-out study (:mod:`xai_pipeline.train.loso_fit`): every figure
 of every fold's held sources labelled by that fold's model, pooled into one confusion.
 
-Three decisions are scored side by side: the fold's own thresholds (set in-source), thresholds set
-across folds (on other folds' held sources) and argmax. With ``--type-heads`` each fold also gets
+Four decisions are scored side by side: the fold's own thresholds (set in-source), thresholds set
+across folds (on other folds' held sources) as caps or as floors on the fold's own (raised), and
+argmax. With ``--type-heads`` each fold also gets
 the figure-type head ``make model`` fits (:func:`fit_fold_type_heads`: the same recipe, none of the
 fold's held sources among its figures), and the study is scored again as the job labels figures:
 a figure whose type is not ``medical_image`` is ``other`` whatever its modality score
@@ -103,16 +104,19 @@ def score_folds(base: TrainConfig, folds: list[str], out: Path, min_accept: floa
 
     A figure keeps its top class :math:`\hat c` when :math:`p_{\hat c} \ge t_{\hat c}`, else it is
     ``other``; the pooled confusion over all folds gives per-class precision, recall and F1 and the
-    macro-F1 over the six modalities three ways: with the folds' own thresholds (set in-source),
+    macro-F1 over the six modalities four ways: with the folds' own thresholds (set in-source),
     with thresholds set across folds (``cross_fold``: each fold's per-class thresholds set on the
     other folds' held sources, :func:`xai_pipeline.train.thresholds.cross_fold_thresholds` with
-    ``min_accept`` and ``min_figures``), and by argmax. A class a fold did not train on is flagged
-    (``testable_classes``). ``frontier``: macro-F1 and the shares called ``other`` with one
-    threshold for every fold and class, each of :data:`FRONTIER`: chosen on the scored figures
-    themselves, it bounds what any threshold could do for this recipe.
+    ``min_accept`` and ``min_figures``), with those thresholds raised instead (``cross_fold_raised``:
+    ``raised=True`` there, the fold's own threshold a floor, never a cap, so a class whose new
+    hospitals stay sure of it refuses the figures that are less sure), and by argmax. A class a
+    fold did not train on is flagged (``testable_classes``). ``frontier``: macro-F1 and the shares
+    called ``other`` with one threshold for every fold and class, each of :data:`FRONTIER`: chosen
+    on the scored figures themselves, it bounds what any single threshold could do for this recipe
+    (per-class thresholds are not bound by it).
 
     ``typed``: the folds' :data:`TYPED_FILE` models score instead (their modality head is the
-    fold's, so every result above is unchanged), and ``with_types`` repeats the three decisions and
+    fold's, so every result above is unchanged), and ``with_types`` repeats the four decisions and
     the frontier with the figure-type head's gate as the job applies it
     (:func:`xai_pipeline.model.labels.image_labels`): a figure whose type is not ``medical_image`` is
     ``other``; ``argmax`` there is the head's gate alone.
@@ -156,16 +160,19 @@ def score_folds(base: TrainConfig, folds: list[str], out: Path, min_accept: floa
     modal = p_argmax[:, :OTHER_INDEX]
     crossed = cross_fold_thresholds(modal, y, fold_of, caps, min_accept, min_figures)
     cross_ok = modal.max(axis=1) >= crossed[fold_of, modal.argmax(axis=1)]
+    raised = cross_fold_thresholds(modal, y, fold_of, caps, min_accept, min_figures, raised=True)
+    raised_ok = modal.max(axis=1) >= raised[fold_of, modal.argmax(axis=1)]
+    settings_used = {"min_accept": min_accept, "min_figures": min_figures}
 
     def decided(gate: np.ndarray) -> dict[str, Any]:
-        """The three decisions and the frontier, each figure failing ``gate`` made ``other``."""
+        """The four decisions and the frontier, each figure failing ``gate`` made ``other``."""
         def at(keep: np.ndarray) -> dict[str, Any]:
             return summarize(kept_scores(p_argmax, keep & gate, OTHER_INDEX), y, scored, 0.0, seen)
 
         frontier = [{"threshold": t} | {key: s[key] for key in ("macro_f1", "other_medical_called_other", "other_figure_called_other")}
                     for t in FRONTIER for s in [at(modal.max(axis=1) >= t)]]  # one threshold for every fold, chosen on these figures: a bound
-        return {"with_threshold": at(confident), "cross_fold": at(cross_ok) | {"min_accept": min_accept, "min_figures": min_figures},
-                "argmax": at(np.ones(len(scored), dtype=bool)), "frontier": frontier}
+        return {"with_threshold": at(confident), "cross_fold": at(cross_ok) | settings_used,
+                "cross_fold_raised": at(raised_ok) | settings_used, "argmax": at(np.ones(len(scored), dtype=bool)), "frontier": frontier}
 
     plain = decided(np.ones(len(scored), dtype=bool))
     p_kept, p_cross = kept_scores(p_argmax, confident, OTHER_INDEX), kept_scores(p_argmax, cross_ok, OTHER_INDEX)
@@ -174,8 +181,11 @@ def score_folds(base: TrainConfig, folds: list[str], out: Path, min_accept: floa
         sources[name]["closed_set_accuracy"] = closed["closed_set_accuracy"]
     for name, cross in per_source(p_cross, y, scored, 0.0).items():
         sources[name]["cross_fold_accuracy"] = cross["accuracy"]
+    for name, lifted in per_source(kept_scores(p_argmax, raised_ok, OTHER_INDEX), y, scored, 0.0).items():
+        sources[name]["raised_accuracy"] = lifted["accuracy"]
     result = {"figures": len(scored), **plain,
               "cross_fold_thresholds": {fold: dict(zip(LABELS, map(float, crossed[k]))) for k, fold in enumerate(folds)},
+              "cross_fold_raised_thresholds": {fold: dict(zip(LABELS, map(float, raised[k]))) for k, fold in enumerate(folds)},
               "per_source": sources, "unscored_sources": sorted({e.source for e in examples} - set(held_by))}
     if typed:
         result["with_types"] = decided(medical)

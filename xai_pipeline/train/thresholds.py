@@ -91,7 +91,7 @@ def class_thresholds(probabilities: np.ndarray, y_true: np.ndarray, from_held_so
 
 
 def cross_fold_thresholds(p: np.ndarray, y: np.ndarray, fold: np.ndarray, caps: np.ndarray, min_accept: float,
-                          min_figures: int) -> np.ndarray:
+                          min_figures: int, raised: bool = False) -> np.ndarray:
     r"""Per-class thresholds for a leave-source-out study, each fold's set on the *other* folds' held
     sources, never on its own (fold ``k``'s model trained on those other sources; what makes them
     a new hospital's figures is that each was scored by its own fold's model, which never saw it):
@@ -103,7 +103,15 @@ def cross_fold_thresholds(p: np.ndarray, y: np.ndarray, fold: np.ndarray, caps: 
     threshold for class ``c`` (so these only loosen it); ``a`` = ``min_accept``; ``H_{¬k}`` the
     figures of folds other than ``k``. Where fewer than ``min_figures`` figures qualify, ``u_{k,c}``
     stays. The rule is :func:`class_thresholds`'s, with the other folds as the held-out sources;
-    the models differ by fold, which a single model's thresholds would not."""
+    the models differ by fold, which a single model's thresholds would not.
+
+    ``raised``: the other way round, ``u_{k,c}`` is a floor, never a cap,
+
+        t_{k,c} = max(u_{k,c}, Q_{1−a}({ max_j P_j(x) : x ∈ H_{¬k}, y(x) = c = argmax_j P_j(x) })),
+
+    so a class whose new hospitals' figures stay sure of it (fundus, chest X-ray) refuses the
+    less sure figures of kinds the fold never saw that land on it (colonoscopy on fundus), while
+    a class new hospitals make unsure of keeps the fold's own threshold."""
     if not 0.0 < min_accept <= 1.0:
         raise ValueError(f"min_accept must lie in (0, 1], got {min_accept}")
     top, confidence = p.argmax(axis=1), p.max(axis=1)
@@ -112,7 +120,10 @@ def cross_fold_thresholds(p: np.ndarray, y: np.ndarray, fold: np.ndarray, caps: 
         for c in range(p.shape[1]):
             right = (fold != k) & (y == c) & (top == c)
             if right.sum() >= max(min_figures, 1):
-                thresholds[k, c] = _capped(confidence[right], float(caps[k, c]), min_accept)
+                if raised:
+                    thresholds[k, c] = max(float(caps[k, c]), _capped(confidence[right], 1.0, min_accept))
+                else:
+                    thresholds[k, c] = _capped(confidence[right], float(caps[k, c]), min_accept)
     return thresholds
 
 

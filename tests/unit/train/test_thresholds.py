@@ -75,6 +75,26 @@ def test_cross_fold_thresholds_are_set_on_the_other_folds_held_figures_only() ->
         cross_fold_thresholds(p, y, fold, caps, min_accept=1.5, min_figures=3)
 
 
+
+def test_raised_cross_fold_thresholds_only_ever_tighten_the_folds_own() -> None:
+    from xai_pipeline.train.thresholds import cross_fold_thresholds
+
+    fold0 = np.linspace(0.50, 0.69, 20)  # class 0 right in fold 0: a new hospital the models are unsure of
+    fold1 = np.linspace(0.95, 0.99, 20)  # class 0 right in fold 1: new hospitals stay sure
+    p = np.vstack([_rows(0, list(fold0)), _rows(0, list(fold1)), _rows(1, [0.55] * 3)])
+    y = np.array([0] * 40 + [1] * 3)
+    fold = np.array([0] * 20 + [1] * 20 + [0] * 3)
+    own = np.array([[0.6, 0.6, 0.6], [0.6, 0.5, 0.6]])
+    got = cross_fold_thresholds(p, y, fold, own, min_accept=0.9, min_figures=3, raised=True)
+    q1 = np.floor(np.quantile(fold1, 0.1, method="lower") * 1e4) / 1e4
+    assert got[0, 0] == pytest.approx(q1) and q1 > 0.95  # raised from fold 0's own 0.6 by fold 1's sure figures
+    assert got[1, 0] == 0.6  # fold 0's unsure figures would give 0.51: fold 1's own 0.6 is the floor
+    assert got[1, 1] == 0.55  # three class-1 figures of fold 0 at 0.55 raise fold 1's own 0.5
+    assert got[0, 1] == 0.6 and got[0, 2] == 0.6  # nothing of the class elsewhere: own threshold
+    assert cross_fold_thresholds(p, y, fold, own, min_accept=0.9, min_figures=4, raised=True)[1, 1] == 0.5  # too few
+    lowered = cross_fold_thresholds(p, y, fold, own, min_accept=0.9, min_figures=3)
+    assert (got >= own).all() and (lowered <= own).all() and got[0, 0] > lowered[0, 0]
+
 def test_the_source_check_scores_each_held_out_source_with_a_threshold_from_the_others() -> None:
     from types import SimpleNamespace
 

@@ -189,9 +189,11 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     seen_by_cross: dict[str, Any] = {}
     real_cross = thresholds_module.cross_fold_thresholds
 
-    def spy(p: np.ndarray, y: np.ndarray, fold: np.ndarray, caps: np.ndarray, min_accept: float, min_figures: int) -> np.ndarray:
+    def spy(p: np.ndarray, y: np.ndarray, fold: np.ndarray, caps: np.ndarray, min_accept: float, min_figures: int,
+            raised: bool = False) -> np.ndarray:
         seen_by_cross.update(p=p, y=y, fold=fold, caps=caps)
-        return real_cross(p, y, fold, caps, min_accept, min_figures)
+        seen_by_cross.setdefault("raised", []).append(raised)
+        return real_cross(p, y, fold, caps, min_accept, min_figures, raised)
 
     monkeypatch.setattr(thresholds_module, "cross_fold_thresholds", spy)
     pooled = score_folds(base, ["src-b", "charts-y"], out)
@@ -217,6 +219,14 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     assert crossed.sum() == 7 and crossed[2].sum() == 4 and pooled["cross_fold"]["min_accept"] == 0.97
     assert crossed[2, 2] >= confusion[2, 2] and crossed[6, 6] <= confusion[6, 6]  # lower thresholds keep more, reject less
     assert pooled["per_source"]["src-b"]["cross_fold_accuracy"] >= pooled["per_source"]["src-b"]["accuracy"]
+    # Raised: the same figures, each fold's own threshold a floor; so never below it, keeping no more and rejecting no less.
+    assert seen_by_cross["raised"] == [False, True]
+    for fold, t in pooled["cross_fold_raised_thresholds"].items():
+        assert min(t.values()) >= own[fold] - 1e-9
+    lifted = np.array(pooled["cross_fold_raised"]["confusion"])
+    assert lifted.sum() == 7 and lifted[2, 2] <= confusion[2, 2] and lifted[6, 6] >= confusion[6, 6]
+    assert pooled["per_source"]["src-b"]["raised_accuracy"] <= pooled["per_source"]["src-b"]["accuracy"]
+    assert pooled["per_source"]["charts-y"]["raised_accuracy"] >= pooled["per_source"]["charts-y"]["accuracy"]
     frontier = pooled["frontier"]  # one threshold for all: at 0 argmax, rejecting more as it rises
     assert frontier[0]["threshold"] == 0.0 and frontier[0]["macro_f1"] == pytest.approx(pooled["argmax"]["macro_f1"])
     rejected = [f["other_figure_called_other"] for f in frontier]
@@ -257,11 +267,11 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     with pytest.raises(ConfigError, match="--type-heads"):
         fit_fold_type_heads(base, ["src-b"], out, str(tmp_path / "missing.jsonl"))
     typed = score_folds(base, ["src-b", "charts-y"], out, typed=True)
-    for key in ("with_threshold", "cross_fold", "argmax", "frontier", "cross_fold_thresholds"):
+    for key in ("with_threshold", "cross_fold", "cross_fold_raised", "argmax", "frontier", "cross_fold_thresholds", "cross_fold_raised_thresholds"):
         assert json.dumps(typed[key]) == json.dumps(pooled[key])  # (NaN-safe) the typed file's modality head is the fold's
     gated = typed["with_types"]
-    assert set(gated) == {"with_threshold", "cross_fold", "argmax", "frontier"}
-    for name in ("with_threshold", "cross_fold", "argmax"):  # the gate only ever adds 'other'
+    assert set(gated) == {"with_threshold", "cross_fold", "cross_fold_raised", "argmax", "frontier"}
+    for name in ("with_threshold", "cross_fold", "cross_fold_raised", "argmax"):  # the gate only ever adds 'other'
         assert gated[name]["other_figure_called_other"] >= pooled[name]["other_figure_called_other"]
         assert gated[name]["in_class_kept"] <= pooled[name]["in_class_kept"]
     from xai_pipeline.model.labels import image_labels
@@ -337,6 +347,15 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     from xai_pipeline.train.loso_card import pooled_table
 
     assert "type head alone" in pooled_table(typed) and "type head" not in pooled_table(pooled)
+    assert "*Raised* cross-fold thresholds" in text and "| raised + type head |" not in text and "raised + type head" in typed_text
+    assert f"| other figures called `other` | {pooled['with_threshold']['other_figure_called_other']:.3f} | " \
+           f"{pooled['cross_fold_raised']['other_figure_called_other']:.3f} |" in text
+    assert "raised cross-fold" in pooled_table(pooled)
+    before_raised = {k: v for k, v in pooled.items() if not k.startswith("cross_fold_raised")}  # a study scored before them
+    (out / "loso-fit.json").write_text(json.dumps({"config": json.loads((out / "loso-fit.json").read_text())["config"],
+                                                   "folds": folds, "pooled": before_raised}))
+    assert card_main(["--card", str(card), "--loso-fit", str(out / "loso-fit.json")]) == 0
+    assert "Raised" not in card.read_text() and "raised" not in pooled_table(before_raised)
 
 
 def test_fold_scores_keep_a_top_class_only_above_its_own_threshold() -> None:
