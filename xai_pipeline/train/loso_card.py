@@ -116,21 +116,23 @@ single threshold could do; `frontier` in the study's JSON):
 Medical images outside the six classes called `other`, by kind (cross-fold thresholds in brackets): {kinds or 'none held'}.
 Classes some fold did not train on: {', '.join(untestable) or 'none'}.
 Sources no fold held: {', '.join(pooled['unscored_sources']) or 'none'}.
-""" + (_raised_section(pooled) if "cross_fold_raised" in pooled else "") + (_typed_section(pooled["with_types"]) if "with_types" in pooled else "")
+""" + (_raised_section(pooled) if "cross_fold_raised" in pooled else "") + (
+        _typed_section(pooled["with_types"]) if "with_types" in pooled else "")
 
 
 def _raised_section(pooled: dict[str, Any]) -> str:
     """The study with the cross-fold thresholds as floors on each fold's own (``cross_fold_raised``)."""
     own, raised = pooled["with_threshold"], pooled["cross_fold_raised"]
     typed = pooled.get("with_types", {})
-    columns = [("fold's threshold", own), ("raised cross-fold", raised)] + (
-        [("fold's t. + type head", typed["with_threshold"]), ("raised + type head", typed["cross_fold_raised"])] if "cross_fold_raised" in typed else [])
+    columns = [("fold's threshold", own), ("raised cross-fold", raised)]
+    if "cross_fold_raised" in typed:
+        columns += [("fold's t. + type head", typed["with_threshold"]), ("raised + type head", typed["cross_fold_raised"])]
     keys = [("macro_f1", "macro-F1, six modalities"), ("in_class_kept", "modality figures kept (not `other`)"),
             ("other_medical_called_other", "medical images outside the six classes called `other`"),
             ("other_figure_called_other", "other figures called `other`")]
     rows = [f"| {name} | " + " | ".join(f"{r[key]:.3f}" for _, r in columns) + " |" for key, name in keys]
-    rows += [f"| {label} F1 | " + " | ".join(f"{r['per_class'][label]['f1']:.3f}" for _, r in columns) + " |" for label in list(own["per_class"])[:-1]]
     labels = list(own["per_class"])[:-1]
+    rows += [f"| {label} F1 | " + " | ".join(f"{r['per_class'][label]['f1']:.3f}" for _, r in columns) + " |" for label in labels]
     lifted = [f"| {_fold_name(fold)} | " + " | ".join(f"{t[label]:.4f}" for label in labels) + " |"
               for fold, t in pooled["cross_fold_raised_thresholds"].items()]
     kinds = ", ".join(f"{kind} {share:.2f}" for kind, share in raised["other_medical_by_kind"].items())
@@ -202,7 +204,8 @@ def table(folds: list[dict[str, Any]]) -> str:
 
 def pooled_table(pooled: dict[str, Any]) -> str:
     """Per-class precision / recall / F1 of the pooled folds: with the folds' thresholds, with the
-    cross-fold thresholds and by argmax (and the same with the folds' figure-type heads, when scored so)."""
+    cross-fold thresholds as caps and as floors on them (a study scored before the floors has no
+    such column) and by argmax (and the same with the folds' figure-type heads, when scored so)."""
     names = (("with_threshold", "fold's threshold"), ("cross_fold", "cross-fold thresholds"), ("cross_fold_raised", "raised cross-fold"),
              ("argmax", "argmax"))
     runs = {name: pooled[key] for key, name in names if key in pooled}  # a study scored before raised thresholds has none

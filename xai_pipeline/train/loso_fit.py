@@ -1,7 +1,7 @@
 """Fine-tuned leave-source-out: the shipped recipe trained once per fold of held-out sources.
 
     python -m xai_pipeline.train.loso_fit --data A,B,C --hold SOURCE[,SOURCE...] [--hold ...] --out DIR \
-        [--source-balance F] [--epochs N] [--ray --use-gpu --num-workers N]
+        [--source-balance F] [--epochs N] [--architecture NAME] [--ray --use-gpu --num-workers N]
 
 Where :mod:`xai_pipeline.train.loso` probes frozen ImageNet features, this fits the whole
 ``train`` recipe (fine-tuned backbone, outlier exposure, augmentation) on every figure whose
@@ -19,7 +19,8 @@ each fold on Ray Train (8–11 minutes a fold on 2 CPU cores here).
 by argmax, the share of its ``other`` figures rejected and the threshold, and ``pooled``: every
 held figure scored by its fold's model (:func:`xai_pipeline.train.loso_score.score_folds`), summed
 over folds into the leave-source-out confusion, per-class F1 and macro-F1
-(:func:`xai_pipeline.train.loso.summarize`), with the fold's threshold and by argmax. A fold's
+(:func:`xai_pipeline.train.loso.summarize`), with the fold's threshold, with cross-fold thresholds
+as caps and as floors on it, and by argmax. A fold's
 ``train`` run has no figure-type head (``figure_type`` is a later step of ``make model``), so
 there charts and diagrams are rejected by the modality threshold alone; ``--type-heads`` fits each
 fold that head too and adds ``pooled.with_types``, the study scored as the job labels figures.
@@ -155,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source-balance", type=float, default=0.0)
     parser.add_argument("--sector-probability", type=float, default=0.0, help="train's flag: ultrasound scan-converted into a fan")
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--architecture", default=TrainConfig.architecture,
+                        help="train's backbone (efficientnet_lite1/2 need the lite12 extra)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split-seed", type=int, default=None, help="seed of each fold's split into training and validation groups (train's flag; default: --seed)")
     parser.add_argument("--torch-threads", type=int, default=2)
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         base = TrainConfig(data=args.data, out=str(args.out), source_balance=args.source_balance, sector_probability=args.sector_probability,
-                           epochs=args.epochs, seed=args.seed, split_seed=args.split_seed,
+                           epochs=args.epochs, architecture=args.architecture, seed=args.seed, split_seed=args.split_seed,
                            torch_threads=args.torch_threads, ray=args.ray, use_gpu=args.use_gpu, num_workers=args.num_workers)
     except ConfigError as exc:
         print(f"error: {exc}")

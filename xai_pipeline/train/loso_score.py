@@ -3,11 +3,10 @@ of every fold's held sources labelled by that fold's model, pooled into one conf
 
 Four decisions are scored side by side: the fold's own thresholds (set in-source), thresholds set
 across folds (on other folds' held sources) as caps or as floors on the fold's own (raised), and
-argmax. With ``--type-heads`` each fold also gets
-the figure-type head ``make model`` fits (:func:`fit_fold_type_heads`: the same recipe, none of the
-fold's held sources among its figures), and the study is scored again as the job labels figures:
-a figure whose type is not ``medical_image`` is ``other`` whatever its modality score
-(``with_types``).
+argmax. With ``--type-heads`` each fold also gets the figure-type head ``make model`` fits
+(:func:`fit_fold_type_heads`: the same recipe, none of the fold's held sources among its figures),
+and the study is scored again as the job labels figures: a figure whose type is not
+``medical_image`` is ``other`` whatever its modality score (``with_types``).
 """
 
 from __future__ import annotations

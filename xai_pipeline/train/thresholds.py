@@ -100,7 +100,7 @@ def cross_fold_thresholds(p: np.ndarray, y: np.ndarray, fold: np.ndarray, caps: 
 
     ``p`` n×C: each held figure scored by its own fold's model; ``y`` its class index (≥ C for a
     figure of no class); ``fold`` its fold index; ``caps`` K×C, ``u_{k,c}``: fold ``k``'s own
-    threshold for class ``c`` (so these only loosen it); ``a`` = ``min_accept``; ``H_{¬k}`` the
+    threshold for class ``c`` (a cap: these only loosen it; a floor with ``raised``); ``a`` = ``min_accept``; ``H_{¬k}`` the
     figures of folds other than ``k``. Where fewer than ``min_figures`` figures qualify, ``u_{k,c}``
     stays. The rule is :func:`class_thresholds`'s, with the other folds as the held-out sources;
     the models differ by fold, which a single model's thresholds would not.

@@ -75,7 +75,6 @@ def test_cross_fold_thresholds_are_set_on_the_other_folds_held_figures_only() ->
         cross_fold_thresholds(p, y, fold, caps, min_accept=1.5, min_figures=3)
 
 
-
 def test_raised_cross_fold_thresholds_only_ever_tighten_the_folds_own() -> None:
     from xai_pipeline.train.thresholds import cross_fold_thresholds
 
@@ -94,6 +93,7 @@ def test_raised_cross_fold_thresholds_only_ever_tighten_the_folds_own() -> None:
     assert cross_fold_thresholds(p, y, fold, own, min_accept=0.9, min_figures=4, raised=True)[1, 1] == 0.5  # too few
     lowered = cross_fold_thresholds(p, y, fold, own, min_accept=0.9, min_figures=3)
     assert (got >= own).all() and (lowered <= own).all() and got[0, 0] > lowered[0, 0]
+
 
 def test_the_source_check_scores_each_held_out_source_with_a_threshold_from_the_others() -> None:
     from types import SimpleNamespace

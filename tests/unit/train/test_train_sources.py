@@ -180,6 +180,9 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     assert "src-b" in table(folds).splitlines()[1] and "fundus" in table(folds)
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--source-balance", "2"]) == 2  # names the flag
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--sector-probability", "1.5"]) == 2
+    capsys.readouterr()
+    assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--architecture", "efficientnet_b9"]) == 2
+    assert "--architecture must be one of" in capsys.readouterr().out  # the config error names train's flag
     assert loso_fit_main(["--data", a, "--hold", "src-a,src-b", "--hold", "src-b", "--out", str(out)]) == 2  # src-b twice
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--min-accept", "1.5"]) == 2  # before any training
 
@@ -193,7 +196,9 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
             raised: bool = False) -> np.ndarray:
         seen_by_cross.update(p=p, y=y, fold=fold, caps=caps)
         seen_by_cross.setdefault("raised", []).append(raised)
-        return real_cross(p, y, fold, caps, min_accept, min_figures, raised)
+        real = real_cross(p, y, fold, caps, min_accept, min_figures, raised)
+        # Floors above any probability (so every figure is 'other') show which decision used them.
+        return np.full_like(real, 1.01) if raised else real
 
     monkeypatch.setattr(thresholds_module, "cross_fold_thresholds", spy)
     pooled = score_folds(base, ["src-b", "charts-y"], out)
@@ -219,14 +224,14 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     assert crossed.sum() == 7 and crossed[2].sum() == 4 and pooled["cross_fold"]["min_accept"] == 0.97
     assert crossed[2, 2] >= confusion[2, 2] and crossed[6, 6] <= confusion[6, 6]  # lower thresholds keep more, reject less
     assert pooled["per_source"]["src-b"]["cross_fold_accuracy"] >= pooled["per_source"]["src-b"]["accuracy"]
-    # Raised: the same figures, each fold's own threshold a floor; so never below it, keeping no more and rejecting no less.
+    # Raised (cross_fold_thresholds' rule tested on its own in test_thresholds): the floors the spy returns, 1.01,
+    # decide cross_fold_raised and nothing else, so there every figure is 'other'.
     assert seen_by_cross["raised"] == [False, True]
-    for fold, t in pooled["cross_fold_raised_thresholds"].items():
-        assert min(t.values()) >= own[fold] - 1e-9
+    assert all(set(t.values()) == {1.01} for t in pooled["cross_fold_raised_thresholds"].values())
     lifted = np.array(pooled["cross_fold_raised"]["confusion"])
-    assert lifted.sum() == 7 and lifted[2, 2] <= confusion[2, 2] and lifted[6, 6] >= confusion[6, 6]
-    assert pooled["per_source"]["src-b"]["raised_accuracy"] <= pooled["per_source"]["src-b"]["accuracy"]
-    assert pooled["per_source"]["charts-y"]["raised_accuracy"] >= pooled["per_source"]["charts-y"]["accuracy"]
+    assert lifted.sum() == 7 and lifted[:, 6].sum() == 7 and pooled["cross_fold_raised"]["in_class_kept"] == 0.0
+    assert pooled["per_source"]["src-b"]["raised_accuracy"] == 0.0 and pooled["per_source"]["charts-y"]["raised_accuracy"] == 1.0
+    assert pooled["with_threshold"]["in_class_kept"] > 0 and pooled["cross_fold"]["in_class_kept"] > 0
     frontier = pooled["frontier"]  # one threshold for all: at 0 argmax, rejecting more as it rises
     assert frontier[0]["threshold"] == 0.0 and frontier[0]["macro_f1"] == pytest.approx(pooled["argmax"]["macro_f1"])
     rejected = [f["other_figure_called_other"] for f in frontier]
@@ -267,7 +272,8 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     with pytest.raises(ConfigError, match="--type-heads"):
         fit_fold_type_heads(base, ["src-b"], out, str(tmp_path / "missing.jsonl"))
     typed = score_folds(base, ["src-b", "charts-y"], out, typed=True)
-    for key in ("with_threshold", "cross_fold", "cross_fold_raised", "argmax", "frontier", "cross_fold_thresholds", "cross_fold_raised_thresholds"):
+    for key in ("with_threshold", "cross_fold", "cross_fold_raised", "argmax", "frontier", "cross_fold_thresholds",
+                "cross_fold_raised_thresholds"):
         assert json.dumps(typed[key]) == json.dumps(pooled[key])  # (NaN-safe) the typed file's modality head is the fold's
     gated = typed["with_types"]
     assert set(gated) == {"with_threshold", "cross_fold", "cross_fold_raised", "argmax", "frontier"}
@@ -348,8 +354,7 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
 
     assert "type head alone" in pooled_table(typed) and "type head" not in pooled_table(pooled)
     assert "*Raised* cross-fold thresholds" in text and "| raised + type head |" not in text and "raised + type head" in typed_text
-    assert f"| other figures called `other` | {pooled['with_threshold']['other_figure_called_other']:.3f} | " \
-           f"{pooled['cross_fold_raised']['other_figure_called_other']:.3f} |" in text
+    assert f"| modality figures kept (not `other`) | {pooled['with_threshold']['in_class_kept']:.3f} | 0.000 |" in text
     assert "raised cross-fold" in pooled_table(pooled)
     before_raised = {k: v for k, v in pooled.items() if not k.startswith("cross_fold_raised")}  # a study scored before them
     (out / "loso-fit.json").write_text(json.dumps({"config": json.loads((out / "loso-fit.json").read_text())["config"],

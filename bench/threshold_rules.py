@@ -1,0 +1,191 @@
+r"""Which per-class "other" threshold rule holds on new hospitals? Several rules side by side on a
+finished fine-tuned leave-source-out study (:mod:`xai_pipeline.train.loso_fit`), and the raised
+rule on a shipped model's own held-out figures.
+
+    python -m bench.threshold_rules --study build/loso-fit-v4 [--min-accept 0.97] [--smoke]
+    python -m bench.threshold_rules --model xai_pipeline/weights/modality-default.safetensors \
+        --data A,B,C --holdout-sources S1,S2 [--split-seed 0]
+
+Study: every figure of the fold's held sources and of its validation groups scored by the fold's
+model (modality head only, no figure-type head). With :math:`a` = ``--min-accept``, :math:`Q` the
+lower :math:`(1-a)`-quantile of the top probability over the *right* figures of class :math:`c`
+(class :math:`c`, top class :math:`c`), :math:`u_k` fold :math:`k`'s own threshold (set on its
+validation groups) and :math:`H_{\neg k}` the figures the other folds held:
+
+* ``fold_own``: :math:`u_k` (the study's ``with_threshold``);
+* ``validation_per_class``: :math:`Q` over fold :math:`k`'s own validation figures, no cap;
+* ``cross_fold``: :math:`\min(u_k, Q(H_{\neg k}))` (the study's ``cross_fold``);
+* ``cross_fold_raised``: :math:`\max(u_k, Q(H_{\neg k}))` (the study's ``cross_fold_raised``);
+* ``cross_fold_bare``: :math:`Q(H_{\neg k})`, neither cap nor floor;
+* ``shipped_rule_on_other_folds``: ``train --threshold-on holdout`` then ``thresholds`` with the
+  other folds as the held-out sources: :math:`t_k` the same quantile over every in-class figure of
+  :math:`H_{\neg k}` (right or not), then :math:`\min(t_k, Q(H_{\neg k}))` per class.
+
+A class with fewer than ``--min-figures`` right figures keeps the rule's pooled threshold
+(:math:`u_k`, or :math:`t_k`). Pooled and summarised as the study is
+(:func:`xai_pipeline.train.loso.summarize`); the first, third and fourth reproduce the study's own
+numbers, which checks the script. Writes ``bench/results/loso/threshold-rules-<study folder>.json``.
+
+Model: the raised rule on one model's held-out figures (train's validation groups and
+``--holdout-sources``): :math:`t_c = \max(v, Q_c)`, :math:`v` the pooled quantile over the
+validation groups' in-class figures, :math:`Q_c` over the held-out sources' right figures of
+:math:`c` (with the validation groups' where they hold fewer than ``--min-figures``), against the
+model's own thresholds: the share of in-class figures given their class, held-out and validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import write_results
+from xai_pipeline.config import TrainConfig
+from xai_pipeline.model.net import OTHER_LABEL, load_model
+from xai_pipeline.store.source import S3Settings
+from xai_pipeline.train.dataset import Example, load_images
+from xai_pipeline.train.evaluate import head_probabilities
+from xai_pipeline.train.loso import OTHER_INDEX, summarize
+from xai_pipeline.train.loso_folds import fold_dir, fold_report, fold_sources
+from xai_pipeline.train.loso_score import kept_scores, label_scores
+from xai_pipeline.train.run import MODEL_FILE
+from xai_pipeline.train.sources import LABELS, read_all_sources
+from xai_pipeline.train.split import data_parts, examples_and_split
+from xai_pipeline.train.thresholds import cross_fold_thresholds
+
+KEYS = ("macro_f1", "in_class_kept", "other_medical_called_other", "other_figure_called_other")
+
+
+def quantile(confidence: np.ndarray, min_accept: float) -> float:
+    """The lower ``1 − min_accept`` quantile, rounded down to 4 decimals (the shipped rule's)."""
+    return float(np.floor(np.quantile(np.asarray(confidence, dtype=np.float64), 1.0 - min_accept, method="lower") * 1e4) / 1e4)
+
+
+def right_quantiles(p: np.ndarray, y: np.ndarray, rows: np.ndarray, fallback: float, min_accept: float, min_figures: int) -> np.ndarray:
+    """Per class: the quantile of the top probability over the right figures among ``rows``, or
+    ``fallback`` where fewer than ``min_figures`` are."""
+    top, confidence = p.argmax(axis=1), p.max(axis=1)
+    out = np.full(p.shape[1], fallback)
+    for c in range(p.shape[1]):
+        right = rows & (y == c) & (top == c)
+        if right.sum() >= max(min_figures, 1):
+            out[c] = quantile(confidence[right], min_accept)
+    return out
+
+
+def scored(model_path: Path, examples: list[Example], chunk: int = 64) -> np.ndarray:
+    """Probabilities of ``examples`` in the label space (``other`` column empty), modality head only."""
+    model = load_model(model_path)
+    columns = [LABELS.index(name) for name in model.spec.class_names]
+    parts = []
+    for start in range(0, len(examples), chunk):
+        p, _ = head_probabilities(model, load_images(examples[start:start + chunk], S3Settings()))
+        parts.append(label_scores(p, columns, None, len(LABELS), OTHER_INDEX)[0])
+    return np.concatenate(parts) if parts else np.zeros((0, len(LABELS)))
+
+
+@torch.inference_mode()
+def study_rules(study: Path, min_accept: float, min_figures: int, limit: int | None) -> dict[str, Any]:
+    report = json.loads((study / "loso-fit.json").read_text())
+    folds = [fold["source"] for fold in report["folds"]]
+    sourced = read_all_sources(data_parts(report["config"]["data"]), S3Settings())
+    held_by = {source: fold for fold in folds for source in fold_sources(fold)}
+    held = [e for e in sourced if e.source in held_by]
+    fold_of = np.array([folds.index(held_by[e.source]) for e in held])
+    keep_rows = np.concatenate([np.flatnonzero(fold_of == k)[:limit] for k in range(len(folds))])
+    held, fold_of = [held[i] for i in keep_rows], fold_of[keep_rows]
+    y = np.array([LABELS.index(e.label) for e in held])
+    p, own = np.zeros((len(held), len(LABELS))), np.zeros(len(folds))
+    validation: list[tuple[np.ndarray, np.ndarray]] = []
+    for k, fold in enumerate(folds):
+        folder = fold_dir(study, fold)
+        own[k] = float(json.loads((folder / "training_metrics.json").read_text())["model_spec"]["other_threshold"])
+        examples, _, (_, val_idx, _) = examples_and_split(TrainConfig.from_report(fold_report(study, fold)["config"]))
+        chosen = [examples[i] for i in val_idx if examples[i].label != OTHER_LABEL][:limit]
+        validation.append((scored(folder / MODEL_FILE, chosen)[:, :OTHER_INDEX], np.array([LABELS.index(e.label) for e in chosen])))
+        rows = np.flatnonzero(fold_of == k)
+        p[rows] = scored(folder / MODEL_FILE, [held[i].example for i in rows])
+        print(f"{fold[:60]}: {len(rows)} held, {len(chosen)} validation figures", file=sys.stderr)
+    modal = p[:, :OTHER_INDEX]
+    caps = np.repeat(own[:, None], OTHER_INDEX, axis=1)
+    in_class = y < OTHER_INDEX
+    shipped = np.zeros_like(caps)
+    for k in range(len(folds)):
+        others = fold_of != k
+        t_k = quantile(modal[others & in_class].max(axis=1), min_accept)
+        shipped[k] = np.minimum(t_k, right_quantiles(modal, y, others, t_k, min_accept, min_figures))
+    rules = {
+        "fold_own": caps,
+        "validation_per_class": np.stack([right_quantiles(vp, vy, np.ones(len(vy), dtype=bool), own[k], min_accept, min_figures)
+                                          for k, (vp, vy) in enumerate(validation)]),
+        "cross_fold": cross_fold_thresholds(modal, y, fold_of, caps, min_accept, min_figures),
+        "cross_fold_raised": cross_fold_thresholds(modal, y, fold_of, caps, min_accept, min_figures, raised=True),
+        "cross_fold_bare": np.stack([right_quantiles(modal, y, fold_of != k, own[k], min_accept, min_figures) for k in range(len(folds))]),
+        "shipped_rule_on_other_folds": shipped,
+    }
+    seen = np.ones(len(held), dtype=bool)
+    result: dict[str, Any] = {"study": str(study), "figures": len(held), "min_accept": min_accept, "min_figures": min_figures}
+    for name, t in rules.items():
+        keep = modal.max(axis=1) >= t[fold_of, modal.argmax(axis=1)]
+        at = summarize(kept_scores(p, keep, OTHER_INDEX), y, held, 0.0, seen)
+        result[name] = {key: at[key] for key in KEYS} | {"thresholds": {fold: dict(zip(LABELS, map(float, t[k]))) for k, fold in enumerate(folds)}}
+        print(f"{name:<30}" + "".join(f"{key} {at[key]:.3f}  " for key in KEYS))
+    return result
+
+
+@torch.inference_mode()
+def model_rule(model_path: Path, data: str, holdout: str, split_seed: int | None, min_accept: float, min_figures: int) -> dict[str, Any]:
+    from xai_pipeline.model.labels import image_labels
+    from xai_pipeline.train.evaluate_run import held_out_examples
+    from xai_pipeline.train.split import read_training_examples
+
+    model = load_model(model_path)
+    names, held = model.spec.class_names, frozenset(s.strip() for s in holdout.split(",") if s.strip())
+    examples = [e for e in held_out_examples(read_training_examples(data, S3Settings()), ",".join(sorted(held)), split_seed)
+                if e.label in names]
+    y = np.array([names.index(e.label) for e in examples])
+    from_held = np.array([e.source in held for e in examples])
+    p, types = head_probabilities(model, load_images(examples, S3Settings()))
+    floor = quantile(p[~from_held].max(axis=1), min_accept)
+    by_held = right_quantiles(p, y, from_held, np.nan, min_accept, min_figures)
+    by_all = right_quantiles(p, y, np.ones(len(y), dtype=bool), floor, min_accept, 1)
+    raised = np.maximum(floor, np.where(np.isnan(by_held), by_all, by_held))
+    result: dict[str, Any] = {"model": str(model_path), "version": model.spec.version, "validation_floor": floor,
+                              "thresholds": {"model": dict(zip(names, map(float, np.broadcast_to(model.spec.decision_thresholds, len(names))))),
+                                             "raised": dict(zip(names, map(float, raised)))}}
+    for rule, t in (("model", model.spec.decision_thresholds), ("raised", tuple(raised))):
+        right = np.array(image_labels(p, types, names, model.spec.figure_types, t)[0]) == np.array(names)[y]
+        result[rule] = {"held_out_sources_right": float(right[from_held].mean()), "validation_right": float(right[~from_held].mean())}
+        print(f"{rule:<8} held-out sources {right[from_held].mean():.4f}  validation {right[~from_held].mean():.4f}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", type=Path, help="a finished loso_fit --out folder")
+    parser.add_argument("--model", type=Path, help="a model file (with --data and --holdout-sources: train's)")
+    parser.add_argument("--data")
+    parser.add_argument("--holdout-sources")
+    parser.add_argument("--split-seed", type=int, default=None)
+    parser.add_argument("--min-accept", type=float, default=0.97)
+    parser.add_argument("--min-figures", type=int, default=10)
+    parser.add_argument("--smoke", action="store_true", help="20 held and 20 validation figures per fold (checks the plumbing)")
+    args = parser.parse_args(argv)
+    if (args.study is None) == (args.model is None) or (args.model is not None and not (args.data and args.holdout_sources)):
+        parser.error("give --study, or --model with --data and --holdout-sources")
+    if args.study is not None:
+        result = study_rules(args.study, args.min_accept, args.min_figures, 20 if args.smoke else None)
+        print(write_results(f"loso/threshold-rules-{args.study.name}", args.smoke, result))
+    else:
+        result = model_rule(args.model, args.data, args.holdout_sources, args.split_seed, args.min_accept, args.min_figures)
+        print(write_results(f"loso/threshold-rules-model-{result['version']}", args.smoke, result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
