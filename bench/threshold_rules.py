@@ -6,8 +6,8 @@ rule on a shipped model's own held-out figures.
     python -m bench.threshold_rules --model xai_pipeline/weights/modality-default.safetensors \
         --data A,B,C --holdout-sources S1,S2 [--split-seed 0]
 
-Study: every figure of the fold's held sources and of its validation groups scored by the fold's
-model (modality head only, no figure-type head). With :math:`a` = ``--min-accept``, :math:`Q` the
+Study: every figure of the fold's held sources and the in-class figures of its validation groups
+scored by the fold's model (modality head only, no figure-type head). With :math:`a` = ``--min-accept``, :math:`Q` the
 lower :math:`(1-a)`-quantile of the top probability over the *right* figures of class :math:`c`
 (class :math:`c`, top class :math:`c`), :math:`u_k` fold :math:`k`'s own threshold (set on its
 validation groups) and :math:`H_{\neg k}` the figures the other folds held:
@@ -17,20 +17,25 @@ validation groups) and :math:`H_{\neg k}` the figures the other folds held:
 * ``cross_fold``: :math:`\min(u_k, Q(H_{\neg k}))` (the study's ``cross_fold``);
 * ``cross_fold_raised``: :math:`\max(u_k, Q(H_{\neg k}))` (the study's ``cross_fold_raised``);
 * ``cross_fold_bare``: :math:`Q(H_{\neg k})`, neither cap nor floor;
-* ``shipped_rule_on_other_folds``: ``train --threshold-on holdout`` then ``thresholds`` with the
-  other folds as the held-out sources: :math:`t_k` the same quantile over every in-class figure of
-  :math:`H_{\neg k}` (right or not), then :math:`\min(t_k, Q(H_{\neg k}))` per class.
+* ``shipped_rule_on_other_folds``: emulates ``train --threshold-on holdout`` then ``thresholds``
+  with the other folds as the held-out sources: :math:`t_k` the same quantile over every in-class
+  figure of :math:`H_{\neg k}` (right or not), then :math:`\min(t_k, Q(H_{\neg k}))` per class.
+  The figures are scored by their own folds' models (fold :math:`k`'s trained on them), and a
+  class short of right figures falls back to :math:`t_k` (``thresholds`` adds validation figures).
 
 A class with fewer than ``--min-figures`` right figures keeps the rule's pooled threshold
 (:math:`u_k`, or :math:`t_k`). Pooled and summarised as the study is
 (:func:`xai_pipeline.train.loso.summarize`); the first, third and fourth reproduce the study's own
-numbers, which checks the script. Writes ``bench/results/loso/threshold-rules-<study folder>.json``.
+numbers, which checks the script (``--min-accept`` and ``--min-figures`` default to the study's
+own). Writes ``bench/results/loso/threshold-rules-<study folder>.json``.
 
 Model: the raised rule on one model's held-out figures (train's validation groups and
 ``--holdout-sources``): :math:`t_c = \max(v, Q_c)`, :math:`v` the pooled quantile over the
 validation groups' in-class figures, :math:`Q_c` over the held-out sources' right figures of
-:math:`c` (with the validation groups' where they hold fewer than ``--min-figures``), against the
-model's own thresholds: the share of in-class figures given their class, held-out and validation.
+:math:`c` (with the validation groups' added where they hold fewer than ``--min-figures``, as
+``thresholds`` does), against the model's own thresholds, figure-type head included: the share of
+in-class figures given their class and of ``other`` figures given a modality (lower is better),
+held-out sources and validation groups apart. Writes ``threshold-rules-model-<version>.json``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +52,7 @@ import torch
 
 from bench.common import write_results
 from xai_pipeline.config import TrainConfig
-from xai_pipeline.model.net import OTHER_LABEL, load_model
+from xai_pipeline.model.net import OTHER_LABEL, ModalityNet, load_model
 from xai_pipeline.store.source import S3Settings
 from xai_pipeline.train.dataset import Example, load_images
 from xai_pipeline.train.evaluate import head_probabilities
@@ -70,7 +76,7 @@ def right_quantiles(p: np.ndarray, y: np.ndarray, rows: np.ndarray, fallback: fl
     """Per class: the quantile of the top probability over the right figures among ``rows``, or
     ``fallback`` where fewer than ``min_figures`` are."""
     top, confidence = p.argmax(axis=1), p.max(axis=1)
-    out = np.full(p.shape[1], fallback)
+    out = np.full(p.shape[1], fallback, dtype=np.float64)
     for c in range(p.shape[1]):
         right = rows & (y == c) & (top == c)
         if right.sum() >= max(min_figures, 1):
@@ -78,15 +84,19 @@ def right_quantiles(p: np.ndarray, y: np.ndarray, rows: np.ndarray, fallback: fl
     return out
 
 
-def scored(model_path: Path, examples: list[Example], chunk: int = 64) -> np.ndarray:
-    """Probabilities of ``examples`` in the label space (``other`` column empty), modality head only."""
-    model = load_model(model_path)
+def probabilities(model: ModalityNet, examples: list[Example], chunk: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+    """Both heads' probabilities of ``examples`` (:func:`head_probabilities`), ``chunk`` images loaded at a time."""
+    parts = [head_probabilities(model, load_images(examples[i:i + chunk], S3Settings())) for i in range(0, len(examples), chunk)]
+    if not parts:
+        return np.zeros((0, model.spec.num_classes)), None
+    types = None if parts[0][1] is None else np.concatenate([t for _, t in parts])
+    return np.concatenate([p for p, _ in parts]), types
+
+
+def scored(model: ModalityNet, examples: list[Example]) -> np.ndarray:
+    """Modality probabilities of ``examples`` in the label space (``other`` column empty)."""
     columns = [LABELS.index(name) for name in model.spec.class_names]
-    parts = []
-    for start in range(0, len(examples), chunk):
-        p, _ = head_probabilities(model, load_images(examples[start:start + chunk], S3Settings()))
-        parts.append(label_scores(p, columns, None, len(LABELS), OTHER_INDEX)[0])
-    return np.concatenate(parts) if parts else np.zeros((0, len(LABELS)))
+    return label_scores(probabilities(model, examples)[0], columns, None, len(LABELS), OTHER_INDEX)[0]
 
 
 @torch.inference_mode()
@@ -107,9 +117,10 @@ def study_rules(study: Path, min_accept: float, min_figures: int, limit: int | N
         own[k] = float(json.loads((folder / "training_metrics.json").read_text())["model_spec"]["other_threshold"])
         examples, _, (_, val_idx, _) = examples_and_split(TrainConfig.from_report(fold_report(study, fold)["config"]))
         chosen = [examples[i] for i in val_idx if examples[i].label != OTHER_LABEL][:limit]
-        validation.append((scored(folder / MODEL_FILE, chosen)[:, :OTHER_INDEX], np.array([LABELS.index(e.label) for e in chosen])))
+        model = load_model(folder / MODEL_FILE)
+        validation.append((scored(model, chosen)[:, :OTHER_INDEX], np.array([LABELS.index(e.label) for e in chosen])))
         rows = np.flatnonzero(fold_of == k)
-        p[rows] = scored(folder / MODEL_FILE, [held[i].example for i in rows])
+        p[rows] = scored(model, [held[i].example for i in rows])
         print(f"{fold[:60]}: {len(rows)} held, {len(chosen)} validation figures", file=sys.stderr)
     modal = p[:, :OTHER_INDEX]
     caps = np.repeat(own[:, None], OTHER_INDEX, axis=1)
@@ -133,7 +144,8 @@ def study_rules(study: Path, min_accept: float, min_figures: int, limit: int | N
     for name, t in rules.items():
         keep = modal.max(axis=1) >= t[fold_of, modal.argmax(axis=1)]
         at = summarize(kept_scores(p, keep, OTHER_INDEX), y, held, 0.0, seen)
-        result[name] = {key: at[key] for key in KEYS} | {"thresholds": {fold: dict(zip(LABELS, map(float, t[k]))) for k, fold in enumerate(folds)}}
+        per_fold = {fold: dict(zip(LABELS, map(float, t[k]))) for k, fold in enumerate(folds)}
+        result[name] = {key: at[key] for key in KEYS} | {"thresholds": per_fold}
         print(f"{name:<30}" + "".join(f"{key} {at[key]:.3f}  " for key in KEYS))
     return result
 
@@ -146,22 +158,29 @@ def model_rule(model_path: Path, data: str, holdout: str, split_seed: int | None
 
     model = load_model(model_path)
     names, held = model.spec.class_names, frozenset(s.strip() for s in holdout.split(",") if s.strip())
-    examples = [e for e in held_out_examples(read_training_examples(data, S3Settings()), ",".join(sorted(held)), split_seed)
-                if e.label in names]
-    y = np.array([names.index(e.label) for e in examples])
+    examples = held_out_examples(read_training_examples(data, S3Settings()), ",".join(sorted(held)), split_seed)
+    y = np.array([names.index(e.label) if e.label in names else -1 for e in examples])
     from_held = np.array([e.source in held for e in examples])
-    p, types = head_probabilities(model, load_images(examples, S3Settings()))
-    floor = quantile(p[~from_held].max(axis=1), min_accept)
+    p, types = probabilities(model, examples)
+    in_class = y >= 0
+    floor = quantile(p[in_class & ~from_held].max(axis=1), min_accept)
     by_held = right_quantiles(p, y, from_held, np.nan, min_accept, min_figures)
-    by_all = right_quantiles(p, y, np.ones(len(y), dtype=bool), floor, min_accept, 1)
+    by_all = right_quantiles(p, y, in_class, floor, min_accept, 1)
     raised = np.maximum(floor, np.where(np.isnan(by_held), by_all, by_held))
-    result: dict[str, Any] = {"model": str(model_path), "version": model.spec.version, "validation_floor": floor,
-                              "thresholds": {"model": dict(zip(names, map(float, np.broadcast_to(model.spec.decision_thresholds, len(names))))),
-                                             "raised": dict(zip(names, map(float, raised)))}}
+    own = np.broadcast_to(np.asarray(model.spec.decision_thresholds or 0.0, dtype=float), (len(names),))
+    result: dict[str, Any] = {"model": str(model_path), "version": model.spec.version, "data": data, "holdout_sources": sorted(held),
+                              "split_seed": split_seed, "min_accept": min_accept, "min_figures": min_figures, "validation_floor": floor,
+                              "thresholds": {"model": dict(zip(names, map(float, own))), "raised": dict(zip(names, map(float, raised)))}}
     for rule, t in (("model", model.spec.decision_thresholds), ("raised", tuple(raised))):
-        right = np.array(image_labels(p, types, names, model.spec.figure_types, t)[0]) == np.array(names)[y]
-        result[rule] = {"held_out_sources_right": float(right[from_held].mean()), "validation_right": float(right[~from_held].mean())}
-        print(f"{rule:<8} held-out sources {right[from_held].mean():.4f}  validation {right[~from_held].mean():.4f}")
+        modality = np.array(image_labels(p, types, names, model.spec.figure_types, t)[0])
+        right = modality == np.array([names[c] if c >= 0 else OTHER_LABEL for c in y])
+        cells = [(f"{part}_{what}", mask, ok) for part, where in (("held_out_sources", from_held), ("validation", ~from_held))
+                 for what, mask, ok in (("in_class_right", where & in_class, right),
+                                        ("other_given_a_modality", where & ~in_class, ~right))]
+        result[rule] = {key: {"figures": int(mask.sum()), "share": float(ok[mask].mean()) if mask.any() else None}
+                        for key, mask, ok in cells}
+        print(f"{rule:<8}" + "  ".join(f"{k} {v['share']:.4f} of {v['figures']}"
+                                       for k, v in result[rule].items() if v["share"] is not None))
     return result
 
 
@@ -172,18 +191,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data")
     parser.add_argument("--holdout-sources")
     parser.add_argument("--split-seed", type=int, default=None)
-    parser.add_argument("--min-accept", type=float, default=0.97)
-    parser.add_argument("--min-figures", type=int, default=10)
+    parser.add_argument("--min-accept", type=float, default=None, help="default: the study's own, else 0.97")
+    parser.add_argument("--min-figures", type=int, default=None, help="default: the study's own, else 10")
     parser.add_argument("--smoke", action="store_true", help="20 held and 20 validation figures per fold (checks the plumbing)")
     args = parser.parse_args(argv)
     if (args.study is None) == (args.model is None) or (args.model is not None and not (args.data and args.holdout_sources)):
         parser.error("give --study, or --model with --data and --holdout-sources")
+    if args.smoke and args.model is not None:
+        parser.error("--smoke is for --study")
+    started = time.perf_counter()
     if args.study is not None:
-        result = study_rules(args.study, args.min_accept, args.min_figures, 20 if args.smoke else None)
-        print(write_results(f"loso/threshold-rules-{args.study.name}", args.smoke, result))
+        crossed = json.loads((args.study / "loso-fit.json").read_text()).get("pooled", {}).get("cross_fold", {})
+        min_accept = args.min_accept if args.min_accept is not None else crossed.get("min_accept", 0.97)
+        min_figures = args.min_figures if args.min_figures is not None else crossed.get("min_figures", 10)
+        result = study_rules(args.study, min_accept, min_figures, 20 if args.smoke else None)
+        name = f"loso/threshold-rules-{args.study.name}"
     else:
-        result = model_rule(args.model, args.data, args.holdout_sources, args.split_seed, args.min_accept, args.min_figures)
-        print(write_results(f"loso/threshold-rules-model-{result['version']}", args.smoke, result))
+        result = model_rule(args.model, args.data, args.holdout_sources, args.split_seed,
+                            0.97 if args.min_accept is None else args.min_accept, 10 if args.min_figures is None else args.min_figures)
+        name = f"loso/threshold-rules-model-{result['version']}"
+    print(write_results(name, args.smoke, result | {"wall_s": round(time.perf_counter() - started, 1)}))
     return 0
 
 
