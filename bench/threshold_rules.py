@@ -62,25 +62,20 @@ from xai_pipeline.train.loso_score import kept_scores, label_scores
 from xai_pipeline.train.run import MODEL_FILE
 from xai_pipeline.train.sources import LABELS, read_all_sources
 from xai_pipeline.train.split import data_parts, examples_and_split
-from xai_pipeline.train.thresholds import cross_fold_thresholds
+from xai_pipeline.train.thresholds import cross_fold_thresholds, floor_quantile
 
 KEYS = ("macro_f1", "in_class_kept", "other_medical_called_other", "other_figure_called_other")
 
 
-def quantile(confidence: np.ndarray, min_accept: float) -> float:
-    """The lower ``1 − min_accept`` quantile, rounded down to 4 decimals (the shipped rule's)."""
-    return float(np.floor(np.quantile(np.asarray(confidence, dtype=np.float64), 1.0 - min_accept, method="lower") * 1e4) / 1e4)
-
-
 def right_quantiles(p: np.ndarray, y: np.ndarray, rows: np.ndarray, fallback: float, min_accept: float, min_figures: int) -> np.ndarray:
-    """Per class: the quantile of the top probability over the right figures among ``rows``, or
-    ``fallback`` where fewer than ``min_figures`` are."""
+    """Per class: :func:`floor_quantile` of the top probability over the right figures among
+    ``rows``, or ``fallback`` where fewer than ``min_figures`` are."""
     top, confidence = p.argmax(axis=1), p.max(axis=1)
     out = np.full(p.shape[1], fallback, dtype=np.float64)
     for c in range(p.shape[1]):
         right = rows & (y == c) & (top == c)
         if right.sum() >= max(min_figures, 1):
-            out[c] = quantile(confidence[right], min_accept)
+            out[c] = floor_quantile(confidence[right], min_accept)
     return out
 
 
@@ -100,8 +95,12 @@ def scored(model: ModalityNet, examples: list[Example]) -> np.ndarray:
 
 
 @torch.inference_mode()
-def study_rules(study: Path, min_accept: float, min_figures: int, limit: int | None) -> dict[str, Any]:
+def study_rules(study: Path, min_accept: float | None, min_figures: int | None, limit: int | None) -> dict[str, Any]:
+    """The rules of the module docstring on ``study``; ``min_accept`` and ``min_figures`` None: the study's own."""
     report = json.loads((study / "loso-fit.json").read_text())
+    crossed = report.get("pooled", {}).get("cross_fold", {})
+    min_accept = crossed.get("min_accept", 0.97) if min_accept is None else min_accept
+    min_figures = crossed.get("min_figures", 10) if min_figures is None else min_figures
     folds = [fold["source"] for fold in report["folds"]]
     sourced = read_all_sources(data_parts(report["config"]["data"]), S3Settings())
     held_by = {source: fold for fold in folds for source in fold_sources(fold)}
@@ -113,9 +112,9 @@ def study_rules(study: Path, min_accept: float, min_figures: int, limit: int | N
     p, own = np.zeros((len(held), len(LABELS))), np.zeros(len(folds))
     validation: list[tuple[np.ndarray, np.ndarray]] = []
     for k, fold in enumerate(folds):
-        folder = fold_dir(study, fold)
-        own[k] = float(json.loads((folder / "training_metrics.json").read_text())["model_spec"]["other_threshold"])
-        examples, _, (_, val_idx, _) = examples_and_split(TrainConfig.from_report(fold_report(study, fold)["config"]))
+        folder, trained = fold_dir(study, fold), fold_report(study, fold)
+        own[k] = float(trained["model_spec"]["other_threshold"])
+        examples, _, (_, val_idx, _) = examples_and_split(TrainConfig.from_report(trained["config"]))
         chosen = [examples[i] for i in val_idx if examples[i].label != OTHER_LABEL][:limit]
         model = load_model(folder / MODEL_FILE)
         validation.append((scored(model, chosen)[:, :OTHER_INDEX], np.array([LABELS.index(e.label) for e in chosen])))
@@ -128,7 +127,7 @@ def study_rules(study: Path, min_accept: float, min_figures: int, limit: int | N
     shipped = np.zeros_like(caps)
     for k in range(len(folds)):
         others = fold_of != k
-        t_k = quantile(modal[others & in_class].max(axis=1), min_accept)
+        t_k = floor_quantile(modal[others & in_class].max(axis=1), min_accept)
         shipped[k] = np.minimum(t_k, right_quantiles(modal, y, others, t_k, min_accept, min_figures))
     rules = {
         "fold_own": caps,
@@ -163,7 +162,7 @@ def model_rule(model_path: Path, data: str, holdout: str, split_seed: int | None
     from_held = np.array([e.source in held for e in examples])
     p, types = probabilities(model, examples)
     in_class = y >= 0
-    floor = quantile(p[in_class & ~from_held].max(axis=1), min_accept)
+    floor = floor_quantile(p[in_class & ~from_held].max(axis=1), min_accept)
     by_held = right_quantiles(p, y, from_held, np.nan, min_accept, min_figures)
     by_all = right_quantiles(p, y, in_class, floor, min_accept, 1)
     raised = np.maximum(floor, np.where(np.isnan(by_held), by_all, by_held))
@@ -201,10 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--smoke is for --study")
     started = time.perf_counter()
     if args.study is not None:
-        crossed = json.loads((args.study / "loso-fit.json").read_text()).get("pooled", {}).get("cross_fold", {})
-        min_accept = args.min_accept if args.min_accept is not None else crossed.get("min_accept", 0.97)
-        min_figures = args.min_figures if args.min_figures is not None else crossed.get("min_figures", 10)
-        result = study_rules(args.study, min_accept, min_figures, 20 if args.smoke else None)
+        result = study_rules(args.study, args.min_accept, args.min_figures, 20 if args.smoke else None)
         name = f"loso/threshold-rules-{args.study.name}"
     else:
         result = model_rule(args.model, args.data, args.holdout_sources, args.split_seed,

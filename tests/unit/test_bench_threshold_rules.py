@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.threshold_rules import quantile, right_quantiles
+from bench.threshold_rules import right_quantiles
+from xai_pipeline.train.thresholds import floor_quantile
 
 
 def test_right_quantiles_count_only_right_figures_of_the_rows_and_fall_back_below_min_figures() -> None:
@@ -16,13 +17,13 @@ def test_right_quantiles_count_only_right_figures_of_the_rows_and_fall_back_belo
     y = np.array([0] * 13 + [1] * 4)
     rows = np.ones(len(y), dtype=bool)
     got = right_quantiles(p, y, rows, fallback=0.5, min_accept=0.9, min_figures=4)
-    assert got[0] == quantile(sure, 0.9) == pytest.approx(np.floor(np.quantile(sure, 0.1, method="lower") * 1e4) / 1e4)
+    assert got[0] == floor_quantile(sure, 0.9) == pytest.approx(np.floor(np.quantile(sure, 0.1, method="lower") * 1e4) / 1e4)
     assert got[0] >= 0.9 and got[1] == 0.55  # the three miscalled class-0 figures (0.52) are not class 1's
     assert right_quantiles(p, y, rows, 0.5, 0.9, 5)[1] == 0.5  # four right figures are too few: the fallback
     not_first = rows.copy()
     not_first[:10] = False
     assert right_quantiles(p, y, not_first, 0.5, 0.9, 4)[0] == 0.5  # rows outside the mask do not count
-    assert quantile(np.array([0.123456]), 0.97) == 0.1234  # rounded down: rounding up would drop the figure
+    assert floor_quantile(np.array([0.123456]), 0.97) == 0.1234  # rounded down: rounding up would drop the figure
     assert right_quantiles(p, y, rows, 1, 0.9, 4)[0] == got[0]  # an integer fallback does not truncate the quantiles
     nan = right_quantiles(p, y, rows, np.nan, 0.9, 5)  # NaN marks a class short of figures (bench's model mode)
     assert np.isnan(nan[1]) and nan[0] == got[0]

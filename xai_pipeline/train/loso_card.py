@@ -44,6 +44,12 @@ def _figures_note(report: dict[str, Any], reports: list[dict[str, Any]]) -> str:
     return f" ({report['n']:,} figures)" if isinstance(report.get("n"), int) else " (figures not recorded)"
 
 
+_DECISION_ROWS = (("macro_f1", "macro-F1, six modalities"), ("in_class_kept", "modality figures kept (not `other`)"),
+                  ("other_medical_called_other", "medical images outside the six classes called `other`"),
+                  ("other_figure_called_other", "other figures called `other`"))
+"""The summary rows of the typed and raised tables: a pooled decision's key and its row name."""
+
+
 def _fold_name(fold: str) -> str:
     """A fold's first source, and ``(+k)`` when it holds ``k`` more."""
     sources = fold.split(",")
@@ -78,7 +84,6 @@ the modality threshold alone.
         ("other_medical_called_other", "medical images outside the six classes called `other`"),
         ("other_figure_called_other", "other figures called `other`"))]
     labels = list(kept["per_class"])[:-1]
-    crossed = [f"| {_fold_name(fold)} | " + " | ".join(f"{t[label]:.4f}" for label in labels) + " |" for fold, t in pooled["cross_fold_thresholds"].items()]
     kinds = ", ".join(f"{kind} {share:.2f} ({cross['other_medical_by_kind'][kind]:.2f})" for kind, share in kept["other_medical_by_kind"].items())
     untestable = sorted(set(kept["per_class"]) - set(kept["testable_classes"]) - {"other"})
     return head + f"""
@@ -106,7 +111,7 @@ by argmax no figure is `other`, so every `other` figure counts against the class
 
 Cross-fold thresholds (a fold's own threshold where other folds hold too few right figures of the class):
 
-| fold (+ more sources) | """ + " | ".join(labels) + " |\n|---" + "|---:" * len(labels) + "|\n" + "\n".join(crossed) + """
+""" + _fold_thresholds_table(pooled["cross_fold_thresholds"], labels) + """
 
 With one threshold for every fold and class, chosen on these figures themselves (so an upper bound on what any
 single threshold could do; `frontier` in the study's JSON):
@@ -127,14 +132,9 @@ def _raised_section(pooled: dict[str, Any]) -> str:
     columns = [("fold's threshold", own), ("raised cross-fold", raised)]
     if "cross_fold_raised" in typed:
         columns += [("fold's t. + type head", typed["with_threshold"]), ("raised + type head", typed["cross_fold_raised"])]
-    keys = [("macro_f1", "macro-F1, six modalities"), ("in_class_kept", "modality figures kept (not `other`)"),
-            ("other_medical_called_other", "medical images outside the six classes called `other`"),
-            ("other_figure_called_other", "other figures called `other`")]
-    rows = [f"| {name} | " + " | ".join(f"{r[key]:.3f}" for _, r in columns) + " |" for key, name in keys]
+    rows = [f"| {name} | " + " | ".join(f"{r[key]:.3f}" for _, r in columns) + " |" for key, name in _DECISION_ROWS]
     labels = list(own["per_class"])[:-1]
     rows += [f"| {label} F1 | " + " | ".join(f"{r['per_class'][label]['f1']:.3f}" for _, r in columns) + " |" for label in labels]
-    lifted = [f"| {_fold_name(fold)} | " + " | ".join(f"{t[label]:.4f}" for label in labels) + " |"
-              for fold, t in pooled["cross_fold_raised_thresholds"].items()]
     kinds = ", ".join(f"{kind} {share:.2f}" for kind, share in raised["other_medical_by_kind"].items())
     return """
 *Raised* cross-fold thresholds (`cross_fold_raised`): the same quantile of the right figures other folds held, but the
@@ -143,10 +143,16 @@ figures of kinds the fold never saw that land on it; a class new hospitals are u
 
 | | """ + " | ".join(name for name, _ in columns) + " |\n|---" + "|---:" * len(columns) + "|\n" + "\n".join(rows) + """
 
-| fold (+ more sources) | """ + " | ".join(labels) + " |\n|---" + "|---:" * len(labels) + "|\n" + "\n".join(lifted) + f"""
+""" + _fold_thresholds_table(pooled["cross_fold_raised_thresholds"], labels) + f"""
 
 Outside the six classes called `other` with raised thresholds, by kind: {kinds or 'none held'}.
 """
+
+
+def _fold_thresholds_table(thresholds: dict[str, dict[str, float]], labels: list[str]) -> str:
+    """One row per fold: its per-class thresholds (``cross_fold_thresholds`` or ``cross_fold_raised_thresholds``)."""
+    rows = [f"| {_fold_name(fold)} | " + " | ".join(f"{t[label]:.4f}" for label in labels) + " |" for fold, t in thresholds.items()]
+    return "| fold (+ more sources) | " + " | ".join(labels) + " |\n|---" + "|---:" * len(labels) + "|\n" + "\n".join(rows)
 
 
 def _frontier_table(frontier: list[dict[str, Any]]) -> str:
@@ -161,10 +167,7 @@ def _typed_section(typed: dict[str, Any]) -> str:
     """The study scored as the job labels figures: each fold's figure-type head makes every figure
     it does not type ``medical_image`` ``other``."""
     kept, cross, alone = typed["with_threshold"], typed["cross_fold"], typed["argmax"]
-    rows = [f"| {name} | {kept[key]:.3f} | {cross[key]:.3f} | {alone[key]:.3f} |" for key, name in (
-        ("macro_f1", "macro-F1, six modalities"), ("in_class_kept", "modality figures kept (not `other`)"),
-        ("other_medical_called_other", "medical images outside the six classes called `other`"),
-        ("other_figure_called_other", "other figures called `other`"))]
+    rows = [f"| {name} | {kept[key]:.3f} | {cross[key]:.3f} | {alone[key]:.3f} |" for key, name in _DECISION_ROWS]
     f1 = [f"| {label} | {m['f1']:.3f} | {cross['per_class'][label]['f1']:.3f} | {alone['per_class'][label]['f1']:.3f} |"
           for label, m in kept["per_class"].items()]
     kinds = ", ".join(f"{kind} {share:.2f}" for kind, share in kept["other_medical_by_kind"].items())

@@ -64,10 +64,15 @@ class ClassThreshold:
     figures: int
 
 
+def floor_quantile(confidence: np.ndarray, min_accept: float) -> float:
+    """``Q_{1−a}`` of non-empty top probabilities (:func:`fit.choose_threshold`'s lower quantile),
+    rounded down to 4 decimals: rounding up would drop the figure the quantile sits on."""
+    return math.floor(choose_threshold(confidence, min_accept) * 1e4) / 1e4
+
+
 def _capped(confidence: np.ndarray, pooled: float, min_accept: float) -> float:
-    """``min(t, Q_{1−a})`` of non-empty top probabilities (:func:`fit.choose_threshold`'s lower
-    quantile), rounded down to 4 decimals: rounding up would drop the figure the quantile sits on."""
-    return min(pooled, math.floor(choose_threshold(confidence, min_accept) * 1e4) / 1e4)
+    """``min(t, Q_{1−a})`` (:func:`floor_quantile`)."""
+    return min(pooled, floor_quantile(confidence, min_accept))
 
 
 def class_thresholds(probabilities: np.ndarray, y_true: np.ndarray, from_held_source: np.ndarray, class_names: tuple[str, ...],
@@ -120,10 +125,8 @@ def cross_fold_thresholds(p: np.ndarray, y: np.ndarray, fold: np.ndarray, caps: 
         for c in range(p.shape[1]):
             right = (fold != k) & (y == c) & (top == c)
             if right.sum() >= max(min_figures, 1):
-                if raised:
-                    thresholds[k, c] = max(float(caps[k, c]), _capped(confidence[right], 1.0, min_accept))
-                else:
-                    thresholds[k, c] = _capped(confidence[right], float(caps[k, c]), min_accept)
+                q, own = floor_quantile(confidence[right], min_accept), float(caps[k, c])
+                thresholds[k, c] = max(own, q) if raised else min(own, q)
     return thresholds
 
 
