@@ -23,6 +23,11 @@ validation groups) and :math:`H_{\neg k}` the figures the other folds held:
   The figures are scored by their own folds' models (fold :math:`k`'s trained on them), and a
   class short of right figures falls back to :math:`t_k` (``thresholds`` adds validation figures).
 
+With ``--thresholds-of FILE`` (repeatable) each model file's own per-class thresholds, as they
+are, for every fold (``model_<version>``): what a shipped model's thresholds would do with the
+folds' models' scores, an indication for new hospitals and for kinds outside the taxonomy that
+the model's own held-out sources do not hold (the folds' models are not the shipped one).
+
 A class with fewer than ``--min-figures`` right figures keeps the rule's pooled threshold
 (:math:`u_k`, or :math:`t_k`). Pooled and summarised as the study is
 (:func:`xai_pipeline.train.loso.summarize`); the first, third and fourth reproduce the study's own
@@ -52,7 +57,7 @@ import torch
 
 from bench.common import write_results
 from xai_pipeline.config import TrainConfig
-from xai_pipeline.model.net import OTHER_LABEL, ModalityNet, load_model
+from xai_pipeline.model.net import OTHER_LABEL, ModalityNet, ModelSpec, load_model, read_spec
 from xai_pipeline.store.source import S3Settings
 from xai_pipeline.train.dataset import Example, load_images
 from xai_pipeline.train.evaluate import head_probabilities
@@ -79,6 +84,16 @@ def right_quantiles(p: np.ndarray, y: np.ndarray, rows: np.ndarray, fallback: fl
     return out
 
 
+def fixed_thresholds(spec: ModelSpec, folds: int) -> np.ndarray:
+    """``spec``'s own threshold per modality (``decision_thresholds``, in the study's label order)
+    for each of ``folds`` folds; a model whose classes are not the six modalities is refused."""
+    own = np.broadcast_to(np.asarray(spec.decision_thresholds or 0.0, dtype=float), (spec.num_classes,))
+    by_label = dict(zip(spec.class_names, map(float, own)))
+    if set(by_label) != set(LABELS[:OTHER_INDEX]):
+        raise ValueError(f"--thresholds-of: model {spec.name} {spec.version}'s classes {sorted(by_label)} are not the study's modalities")
+    return np.tile([by_label[name] for name in LABELS[:OTHER_INDEX]], (folds, 1))
+
+
 def probabilities(model: ModalityNet, examples: list[Example], chunk: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
     """Both heads' probabilities of ``examples`` (:func:`head_probabilities`), ``chunk`` images loaded at a time."""
     parts = [head_probabilities(model, load_images(examples[i:i + chunk], S3Settings())) for i in range(0, len(examples), chunk)]
@@ -95,13 +110,21 @@ def scored(model: ModalityNet, examples: list[Example]) -> np.ndarray:
 
 
 @torch.inference_mode()
-def study_rules(study: Path, min_accept: float | None, min_figures: int | None, limit: int | None) -> dict[str, Any]:
-    """The rules of the module docstring on ``study``; ``min_accept`` and ``min_figures`` None: the study's own."""
+def study_rules(study: Path, min_accept: float | None, min_figures: int | None, limit: int | None,
+                thresholds_of: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The rules of the module docstring on ``study``; ``min_accept`` and ``min_figures`` None: the study's own;
+    ``thresholds_of``: model files whose own thresholds are scored too."""
     report = json.loads((study / "loso-fit.json").read_text())
     crossed = report.get("pooled", {}).get("cross_fold", {})
     min_accept = crossed.get("min_accept", 0.97) if min_accept is None else min_accept
     min_figures = crossed.get("min_figures", 10) if min_figures is None else min_figures
     folds = [fold["source"] for fold in report["folds"]]
+    fixed: dict[str, np.ndarray] = {}
+    for path in thresholds_of:  # read and checked before any scoring
+        spec = read_spec(path)
+        if f"model_{spec.version}" in fixed:
+            raise ValueError(f"--thresholds-of {path}: a second model versioned {spec.version}")
+        fixed[f"model_{spec.version}"] = fixed_thresholds(spec, len(folds))
     sourced = read_all_sources(data_parts(report["config"]["data"]), S3Settings())
     held_by = {source: fold for fold in folds for source in fold_sources(fold)}
     held = [e for e in sourced if e.source in held_by]
@@ -138,6 +161,7 @@ def study_rules(study: Path, min_accept: float | None, min_figures: int | None, 
         "cross_fold_bare": np.stack([right_quantiles(modal, y, fold_of != k, own[k], min_accept, min_figures) for k in range(len(folds))]),
         "shipped_rule_on_other_folds": shipped,
     }
+    rules.update(fixed)
     seen = np.ones(len(held), dtype=bool)
     result: dict[str, Any] = {"study": str(study), "figures": len(held), "min_accept": min_accept, "min_figures": min_figures}
     for name, t in rules.items():
@@ -192,15 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split-seed", type=int, default=None)
     parser.add_argument("--min-accept", type=float, default=None, help="default: the study's own, else 0.97")
     parser.add_argument("--min-figures", type=int, default=None, help="default: the study's own, else 10")
+    parser.add_argument("--thresholds-of", type=Path, action="append", default=[],
+                        help="with --study: also score this model file's own per-class thresholds on every fold (repeatable)")
     parser.add_argument("--smoke", action="store_true", help="20 held and 20 validation figures per fold (checks the plumbing)")
     args = parser.parse_args(argv)
     if (args.study is None) == (args.model is None) or (args.model is not None and not (args.data and args.holdout_sources)):
         parser.error("give --study, or --model with --data and --holdout-sources")
-    if args.smoke and args.model is not None:
-        parser.error("--smoke is for --study")
+    if (args.smoke or args.thresholds_of) and args.model is not None:
+        parser.error("--smoke and --thresholds-of are for --study")
     started = time.perf_counter()
     if args.study is not None:
-        result = study_rules(args.study, args.min_accept, args.min_figures, 20 if args.smoke else None)
+        result = study_rules(args.study, args.min_accept, args.min_figures, 20 if args.smoke else None, tuple(args.thresholds_of))
         name = f"loso/threshold-rules-{args.study.name}"
     else:
         result = model_rule(args.model, args.data, args.holdout_sources, args.split_seed,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.threshold_rules import right_quantiles
+from bench.threshold_rules import fixed_thresholds, right_quantiles
 from xai_pipeline.train.thresholds import floor_quantile
 
 
@@ -27,3 +27,15 @@ def test_right_quantiles_count_only_right_figures_of_the_rows_and_fall_back_belo
     assert right_quantiles(p, y, rows, 1, 0.9, 4)[0] == got[0]  # an integer fallback does not truncate the quantiles
     nan = right_quantiles(p, y, rows, np.nan, 0.9, 5)  # NaN marks a class short of figures (bench's model mode)
     assert np.isnan(nan[1]) and nan[0] == got[0]
+
+
+def test_a_models_own_thresholds_are_laid_out_in_the_studys_label_order_for_every_fold() -> None:
+    from xai_pipeline.model.net import ModelSpec
+
+    names = ("ct", "mri", "chest_xray", "fundus", "ultrasound", "histology")  # not the study's order
+    spec = ModelSpec(name="m", architecture="tiny_cnn", class_names=names, other_threshold=0.8, class_thresholds={"fundus": 0.93, "ct": 0.6})
+    got = fixed_thresholds(spec, 3)
+    assert got.shape == (3, 6) and got.tolist()[0] == [0.8, 0.6, 0.93, 0.8, 0.8, 0.8]  # chest_xray, ct, fundus, histology, mri, ultrasound
+    assert (got == got[0]).all()
+    with pytest.raises(ValueError, match="not the study's modalities"):
+        fixed_thresholds(ModelSpec(name="m", architecture="tiny_cnn", class_names=("ct", "mri"), other_threshold=0.8), 3)

@@ -7,7 +7,7 @@ global average of the last feature map. CRM stays the modality head's.
 
 Training figures, each with its figure type:
 - ``medical_image``: the in-class scans of the ``--scans`` manifests (``modality-v1``,
-  ``modality-extra-v1``, ``packaged-v3``: any of the six classes), up to ``--per-scan-class``
+  ``modality-extra-v1``, ``packaged-v4``: any of the six classes), up to ``--per-scan-class``
   (80; 0: every scan) per class drawn round-robin over its sources, none of the ``--exclude-sources`` (train's held-out
   sources stay unseen by both heads);
 - real non-scan figures of ``other-v1`` (none of the ``--exclude-sources`` either: a

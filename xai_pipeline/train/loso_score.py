@@ -108,7 +108,9 @@ def score_folds(base: TrainConfig, folds: list[str], out: Path, min_accept: floa
     other folds' held sources, :func:`xai_pipeline.train.thresholds.cross_fold_thresholds` with
     ``min_accept`` and ``min_figures``), with those thresholds raised instead (``cross_fold_raised``:
     ``raised=True`` there, the fold's own threshold a floor, never a cap, so a class whose new
-    hospitals stay sure of it refuses the figures that are less sure), and by argmax. A class a
+    hospitals stay sure of it refuses the figures that are less sure), and by argmax. ``study_floors``:
+    each class's floor over all folds' held figures (:func:`xai_pipeline.train.thresholds.study_floors`),
+    which ``thresholds --floors`` raises a model trained on every source to. A class a
     fold did not train on is flagged (``testable_classes``). ``frontier``: macro-F1 and the shares
     called ``other`` with one threshold for every fold and class, each of :data:`FRONTIER`: chosen
     on the scored figures themselves, it bounds what any single threshold could do for this recipe
@@ -127,7 +129,7 @@ def score_folds(base: TrainConfig, folds: list[str], out: Path, min_accept: floa
     from xai_pipeline.train.loso import OTHER_INDEX, per_source, summarize
     from xai_pipeline.train.run import MODEL_FILE
     from xai_pipeline.train.sources import LABELS, read_all_sources
-    from xai_pipeline.train.thresholds import cross_fold_thresholds
+    from xai_pipeline.train.thresholds import cross_fold_thresholds, study_floors
 
     settings = S3Settings(base.endpoint_url, base.region)
     examples = read_all_sources(data_parts(base.data), settings)
@@ -185,6 +187,9 @@ def score_folds(base: TrainConfig, folds: list[str], out: Path, min_accept: floa
     result = {"figures": len(scored), **plain,
               "cross_fold_thresholds": {fold: dict(zip(LABELS, map(float, crossed[k]))) for k, fold in enumerate(folds)},
               "cross_fold_raised_thresholds": {fold: dict(zip(LABELS, map(float, raised[k]))) for k, fold in enumerate(folds)},
+              "study_floors": {"floors": {c: {"threshold": v.threshold, "figures": v.figures}
+                                          for c, v in study_floors(modal, y, LABELS[:OTHER_INDEX], min_accept, min_figures).items()},
+                               **settings_used},
               "per_source": sources, "unscored_sources": sorted({e.source for e in examples} - set(held_by))}
     if typed:
         result["with_types"] = decided(medical)

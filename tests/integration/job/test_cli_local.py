@@ -57,13 +57,13 @@ def test_demo_runs_on_the_bundled_samples(tmp_path: Path) -> None:
     assert {r["modality"] for r in table.to_pylist() if "other_" in r["source_uri"]} == {"other"}
     from xai_pipeline.read.query import query
 
-    # A panel counts: the compound figure matches a CT query by its CT panel. The whole NEMA CT crop does not with model
-    # 1.4.0: its modality head says CT (0.96) but its figure-type head types the 256-pixel vertebra close-up as microscopy,
-    # so it is 'other' (1.3.1 found it; the 64-pixel MR slice is 'other' for both), see the README's model section.
+    # A panel counts: the compound figure matches a CT query by its CT panel, and the whole NEMA CT crop by itself. Model
+    # 1.4.0's figure-type head typed that 256-pixel vertebra close-up as microscopy, so it was 'other'; 1.5.0's (fitted
+    # on coronal and sagittal sections too) types it a medical image (the 64-pixel MR slice is 'other' for all three).
     found = query(str(tmp_path / "demo"), modality=["ct"]).column("source_uri").to_pylist()
-    assert sorted(Path(u).name for u in found) == ["compound_ct_mri_fundus_chart.png"]
+    assert sorted(Path(u).name for u in found) == ["compound_ct_mri_fundus_chart.png", "ct_nema_wg04.png"]
     rows = {Path(r["source_uri"]).name: r for r in table.to_pylist()}
-    assert rows["ct_nema_wg04.png"]["modality"] == "other" and rows["ct_nema_wg04.png"]["figure_type"] != "medical_image"
+    assert rows["ct_nema_wg04.png"]["modality"] == "ct" and rows["ct_nema_wg04.png"]["figure_type"] == "medical_image"
     assert rows["compound_ct_mri_fundus_chart.png"]["modality"] == "compound" and rows["fundus_retina.jpg"]["modality"] == "fundus"
     # Quiet by default: no INFO lines from Ray, Ray Data or this package on the console.
     assert not [line for line in out.stderr.splitlines() if " INFO " in line], out.stderr[-3000:]

@@ -1,5 +1,6 @@
 """Per-class "other" thresholds: set on held-out sources (validation groups only where those are
-too few), never above the pooled threshold, carried by the model file and used by every label."""
+too few), never above the pooled threshold unless a leave-source-out study's floors raise them,
+carried by the model file and used by every label."""
 
 from __future__ import annotations
 
@@ -95,6 +96,90 @@ def test_raised_cross_fold_thresholds_only_ever_tighten_the_folds_own() -> None:
     assert (got >= own).all() and (lowered <= own).all() and got[0, 0] > lowered[0, 0]
 
 
+def test_study_floors_pool_every_folds_right_figures_and_raise_the_class_thresholds() -> None:
+    from xai_pipeline.train.thresholds import RAISED, study_floors
+
+    fold0 = np.linspace(0.50, 0.69, 20)  # class 0 right, two folds' held sources together
+    fold1 = np.linspace(0.95, 0.99, 20)
+    p = np.vstack([_rows(0, list(fold0)), _rows(0, list(fold1)), _rows(1, [0.55] * 3),
+                   _rows(0, [0.10 + 0.3]),  # a class-1 figure called 0: not a right class-0 figure
+                   _rows(2, [0.99])])  # a figure of no class (y = 3) called 2: not counted anywhere
+    y = np.array([0] * 40 + [1] * 3 + [1, 3])
+    floors = study_floors(p, y, ("a", "b", "c"), min_accept=0.9, min_figures=3)
+    both = np.concatenate([fold0, fold1])
+    assert floors["a"].threshold == pytest.approx(np.floor(np.quantile(both, 0.1, method="lower") * 1e4) / 1e4)
+    assert floors["a"].figures == 40 and floors["b"].threshold == 0.55 and floors["b"].figures == 3
+    assert "c" not in floors  # no right figure of class c: no floor
+    assert "b" not in study_floors(p, y, ("a", "b", "c"), min_accept=0.9, min_figures=4)  # too few
+    # At min_accept 1.0 the lowest right figure sets it: the stray 0.40 would if it counted.
+    assert study_floors(p, y, ("a", "b", "c"), min_accept=1.0, min_figures=3)["a"].threshold == 0.5
+    with pytest.raises(ValueError, match="min_accept"):
+        study_floors(p, y, ("a", "b", "c"), min_accept=0.0, min_figures=3)
+    # Raised: t_c = max(min(t, Q), F_c), above the pooled t where the floor is; a floor below changes nothing.
+    held = np.ones(len(p), dtype=bool)
+    in_class = y < 3
+    plain = class_thresholds(p[in_class], y[in_class], held[in_class], ("a", "b", "c"), pooled=0.9, min_accept=0.9, min_figures=3)
+    lifted = class_thresholds(p[in_class], y[in_class], held[in_class], ("a", "b", "c"), pooled=0.9, min_accept=0.9,
+                              min_figures=3, floors={"a": 0.96, "b": 0.2, "c": 0.93})
+    assert plain["a"].threshold < 0.9 and lifted["a"].threshold == 0.96 and lifted["a"].basis == HELD_OUT_SOURCES + RAISED
+    assert lifted["b"] == plain["b"]  # the floor 0.2 is below b's own 0.55
+    assert plain["c"].basis == "none (pooled threshold)" and lifted["c"].threshold == 0.93 and lifted["c"].basis.endswith(RAISED)
+    assert class_thresholds(p[in_class], y[in_class], held[in_class], ("a", "b", "c"), pooled=0.9, min_accept=0.9,
+                            min_figures=3, floors={}) == plain
+
+
+def test_read_study_floors_fails_fast_naming_the_flag(tmp_path: Path) -> None:
+    import hashlib
+
+    from xai_pipeline.config import ConfigError
+    from xai_pipeline.train.thresholds import read_study_floors
+
+    study = tmp_path / "loso-fit.json"
+
+    def floors(entries: dict[str, Any], min_accept: float = 0.97) -> None:
+        study.write_text(json.dumps({"pooled": {"study_floors": {"floors": entries, "min_accept": min_accept, "min_figures": 10}}}))
+
+    with pytest.raises(ConfigError, match="--floors .*loso-fit.json"):
+        read_study_floors(study, ("a", "b"), 0.97)  # no such file
+    study.write_text(json.dumps({"figures": 3}))
+    with pytest.raises(ConfigError, match="no study_floors"):
+        read_study_floors(study, ("a", "b"), 0.97)
+    floors({"z": {"threshold": 0.5, "figures": 10}})
+    with pytest.raises(ConfigError, match="does not have: z"):
+        read_study_floors(study, ("a", "b"), 0.97)
+    for bad in ({"figures": 10}, {"threshold": "0.5"}, {"threshold": 1.5}, {"threshold": True}, 0.5):
+        floors({"a": bad})
+        with pytest.raises(ConfigError, match="class a's floor is not a threshold"):
+            read_study_floors(study, ("a", "b"), 0.97)
+    floors({"a": {"threshold": 0.5, "figures": 10}}, min_accept=0.9)
+    with pytest.raises(ConfigError, match="--min-accept is 0.97"):
+        read_study_floors(study, ("a", "b"), 0.97)
+    floors({"a": {"threshold": 0.5, "figures": 10}})
+    assert read_study_floors(study, ("a", "b"), 0.97) == {
+        "study": "loso-fit.json", "study_sha256": hashlib.sha256(study.read_bytes()).hexdigest(),
+        "floors": {"a": {"threshold": 0.5, "figures": 10}}, "min_accept": 0.97, "min_figures": 10}
+
+
+def test_without_floors_the_card_section_reads_as_it_did_before_floors_existed() -> None:
+    from xai_pipeline.train.thresholds_card import card_section
+
+    report = {"pooled_threshold": 0.87, "class_thresholds": {"ct": {"threshold": 0.5, "basis": "held-out sources", "figures": 12}},
+              "groups": {}, "source_check": []}
+    # The rule paragraph, word for word as model 1.4.0's card has it (make model PACKAGED_SET=packaged-v3 rebuilds that card).
+    assert """Version 1.4.0. `python -m xai_pipeline.train.thresholds` (run by `make model`): class `c` keeps the top class when
+its probability is at least `t_c = min(t, Q_{1−a})`, `t` = 0.87 the pooled
+threshold above, `Q` the lower quantile of the top probability over the figures of class `c` the
+argmax gets right, on train's held-out sources where they hold enough of them, else on the
+held-out sources and the validation groups together (in-source for CT and MRI: optimistic for a
+new hospital). A class's threshold is never above `t`. The *Metrics* above are at the pooled `t`.
+
+| class | threshold | set on | right figures |
+|---|---|---|---|
+| ct | 0.5 | held-out sources | 12 |
+""" in card_section(report, "1.4.0")
+    assert "threshold set by the same rule on that class's *other* held-out sources only:" in card_section(report, "1.4.0")
+
+
 def test_the_source_check_scores_each_held_out_source_with_a_threshold_from_the_others() -> None:
     from types import SimpleNamespace
 
@@ -109,6 +194,12 @@ def test_the_source_check_scores_each_held_out_source_with_a_threshold_from_the_
     assert (rows["s1"]["threshold_from_others"], rows["s1"]["kept"], rows["s1"]["kept_pooled"]) == (0.7, 0, 0)
     assert (rows["s2"]["threshold_from_others"], rows["s2"]["kept"], rows["s2"]["kept_pooled"]) == (0.6, 2, 2)
     assert (rows["s3"]["threshold_from_others"], rows["s3"]["kept"], rows["s3"]["kept_pooled"], rows["s3"]["figures"]) == (0.6, 1, 0, 2)
+    # With study floors: a's threshold from the others is raised to the floor 0.92 where that is higher.
+    raised = {r["source"]: r for r in source_check(model, p, None, y, sources, {"s1", "s2", "s3", "s4"}, 0.97, {"a": 0.92})}
+    assert [raised[s]["threshold_from_others"] for s in ("s1", "s2", "s3")] == [0.92, 0.92, 0.92]
+    assert (raised["s1"]["kept"], raised["s2"]["kept"], raised["s3"]["kept"]) == (0, 1, 0)  # only s2's 0.95 clears 0.92
+    low = {r["source"]: r for r in source_check(model, p, None, y, sources, {"s1", "s2", "s3", "s4"}, 0.97, {"a": 0.1})}
+    assert low == rows  # a floor below every threshold changes nothing
 
 
 def test_the_spec_carries_per_class_thresholds_into_labels_and_metrics(tmp_path: Path) -> None:
@@ -155,6 +246,26 @@ def test_the_thresholds_command_sets_them_on_held_out_sources_and_reports_before
     with pytest.raises(ConfigError, match="--version"):
         main(args)
     assert main([*args, "--version", "t3"]) == 0 and read_spec(tmp_path / "again.safetensors").class_thresholds["fundus"] != 0.123
+    # --floors: each class raised to its study floor (fundus, above the pooled 0.9), the card saying which rule.
+    from xai_pipeline.train.thresholds import RAISED
+
+    unraised = read_spec(tmp_path / "again.safetensors").class_thresholds
+    study = tmp_path / "loso-fit-study.json"
+    study.write_text(json.dumps({"pooled": {"study_floors": {"floors": {"fundus": {"threshold": 0.95, "figures": 40}}, "min_accept": 0.97, "min_figures": 10}}}))
+    card = tmp_path / "CARD.md"
+    card.write_text("# Model card: tiny-test t2\n\n- 'other': reported when the top softmax probability is below **0.9**.\n\n## Limits\n\nx\n")
+    assert main([*args, "--version", "t4", "--floors", str(study), "--card", str(card)]) == 0
+    raised = read_spec(tmp_path / "again.safetensors").class_thresholds
+    assert raised == unraised | {"fundus": 0.95} and unraised["fundus"] < 0.95
+    report = json.loads((tmp_path / "class_thresholds.json").read_text())
+    assert report["study_floors"]["study"] == "loso-fit-study.json" and report["class_thresholds"]["fundus"]["basis"].endswith(RAISED)
+    assert not report["class_thresholds"]["histology"]["basis"].endswith(RAISED)
+    text = card.read_text()
+    assert "t_c = max(min(t, Q_{1−a}), F_c)" in text and "| fundus | 0.95 | 40 |" in text and "`loso-fit-study.json`" in text
+    assert "lower or higher (*Per-class thresholds*)" in text and "never above `t`" not in text
+    study.write_text(json.dumps({"folds": []}))
+    with pytest.raises(ConfigError, match="--floors .*no study_floors"):
+        main([*args, "--version", "t5", "--floors", str(study)])
 
 
 def _check_command(tmp_path: Path, a: str, b: str, model: Any, bases: dict[str, str] | None) -> None:

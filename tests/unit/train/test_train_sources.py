@@ -190,7 +190,7 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     import xai_pipeline.train.thresholds as thresholds_module
 
     seen_by_cross: dict[str, Any] = {}
-    real_cross = thresholds_module.cross_fold_thresholds
+    real_cross, real_floors = thresholds_module.cross_fold_thresholds, thresholds_module.study_floors
 
     def spy(p: np.ndarray, y: np.ndarray, fold: np.ndarray, caps: np.ndarray, min_accept: float, min_figures: int,
             raised: bool = False) -> np.ndarray:
@@ -232,6 +232,24 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     assert lifted.sum() == 7 and lifted[:, 6].sum() == 7 and pooled["cross_fold_raised"]["in_class_kept"] == 0.0
     assert pooled["per_source"]["src-b"]["raised_accuracy"] == 0.0 and pooled["per_source"]["charts-y"]["raised_accuracy"] == 1.0
     assert pooled["with_threshold"]["in_class_kept"] > 0 and pooled["cross_fold"]["in_class_kept"] > 0
+    # Study floors (study_floors' rule tested in test_thresholds): every fold's held figures together, as scored, at the
+    # study's min_accept and min_figures; what the rule returns is what the JSON holds.
+    from xai_pipeline.train.thresholds import ClassThreshold
+
+    floor_calls: list[tuple[Any, ...]] = []
+
+    def floors_spy(p: np.ndarray, y: np.ndarray, names: Any, min_accept: float, min_figures: int) -> dict[str, ClassThreshold]:
+        floor_calls.append((p, y, tuple(names), min_accept, min_figures))
+        return {"fundus": ClassThreshold(0.4321, "leave-source-out study", 4)}
+
+    monkeypatch.setattr(thresholds_module, "study_floors", floors_spy)
+    spied = score_folds(base, ["src-b", "charts-y"], out, min_accept=0.9, min_figures=3)
+    (call,) = floor_calls
+    assert np.array_equal(call[0], seen_by_cross["p"]) and np.array_equal(call[1], seen_by_cross["y"])
+    assert call[2:] == (("chest_xray", "ct", "fundus", "histology", "mri", "ultrasound"), 0.9, 3)
+    assert spied["study_floors"] == {"floors": {"fundus": {"threshold": 0.4321, "figures": 4}}, "min_accept": 0.9, "min_figures": 3}
+    monkeypatch.setattr(thresholds_module, "study_floors", real_floors)
+    assert pooled["study_floors"]["min_accept"] == 0.97 and set(pooled["study_floors"]["floors"]) <= {"fundus"}
     frontier = pooled["frontier"]  # one threshold for all: at 0 argmax, rejecting more as it rises
     assert frontier[0]["threshold"] == 0.0 and frontier[0]["macro_f1"] == pytest.approx(pooled["argmax"]["macro_f1"])
     rejected = [f["other_figure_called_other"] for f in frontier]
