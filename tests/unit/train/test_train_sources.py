@@ -306,6 +306,26 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     p_charts, t_charts = head_probabilities(typed_model, charts)
     alone = image_labels(p_charts, t_charts, typed_model.spec.class_names, typed_model.spec.figure_types, None)[0]
     assert gated["argmax"]["other_figure_called_other"] == pytest.approx(np.mean([m == "other" for m in alone]))
+    # bench.threshold_rules on this study: --thresholds-of lays a model's own thresholds over every fold; the study's own
+    # decisions come out as score_folds gave them (what checks the bench).
+    from bench.threshold_rules import study_rules
+    from tests.helpers import tiny_model_file
+    from xai_pipeline.model.net import save_model
+
+    fixed = tiny_model_file(tmp_path / "fixed.safetensors", class_names=("ct", "fundus", "chest_xray", "histology", "mri", "ultrasound"),
+                            version="f1")
+    fixed_model = load_model(fixed)
+    fixed_model.spec = replace(fixed_model.spec, other_threshold=1.0, class_thresholds={"ct": 0.999})
+    save_model(fixed_model, fixed)
+    with pytest.raises(ValueError, match="a second model versioned f1"):
+        study_rules(out, 0.97, 10, None, (fixed, fixed))
+    rules = study_rules(out, 0.97, 10, None, (fixed,))
+    assert set(rules["model_f1"]["thresholds"]) == {"src-b", "charts-y"}
+    assert all(t == {"chest_xray": 1.0, "ct": 0.999, "fundus": 1.0, "histology": 1.0, "mri": 1.0, "ultrasound": 1.0}
+               for t in rules["model_f1"]["thresholds"].values())
+    assert rules["model_f1"]["in_class_kept"] == 0.0 and rules["model_f1"]["other_figure_called_other"] == 1.0  # nothing that sure
+    for name in ("fold_own", "cross_fold"):
+        assert rules[name]["macro_f1"] == pytest.approx(pooled["with_threshold" if name == "fold_own" else name]["macro_f1"], nan_ok=True)
     assert gated["argmax"]["other_figure_called_other"] > 0  # the gate does act: without it argmax calls no chart 'other'
     assert typed["per_source"]["charts-y"]["typed_accuracy"] >= typed["per_source"]["charts-y"]["accuracy"]
     assert typed["per_source"]["src-b"]["typed_accuracy"] <= typed["per_source"]["src-b"]["accuracy"]
