@@ -67,21 +67,9 @@ from xai_pipeline.train.loso_score import kept_scores, label_scores
 from xai_pipeline.train.run import MODEL_FILE
 from xai_pipeline.train.sources import LABELS, read_all_sources
 from xai_pipeline.train.split import data_parts, examples_and_split
-from xai_pipeline.train.thresholds import cross_fold_thresholds, floor_quantile
+from xai_pipeline.train.thresholds import cross_fold_thresholds, floor_quantile, right_quantiles
 
 KEYS = ("macro_f1", "in_class_kept", "other_medical_called_other", "other_figure_called_other")
-
-
-def right_quantiles(p: np.ndarray, y: np.ndarray, rows: np.ndarray, fallback: float, min_accept: float, min_figures: int) -> np.ndarray:
-    """Per class: :func:`floor_quantile` of the top probability over the right figures among
-    ``rows``, or ``fallback`` where fewer than ``min_figures`` are."""
-    top, confidence = p.argmax(axis=1), p.max(axis=1)
-    out = np.full(p.shape[1], fallback, dtype=np.float64)
-    for c in range(p.shape[1]):
-        right = rows & (y == c) & (top == c)
-        if right.sum() >= max(min_figures, 1):
-            out[c] = floor_quantile(confidence[right], min_accept)
-    return out
 
 
 def fixed_thresholds(spec: ModelSpec, folds: int) -> np.ndarray:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.threshold_rules import fixed_thresholds, right_quantiles
-from xai_pipeline.train.thresholds import floor_quantile
+from bench.threshold_rules import fixed_thresholds
+from xai_pipeline.train.thresholds import floor_quantile, right_quantiles
 
 
 def test_right_quantiles_count_only_right_figures_of_the_rows_and_fall_back_below_min_figures() -> None:

@@ -84,6 +84,18 @@ def floor_quantile(confidence: np.ndarray, min_accept: float) -> float:
     return math.floor(choose_threshold(confidence, min_accept) * 1e4) / 1e4
 
 
+def right_quantiles(p: np.ndarray, y: np.ndarray, rows: np.ndarray, fallback: float, min_accept: float, min_figures: int) -> np.ndarray:
+    """Per class ``c``: :func:`floor_quantile` of the top probability over the *right* figures among
+    ``rows`` (class ``c``, top class ``c``), or ``fallback`` where fewer than ``min_figures`` (at least one) are."""
+    top, confidence = p.argmax(axis=1), p.max(axis=1)
+    out = np.full(p.shape[1], fallback, dtype=np.float64)
+    for c in range(p.shape[1]):
+        right = rows & (y == c) & (top == c)
+        if right.sum() >= max(min_figures, 1):
+            out[c] = floor_quantile(confidence[right], min_accept)
+    return out
+
+
 def _capped(confidence: np.ndarray, pooled: float, min_accept: float) -> float:
     """``min(t, Q_{1−a})`` (:func:`floor_quantile`)."""
     return min(pooled, floor_quantile(confidence, min_accept))
@@ -131,13 +143,10 @@ def study_floors(p: np.ndarray, y: np.ndarray, class_names: Collection[str], min
     independent test of the floors). A class with fewer than ``min_figures`` right figures gets no floor."""
     if not 0.0 < min_accept <= 1.0:
         raise ValueError(f"min_accept must lie in (0, 1], got {min_accept}")
-    top, confidence = p.argmax(axis=1), p.max(axis=1)
-    floors = {}
-    for c, name in enumerate(class_names):
-        right = (y == c) & (top == c)
-        if right.sum() >= max(min_figures, 1):
-            floors[name] = ClassThreshold(floor_quantile(confidence[right], min_accept), "leave-source-out study", int(right.sum()))
-    return floors
+    q = right_quantiles(p, y, np.ones(len(y), dtype=bool), np.nan, min_accept, min_figures)
+    right = np.bincount(y[(y < p.shape[1]) & (p.argmax(axis=1) == y)], minlength=p.shape[1])
+    return {name: ClassThreshold(float(q[c]), "leave-source-out study", int(right[c]))
+            for c, name in enumerate(class_names) if not np.isnan(q[c])}
 
 
 def read_study_floors(path: Path, class_names: Collection[str], min_accept: float) -> dict[str, Any]:
@@ -191,14 +200,11 @@ def cross_fold_thresholds(p: np.ndarray, y: np.ndarray, fold: np.ndarray, caps: 
     a class new hospitals make unsure of keeps the fold's own threshold."""
     if not 0.0 < min_accept <= 1.0:
         raise ValueError(f"min_accept must lie in (0, 1], got {min_accept}")
-    top, confidence = p.argmax(axis=1), p.max(axis=1)
     thresholds = np.array(caps, dtype=float)
     for k in range(len(thresholds)):
-        for c in range(p.shape[1]):
-            right = (fold != k) & (y == c) & (top == c)
-            if right.sum() >= max(min_figures, 1):
-                q, own = floor_quantile(confidence[right], min_accept), float(caps[k, c])
-                thresholds[k, c] = max(own, q) if raised else min(own, q)
+        q = right_quantiles(p, y, fold != k, np.nan, min_accept, min_figures)
+        found = ~np.isnan(q)
+        thresholds[k, found] = (np.maximum if raised else np.minimum)(thresholds[k, found], q[found])
     return thresholds
 
 
