@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from xai_pipeline.errors import ConfigError
-from xai_pipeline.flags import add_arguments, check_choice, flag_name, from_namespace, opt
+from xai_pipeline.flags import add_arguments, check_choice, check_range, flag_name, from_namespace, opt
 from xai_pipeline.policies import ARCHITECTURES, CRM_SCORES, RUN_ID_PATTERN, DecodeLimits, ReadPolicy, WriteMode
 
 __all__ = ["ConfigError", "add_arguments", "from_namespace"]  # re-exported for the CLI
@@ -45,20 +45,10 @@ class JobConfig:
     ray_address: str | None = field(default=None, metadata=opt("Ray cluster to join (default: RAY_ADDRESS, else a local Ray)", metavar="ADDRESS"))
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "concurrency", "torch_threads", "max_bytes", "max_pixels", "commit_every"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ConfigError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
-        if self.read_retries < 0:
-            raise ConfigError(f"--read-retries must be >= 0, got {self.read_retries}")
-        if self.lease_wait < 0:
-            raise ConfigError(f"--lease-wait must be >= 0, got {self.lease_wait}")
-        for name in ("read_timeout", "read_deadline", "commit_seconds"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
-        if self.num_gpus is not None and self.num_gpus < 0:
-            raise ConfigError(f"--num-gpus must be >= 0, got {self.num_gpus}")
-        if not 0 < self.roi_threshold <= 1:
-            raise ConfigError(f"--roi-threshold must be in (0, 1], got {self.roi_threshold}")
+        check_range(self, "batch_size", "concurrency", "torch_threads", "max_bytes", "max_pixels", "commit_every",
+                    "read_timeout", "read_deadline", "commit_seconds", low_open=True)
+        check_range(self, "read_retries", "lease_wait", "num_gpus")
+        check_range(self, "roi_threshold", high=1, low_open=True)
         if self.run_id is not None and not RUN_ID_PATTERN.match(self.run_id):
             raise ConfigError(f"--run-id must be letters, digits, '.', '_' or '-' (at most 128), got {self.run_id!r}")
         check_choice(self, "crm_score")
@@ -119,10 +109,8 @@ class TableConfig:
 
     def __post_init__(self) -> None:
         check_choice(self, "action")
-        if self.retention_hours < 0:
-            raise ConfigError(f"--retention-hours must be >= 0, got {self.retention_hours}")
-        if self.target_size <= 0:
-            raise ConfigError(f"--target-size must be positive, got {self.target_size}")
+        check_range(self, "retention_hours")
+        check_range(self, "target_size", low_open=True)
 
 
 @dataclass(frozen=True)
@@ -275,15 +263,9 @@ class TrainConfig:
     region: str | None = field(default=None, metadata=opt("S3 region for --data"))
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "input_size", "torch_threads", "num_workers"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
-        for name in ("outlier_fraction", "val_fraction", "min_accept", "label_smoothing"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{flag_name(name)} must be in [0, 1), got {getattr(self, name)}")
-        for name in ("source_balance", "sector_probability"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{flag_name(name)} must be in [0, 1], got {getattr(self, name)}")
+        check_range(self, "epochs", "batch_size", "input_size", "torch_threads", "num_workers", low_open=True)
+        check_range(self, "outlier_fraction", "val_fraction", "min_accept", "label_smoothing", high=1, high_open=True)
+        check_range(self, "source_balance", "sector_probability", high=1)
         check_choice(self, "architecture")
         check_choice(self, "threshold_on")
         if self.threshold_on == "holdout" and not self.holdout:
@@ -324,9 +306,7 @@ class EvaluateConfig:
     region: str | None = field(default=None, metadata=opt("S3 region for --data"))
 
     def __post_init__(self) -> None:
-        for name in ("faithfulness_figures", "faithfulness_steps"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
+        check_range(self, "faithfulness_figures", "faithfulness_steps", low_open=True)
         for name in ("holdout_sources", "split_seed"):
             if getattr(self, name) not in (None, "") and not self.held_out:
                 raise ConfigError(f"{flag_name(name)} is used only with --held-out")

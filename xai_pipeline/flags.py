@@ -20,6 +20,22 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+def check_range(config: Any, *names: str, low: float = 0.0, high: float | None = None, low_open: bool = False,
+                high_open: bool = False) -> None:
+    """Each named field at least ``low`` (above it with ``low_open``) and, given ``high``, at most
+    ``high`` (below it with ``high_open``); ``None`` passes, NaN never does. Else a
+    :class:`ConfigError` naming the flag and the range."""
+    for name in names:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if not ((value > low if low_open else value >= low) and (high is None or (value < high if high_open else value <= high))):
+            if high is None:
+                wanted = "positive" if low_open and low == 0 else f"{'>' if low_open else '>='} {low:g}"
+            else:
+                wanted = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise ConfigError(f"{flag_name(name)} must be {wanted}, got {value}")
+
 
 def check_choice(config: Any, name: str) -> None:
     choices = {f.name: f for f in dataclasses.fields(config)}[name].metadata.get("choices")

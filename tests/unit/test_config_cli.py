@@ -29,6 +29,26 @@ def test_bad_values_name_the_flag() -> None:
         TrainConfig(data="a", out="b", outlier_fraction=1.5)
 
 
+@pytest.mark.parametrize("config, field, value, message", [
+    (IndexConfig, "commit_every", 0, "--commit-every must be positive, got 0"),
+    (IndexConfig, "read_timeout", -1.5, "--read-timeout must be positive, got -1.5"),
+    (IndexConfig, "read_retries", -1, "--read-retries must be >= 0, got -1"),
+    (IndexConfig, "num_gpus", -0.5, "--num-gpus must be >= 0, got -0.5"),
+    (IndexConfig, "roi_threshold", 0.0, "--roi-threshold must be in (0, 1], got 0.0"),
+    (IndexConfig, "roi_threshold", 1.2, "--roi-threshold must be in (0, 1], got 1.2"),
+    (TrainConfig, "val_fraction", 1.0, "--val-fraction must be in [0, 1), got 1.0"),
+    (TrainConfig, "min_accept", float("nan"), "--min-accept must be in [0, 1), got nan"),
+    (TrainConfig, "source_balance", 1.01, "--source-balance must be in [0, 1], got 1.01"),
+    (TrainConfig, "epochs", float("nan"), "--epochs must be positive, got nan"),
+])
+def test_out_of_range_values_name_the_flag_and_the_range(config: type, field: str, value: float, message: str) -> None:
+    required = {"input": "in", "output": "out"} if config is IndexConfig else {"data": "d", "out": "o"}
+    with pytest.raises(ConfigError) as raised:
+        config(**required, **{field: value})
+    assert str(raised.value) == message
+    config(**required, num_gpus=None) if config is IndexConfig else config(**required)  # the defaults pass; None is no value
+
+
 def test_configuration_errors_fail_fast_with_exit_code_2(tmp_path, capsys) -> None:
     code = main(["index", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "t")])
     assert code == 2

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from xai_pipeline.train.volume_slices import percentile_window
+
 BACKGROUND_GREY = 215
 BACKGROUND_SATURATION = 0.10
 MIN_TISSUE = 0.5
@@ -120,8 +122,7 @@ def dicom_image(data: bytes) -> Image.Image:
         pixels = convert_color_space(pixels, interpretation, "RGB")
     pixels = pixels.astype(np.float64)
     if pixels.ndim == 2:
-        low, high = np.percentile(pixels, [0.5, 99.5])
-        pixels = np.clip((pixels - low) / max(high - low, 1e-9), 0, 1) * 255
+        pixels = percentile_window(pixels)
         if interpretation == "MONOCHROME1":
             pixels = 255 - pixels
     elif pixels.max() > 255:

@@ -27,10 +27,15 @@ def window(pixels: np.ndarray, level: float, width: float) -> np.ndarray:
     return (np.clip((pixels.astype(np.float64) - level + width / 2) / width, 0.0, 1.0) * 255).astype(np.uint8)
 
 
+def percentile_window(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` as float64 on 0–255, their 0.5–99.5 percentiles stretched to the ends (clipped)."""
+    low, high = np.percentile(pixels, [0.5, 99.5])
+    return np.clip((pixels.astype(np.float64) - low) / max(high - low, 1e-9), 0.0, 1.0) * 255
+
+
 def stretch(pixels: np.ndarray) -> np.ndarray:
     """8-bit grey of ``pixels`` with their 0.5–99.5 percentiles stretched to 0–255."""
-    low, high = np.percentile(pixels, [0.5, 99.5])
-    return (np.clip((pixels.astype(np.float64) - low) / max(high - low, 1e-9), 0.0, 1.0) * 255).astype(np.uint8)
+    return percentile_window(pixels).astype(np.uint8)
 
 
 def axial_slices(volume: np.ndarray, spec: PackagedVolume) -> list[tuple[str, Image.Image]]:
