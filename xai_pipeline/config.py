@@ -45,9 +45,11 @@ class JobConfig:
     ray_address: str | None = field(default=None, metadata=opt("Ray cluster to join (default: RAY_ADDRESS, else a local Ray)", metavar="ADDRESS"))
 
     def __post_init__(self) -> None:
-        check_range(self, "batch_size", "concurrency", "torch_threads", "max_bytes", "max_pixels", "commit_every",
-                    "read_timeout", "read_deadline", "commit_seconds", low_open=True)
-        check_range(self, "read_retries", "lease_wait", "num_gpus")
+        check_range(self, "batch_size", "concurrency", low_open=True, allow_none=True)
+        check_range(self, "torch_threads", "max_bytes", "max_pixels", "commit_every", low_open=True)
+        check_range(self, "read_retries", "lease_wait")
+        check_range(self, "read_timeout", "read_deadline", "commit_seconds", low_open=True)
+        check_range(self, "num_gpus", allow_none=True)
         check_range(self, "roi_threshold", high=1, low_open=True)
         if self.run_id is not None and not RUN_ID_PATTERN.match(self.run_id):
             raise ConfigError(f"--run-id must be letters, digits, '.', '_' or '-' (at most 128), got {self.run_id!r}")

@@ -21,15 +21,15 @@ def flag_name(field_name: str) -> str:
 
 
 def check_range(config: Any, *names: str, low: float = 0.0, high: float | None = None, low_open: bool = False,
-                high_open: bool = False) -> None:
+                high_open: bool = False, allow_none: bool = False) -> None:
     """Each named field at least ``low`` (above it with ``low_open``) and, given ``high``, at most
-    ``high`` (below it with ``high_open``); ``None`` passes, NaN never does. Else a
-    :class:`ConfigError` naming the flag and the range."""
+    ``high`` (below it with ``high_open``); ``None`` passes only with ``allow_none``, NaN never.
+    Else a :class:`ConfigError` naming the flag and the range."""
     for name in names:
         value = getattr(config, name)
-        if value is None:
+        if value is None and allow_none:
             continue
-        if not ((value > low if low_open else value >= low) and (high is None or (value < high if high_open else value <= high))):
+        if value is None or not ((value > low if low_open else value >= low) and (high is None or (value < high if high_open else value <= high))):
             if high is None:
                 wanted = "positive" if low_open and low == 0 else f"{'>' if low_open else '>='} {low:g}"
             else:

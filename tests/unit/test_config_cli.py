@@ -40,13 +40,15 @@ def test_bad_values_name_the_flag() -> None:
     (TrainConfig, "min_accept", float("nan"), "--min-accept must be in [0, 1), got nan"),
     (TrainConfig, "source_balance", 1.01, "--source-balance must be in [0, 1], got 1.01"),
     (TrainConfig, "epochs", float("nan"), "--epochs must be positive, got nan"),
+    (TrainConfig, "epochs", None, "--epochs must be positive, got None"),  # only the optional fields take None
+    (IndexConfig, "read_timeout", None, "--read-timeout must be positive, got None"),
 ])
 def test_out_of_range_values_name_the_flag_and_the_range(config: type, field: str, value: float, message: str) -> None:
     required = {"input": "in", "output": "out"} if config is IndexConfig else {"data": "d", "out": "o"}
     with pytest.raises(ConfigError) as raised:
         config(**required, **{field: value})
     assert str(raised.value) == message
-    config(**required, num_gpus=None) if config is IndexConfig else config(**required)  # the defaults pass; None is no value
+    config(**required, batch_size=None, concurrency=None, num_gpus=None) if config is IndexConfig else config(**required)  # defaults pass
 
 
 def test_configuration_errors_fail_fast_with_exit_code_2(tmp_path, capsys) -> None:
