@@ -207,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     pooled = loso_score.score_folds(replace(base, data=args.score_data or base.data), args.hold, args.out, args.min_accept,
                                     args.min_figures, typed=bool(args.type_heads))
     scored_on = {"score_data": args.score_data} if args.score_data else {}
+    heads = {"type_head_per_scan_class": args.type_head_per_scan_class} if args.type_heads and args.type_head_per_scan_class is not None else {}
     (args.out / ("loso-fit-scored.json" if scored_on else "loso-fit.json")).write_text(
-        json.dumps({"config": _study_config(base) | scored_on, "folds": folds, "pooled": pooled}, indent=2) + "\n")
+        json.dumps({"config": _study_config(base) | heads | scored_on, "folds": folds, "pooled": pooled}, indent=2) + "\n")
     print(pooled_table(pooled))
     return 0
 

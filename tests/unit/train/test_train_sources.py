@@ -347,9 +347,11 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     assert json.loads((elsewhere / "loso-fit-scored.json").read_text())["config"]["score_data"] == b
     assert loso_fit_main(["--data", f"{a},{b}", "--hold", "src-b", "--out", str(elsewhere), "--score-data", b, "--type-heads", b]) == 0
     assert typed_with == [False, (["src-b"], b, None, False), True]  # heads fitted, then scored with them
+    assert "type_head_per_scan_class" not in json.loads((elsewhere / "loso-fit-scored.json").read_text())["config"]  # the default head
     assert loso_fit_main(["--data", f"{a},{b}", "--hold", "src-b", "--out", str(elsewhere), "--score-data", b, "--type-heads", b,
                           "--type-head-per-scan-class", "0", "--retrain"]) == 0
     assert typed_with[3:] == [(["src-b"], b, 0, True), True]
+    assert json.loads((elsewhere / "loso-fit-scored.json").read_text())["config"]["type_head_per_scan_class"] == 0  # recorded: the heads differ
     monkeypatch.undo()
 
     # Several sources in one fold; a finished fold with the same configuration is not trained again.
