@@ -70,6 +70,9 @@ MODEL_DIR ?= build/model
 # The fine-tuned leave-source-out study the card reports (make loso-fit's output for this recipe and PACKAGED_SET).
 LOSO_FIT_packaged-v1 := bench/results/loso/loso-fit.json
 LOSO_FIT_REPORT ?= $(or $(LOSO_FIT_$(PACKAGED_SET)),bench/results/loso/loso-fit-$(subst packaged-,,$(PACKAGED_SET)).json)
+# The same recipe's whole fine-tuned study on the other backbones (the card's backbone comparison): packaged-v4's on
+# EfficientNet-Lite1, its last four folds and two earlier ones pooled by bench.loso_merge.
+LOSO_BACKBONES_packaged-v4 := bench/results/loso-merge-v4-lite1.json
 MEMBER_SEEDS := $(shell seq 0 $$(($(MEMBERS) - 1)))
 MEMBER_RUNS := $(foreach k,$(MEMBER_SEEDS),$(MODEL_DIR)/member-$(k))
 TRAIN_ARGS = --data $(TRAIN_DATA) --holdout-sources $(HOLDOUT) --threshold-on holdout --source-balance $(SOURCE_BALANCE)
@@ -98,7 +101,8 @@ endif
 	$(BIN)/python -m xai_pipeline.train.loso --backbone efficientnet_lite0 --out $(MODEL_DIR)/loso --threads 2 \
 		$(foreach m,$(subst $(comma), ,$(TRAIN_DATA)),--manifest $(m))
 	$(BIN)/python -m xai_pipeline.train.model_card --card $(MODEL_DIR)/MODEL_CARD.md --evaluation $(MODEL_DIR)/held-out --held-out \
-		--loso $(LOSO_REPORTS) --loso-fit $(LOSO_FIT_REPORT)
+		--loso $(LOSO_REPORTS) --loso-fit $(LOSO_FIT_REPORT) $(if $(LOSO_BACKBONES_$(PACKAGED_SET)),--backbones $(LOSO_FIT_REPORT) \
+		$(LOSO_BACKBONES_$(PACKAGED_SET)) --backbone-speed bench/results/lite_variants.json)
 
 model: candidate
 	cp $(MODEL_DIR)/model-types.safetensors xai_pipeline/weights/modality-default.safetensors

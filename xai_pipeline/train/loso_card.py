@@ -193,6 +193,38 @@ Outside the six classes called `other` with the head, by kind (fold's threshold)
 """
 
 
+def backbones_section(studies: list[dict[str, Any]], speed: dict[str, Any] | None = None) -> str:
+    """The card's *Fine-tuned backbones* section: the whole fine-tuned study of one recipe on each
+    backbone (``loso-fit.json``, or several studies pooled by ``bench.loso_merge``), side by side
+    with each backbone's CPU throughput and file size (``bench.lite_variants``' results) where given.
+    ``ValueError`` when two studies share a backbone or differ in anything else of their recipe."""
+    recipe = [{k: v for k, v in study["config"].items() if k != "architecture"} for study in studies]
+    names = [study["config"]["architecture"] for study in studies]
+    if len(set(names)) < len(names):
+        raise ValueError(f"two studies of one backbone: {', '.join(names)}")
+    if any(r != recipe[0] for r in recipe[1:]):
+        raise ValueError("the studies differ in more than the backbone: " + "; ".join(f"{n}: {r}" for n, r in zip(names, recipe)))
+    runs = (speed or {}).get("results", {})
+    lines = ["", "## Fine-tuned backbones", "",
+             "The same recipe's fine-tuned leave-one-source-out study (the section above) trained on each backbone: every "
+             "source scored by a fold that never saw it. Macro-F1 over the six modalities with the folds' own thresholds, "
+             "by argmax and with the folds' figure-type heads; CPU throughput: the whole model's forward pass at the "
+             "backbone's input size, batch 8, one thread (`python -m bench.lite_variants`). A study trained in parts was "
+             "pooled by `python -m bench.loso_merge` (its `studies`).", "",
+             "| backbone | figures | macro-F1, folds' thresholds | by argmax | with type heads | histology F1 | ultrasound F1 "
+             "| outside the six classes `other` | other figures `other` | figures/s (CPU) | file MB |",
+             "|---" * 11 + "|"]
+    for name, study in zip(names, studies):
+        pooled, run = study["pooled"], runs.get(name, {})
+        typed = pooled.get("with_types", {}).get("with_threshold", {}).get("macro_f1")
+        lines.append(f"| {name} | {pooled['figures']:,} | {pooled['with_threshold']['macro_f1']:.3f} | {pooled['argmax']['macro_f1']:.3f} | "
+                     + (f"{typed:.3f}" if typed is not None else "—")
+                     + "".join(f" | {pooled['with_threshold']['per_class'][c]['f1']:.3f}" for c in ("histology", "ultrasound"))
+                     + f" | {pooled['with_threshold']['other_medical_called_other']:.1%} | {pooled['with_threshold']['other_figure_called_other']:.1%} | "
+                     + (f"{run['figures_per_s']:.1f} | {run['model_file_mb']:.1f} |" if run else "— | — |"))
+    return "\n".join(lines) + "\n"
+
+
 def table(folds: list[dict[str, Any]]) -> str:
     """One line per fold and class: recall with the threshold and by argmax (closed set)."""
     lines = [f"{'held-out source':<48}{'class':<12}{'n':>5}{'recall':>8}{'argmax acc':>11}{'t':>7}"]

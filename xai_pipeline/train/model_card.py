@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from xai_pipeline.config import TrainConfig
-from xai_pipeline.train.loso_card import loso_fit_section, loso_section
+from xai_pipeline.train.loso_card import backbones_section, loso_fit_section, loso_section
 
 _FAITHFULNESS_METHODS = {"crm": "CRM", "cam": "CAM", "grad_cam": "Grad-CAM", "random": "random"}
 
@@ -224,9 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held-out", action="store_true", help="the evaluation was run with --held-out")
     parser.add_argument("--loso", type=Path, nargs="+", default=[], help="loso-<backbone>-C<C>.json reports of python -m xai_pipeline.train.loso")
     parser.add_argument("--loso-fit", type=Path, default=None, help="loso-fit.json of python -m xai_pipeline.train.loso_fit")
+    parser.add_argument("--backbones", type=Path, nargs="+", default=[],
+                        help="whole fine-tuned studies of the recipe on each backbone (loso-fit.json, or bench.loso_merge's pooled result)")
+    parser.add_argument("--backbone-speed", type=Path, default=None, help="bench.lite_variants' results (figures/s and file size per backbone)")
     args = parser.parse_args(argv)
-    if args.evaluation is None and not args.loso and args.loso_fit is None:
-        parser.error("nothing to add: give --evaluation, --loso and/or --loso-fit")
+    if args.evaluation is None and not args.loso and args.loso_fit is None and not args.backbones:
+        parser.error("nothing to add: give --evaluation, --loso, --loso-fit and/or --backbones")
     card = args.card.read_text()
     if args.evaluation is not None:
         metrics = json.loads((args.evaluation / "metrics.json").read_text())
@@ -248,6 +251,16 @@ def main(argv: list[str] | None = None) -> int:
         if "pooled" not in report:
             parser.error(f"--loso-fit {args.loso_fit}: not a finished report of python -m xai_pipeline.train.loso_fit (no pooled scores)")
         card = replace_section(card, "## Fine-tuned leave-one-source-out", loso_fit_section(report))
+    if args.backbones:
+        studies = [json.loads(path.read_text()) for path in args.backbones]
+        for path, study in zip(args.backbones, studies):
+            if "pooled" not in study or "architecture" not in study.get("config", {}):
+                parser.error(f"--backbones {path}: not a finished study of python -m xai_pipeline.train.loso_fit or bench.loso_merge")
+        speed = json.loads(args.backbone_speed.read_text()) if args.backbone_speed else None
+        try:
+            card = replace_section(card, "## Fine-tuned backbones", backbones_section(studies, speed))
+        except ValueError as exc:
+            parser.error(f"--backbones: {exc}")
     args.card.write_text(card)
     return 0
 
