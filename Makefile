@@ -71,7 +71,8 @@ MODEL_DIR ?= build/model
 LOSO_FIT_packaged-v1 := bench/results/loso/loso-fit.json
 LOSO_FIT_REPORT ?= $(or $(LOSO_FIT_$(PACKAGED_SET)),bench/results/loso/loso-fit-$(subst packaged-,,$(PACKAGED_SET)).json)
 # The same recipe's whole fine-tuned study on the other backbones (the card's backbone comparison): packaged-v4's on
-# EfficientNet-Lite1, its last four folds and two earlier ones pooled by bench.loso_merge.
+# EfficientNet-Lite1, its last four folds and two earlier ones pooled by bench.loso_merge. Another LOSO_FIT_REPORT
+# (another recipe) needs LOSO_BACKBONES_packaged-v4= too: the card compares studies of one recipe only.
 LOSO_BACKBONES_packaged-v4 := bench/results/loso-merge-v4-lite1.json
 MEMBER_SEEDS := $(shell seq 0 $$(($(MEMBERS) - 1)))
 MEMBER_RUNS := $(foreach k,$(MEMBER_SEEDS),$(MODEL_DIR)/member-$(k))

@@ -205,17 +205,21 @@ def backbones_section(studies: list[dict[str, Any]], speed: dict[str, Any] | Non
     if any(r != recipe[0] for r in recipe[1:]):
         raise ValueError("the studies differ in more than the backbone: " + "; ".join(f"{n}: {r}" for n, r in zip(names, recipe)))
     runs = (speed or {}).get("results", {})
+    unscored = sorted({s for study in studies for s in study["pooled"].get("unscored_sources", [])})
     lines = ["", "## Fine-tuned backbones", "",
-             "The same recipe's fine-tuned leave-one-source-out study (the section above) trained on each backbone: every "
-             "source scored by a fold that never saw it. Macro-F1 over the six modalities with the folds' own thresholds, "
-             "by argmax and with the folds' figure-type heads; CPU throughput: the whole model's forward pass at the "
-             "backbone's input size, batch 8, one thread (`python -m bench.lite_variants`). A study trained in parts was "
-             "pooled by `python -m bench.loso_merge` (its `studies`).", "",
+             "The same recipe's fine-tuned leave-one-source-out study (*Fine-tuned leave-one-source-out*) trained on each "
+             "backbone, every held source scored by a fold that never saw it"
+             + (f" (held by no fold: {', '.join(unscored)})" if unscored else "") + ". Macro-F1 over the six modalities "
+             "with the folds' own thresholds, by argmax and with the folds' figure-type heads. CPU throughput: the "
+             "modality model's forward pass (no figure-type head, no CRM) on a batch of 8 at the backbone's input size, "
+             "one thread; file: its six-class model file without the figure-type head (`python -m bench.lite_variants`). "
+             "A study trained in parts was pooled by `python -m bench.loso_merge` (its `studies`).", "",
              "| backbone | figures | macro-F1, folds' thresholds | by argmax | with type heads | histology F1 | ultrasound F1 "
              "| outside the six classes `other` | other figures `other` | figures/s (CPU) | file MB |",
              "|---" * 11 + "|"]
     for name, study in zip(names, studies):
         pooled, run = study["pooled"], runs.get(name, {})
+        name += " (pooled)" if "studies" in study else ""
         typed = pooled.get("with_types", {}).get("with_threshold", {}).get("macro_f1")
         lines.append(f"| {name} | {pooled['figures']:,} | {pooled['with_threshold']['macro_f1']:.3f} | {pooled['argmax']['macro_f1']:.3f} | "
                      + (f"{typed:.3f}" if typed is not None else "—")

@@ -257,10 +257,14 @@ def main(argv: list[str] | None = None) -> int:
             if "pooled" not in study or "architecture" not in study.get("config", {}):
                 parser.error(f"--backbones {path}: not a finished study of python -m xai_pipeline.train.loso_fit or bench.loso_merge")
         speed = json.loads(args.backbone_speed.read_text()) if args.backbone_speed else None
+        if speed is not None and "results" not in speed:
+            parser.error(f"--backbone-speed {args.backbone_speed}: not bench.lite_variants' results (no 'results')")
         try:
             card = replace_section(card, "## Fine-tuned backbones", backbones_section(studies, speed))
         except ValueError as exc:
             parser.error(f"--backbones: {exc}")
+        except KeyError as exc:  # a study or speed file without a key the table reads
+            parser.error(f"--backbones / --backbone-speed: a file has no {exc}")
     args.card.write_text(card)
     return 0
 

@@ -21,10 +21,15 @@ def test_each_backbones_whole_study_is_a_row_with_its_speed_and_size() -> None:
     rows = [line for line in text.splitlines() if line.startswith("| efficientnet")]
     assert rows == [
         "| efficientnet_lite0 | 3,053 | 0.894 | 0.805 | 0.877 | 0.970 | 0.837 | 59.7% | 99.2% | 23.6 | 13.7 |",
-        "| efficientnet_lite1 | 3,053 | 0.879 | 0.801 | 0.850 | 0.914 | 0.783 | 59.7% | 97.5% | 15.6 | 16.8 |",
+        "| efficientnet_lite1 (pooled) | 3,053 | 0.879 | 0.801 | 0.850 | 0.914 | 0.783 | 59.7% | 97.5% | 15.6 | 16.8 |",
     ]
-    assert f"{studies[1]['pooled']['with_threshold']['macro_f1']:.3f}" == "0.879"  # the row is the study's number, not a copy
-    assert backbones_section(studies[:1]).splitlines()[-1].endswith("| — | — |")  # no speed results: dashes
+    assert "held by no fold" not in text
+    del studies[0]["pooled"]["with_types"]
+    studies[0]["pooled"]["with_threshold"]["other_medical_called_other"] = 0.5
+    studies[0]["pooled"]["unscored_sources"] = ["src-x"]
+    text = backbones_section(studies[:1])
+    assert text.splitlines()[-1] == "| efficientnet_lite0 | 3,053 | 0.894 | 0.805 | — | 0.970 | 0.837 | 50.0% | 99.2% | — | — |"  # no head, no speed
+    assert "(held by no fold: src-x)" in text
 
 
 def test_studies_of_one_backbone_or_of_different_recipes_are_refused() -> None:
@@ -50,3 +55,11 @@ def test_the_card_gets_the_section_once_and_a_file_that_is_no_study_is_named(tmp
     with pytest.raises(SystemExit):
         card_main(["--card", str(card), "--backbones", str(bad)])
     assert f"--backbones {bad}: not a finished study" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        card_main(["--card", str(card), "--backbones", str(LITE0), "--backbone-speed", str(bad)])
+    assert f"--backbone-speed {bad}: not bench.lite_variants' results" in capsys.readouterr().err
+    speed = tmp_path / "speed.json"
+    speed.write_text(json.dumps({"results": {"efficientnet_lite0": {"figures_per_s": 1.0}}}))
+    with pytest.raises(SystemExit):
+        card_main(["--card", str(card), "--backbones", str(LITE0), "--backbone-speed", str(speed)])
+    assert "a file has no 'model_file_mb'" in capsys.readouterr().err
