@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bench.common import bench_parser, print_table, write_results
+from xai_pipeline.train.loso_folds import fold_sources
 
 if TYPE_CHECKING:
     from xai_pipeline.train.sources import SourcedExample
@@ -70,7 +71,7 @@ def check_studies(studies: dict[str, dict[str, Any]]) -> list[str]:
     held: dict[str, str] = {}
     for path, study in studies.items():
         for fold in study["folds"]:
-            for source in (s.strip() for s in fold["source"].split(",") if s.strip()):
+            for source in fold_sources(fold["source"]):
                 if source in held:
                     raise ValueError(f"{path}: source {source} is held by {held[source]} too")
                 held[source] = path
@@ -165,7 +166,7 @@ def count_roles(study: dict[str, Any], examples: list[SourcedExample]) -> dict[s
     kind (``kind:<kind>``: as ``summarize``'s ``other_medical_by_kind``, over every role's figures of it)."""
     from xai_pipeline.train.sources import Role
 
-    held = {s.strip() for fold in study["folds"] for s in fold["source"].split(",") if s.strip()}
+    held = {source for fold in study["folds"] for source in fold_sources(fold["source"])}
     kinds = {e.kind for e in examples if e.role is Role.OTHER_MEDICAL}
     counts: dict[str, int] = dict.fromkeys(ROLES, 0)
     for example in (e for e in examples if e.source in held):
