@@ -39,6 +39,7 @@ def test_bad_values_name_the_flag() -> None:
     (TrainConfig, "val_fraction", 1.0, "--val-fraction must be in [0, 1), got 1.0"),
     (TrainConfig, "min_accept", float("nan"), "--min-accept must be in [0, 1), got nan"),
     (TrainConfig, "source_balance", 1.01, "--source-balance must be in [0, 1], got 1.01"),
+    (TrainConfig, "mr_contrast_probability", -0.2, "--mr-contrast-probability must be in [0, 1], got -0.2"),
     (TrainConfig, "epochs", float("nan"), "--epochs must be positive, got nan"),
     (TrainConfig, "epochs", None, "--epochs must be positive, got None"),  # only the optional fields take None
     (IndexConfig, "read_timeout", None, "--read-timeout must be positive, got None"),

@@ -36,6 +36,16 @@ can be **scan-converted into a sector** (:func:`sector_scan`): the training ultr
 breast frames from a linear probe (a full rectangle of speckle), while obstetric, abdominal and
 cardiac figures show the fan of a curved or phased-array probe on black, which the
 leave-source-out study calls MRI (HC18's fetal heads).
+
+MRI (``contrast=True``, off unless ``mr_contrast_probability`` > 0: ``train --mr-contrast-probability``)
+can have its **tissue contrast remapped** (:func:`mr_contrast`), as another pulse sequence would
+show the same anatomy: the packaged MR volumes are mostly T1-weighted brains, while the
+literature's MR figures are T2, FLAIR, diffusion and contrast-enhanced as often, and the
+leave-source-out study calls MedPix's clinical MRI CT. A random curve ``g`` through ``n`` knots
+``(k/(n−1), y_k)``, ``y_k ~ U(0, 1)`` (not monotone: a non-linear intensity transform in the
+manner of Zhou et al., "Models Genesis", Med. Image Anal. 67:101840, 2021), is applied to the body
+only, ``I' = m·g(I) + (1 − m)·I`` per channel, with ``m`` the body mask (luminance above a floor,
+holes filled): air gives no MR signal under any sequence, so the background stays black.
 """
 
 from __future__ import annotations
@@ -71,6 +81,8 @@ class AugmentConfig:
     sector_probability: float = 0.0  # ultrasound only: scan conversion into a fan (0: off, no random draw)
     sector_half_angle: tuple[float, float] = (25.0, 45.0)  # degrees either side of the fan's axis
     sector_apex: tuple[float, float] = (0.05, 0.5)  # the apex lies this share of the height above the top
+    mr_contrast_probability: float = 0.0  # MRI only: tissue contrast remapped (0: off, no random draw)
+    mr_contrast_knots: int = 5  # knots of the random curve g
 
 
 # Ruifrok & Johnston's stain OD vectors (haematoxylin, eosin, DAB), as in skimage.color.rgb_from_hed.
@@ -148,6 +160,22 @@ def sector_scan(img: Image.Image, half_angle: float, apex: float) -> Image.Image
     return Image.fromarray((out * inside[..., None]).clip(0, 255).astype(np.uint8))
 
 
+def mr_contrast(img: Image.Image, knots: np.ndarray, floor: float = 0.06) -> Image.Image:
+    """``I' = m·g(I) + (1 − m)·I`` on each channel of ``img`` scaled to [0, 1]: ``g`` is the
+    piecewise-linear curve through ``(k/(n−1), knots_k)`` (``knots`` in [0, 1], ``n`` of them,
+    ``n ≥ 2``) and ``m`` the body mask, luminance above ``floor`` with its holes filled (dark
+    fluid or bone inside the body is remapped, the air around it is not)."""
+    from scipy.ndimage import binary_fill_holes
+
+    if knots.ndim != 1 or len(knots) < 2:
+        raise ValueError(f"mr_contrast needs at least two knots, got shape {knots.shape}")
+    pixels = np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0
+    body = binary_fill_holes(pixels.mean(axis=-1) > floor)
+    curved = np.interp(pixels, np.linspace(0.0, 1.0, len(knots)), np.clip(knots, 0.0, 1.0))
+    out = np.where(body[..., None], curved, pixels)
+    return Image.fromarray(np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8))
+
+
 def _framed(img: Image.Image, grey: float = 8.0) -> bool:
     """Both top corners (a tenth of each side) are black: the frame is already a fan or masked."""
     pixels = np.asarray(img.convert("L"), dtype=np.float32)
@@ -218,13 +246,16 @@ def _jpeg(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 def augment(
     img: Image.Image, rng: np.random.Generator, size: int, cfg: AugmentConfig = AugmentConfig(), *, stain: bool = False,
-    sector: bool = False,
+    sector: bool = False, contrast: bool = False,
 ) -> np.ndarray:
     """One random variant of an RGB figure → ``3×size×size`` uint8; ``stain``: a histology
     figure (IHC restaining, HED jitter and zoom-out); ``sector``: an ultrasound figure (scan
-    conversion into a fan with ``cfg.sector_probability``, unless its top corners are black)."""
+    conversion into a fan with ``cfg.sector_probability``, unless its top corners are black);
+    ``contrast``: an MR figure (its tissue contrast remapped with ``cfg.mr_contrast_probability``)."""
     if sector and cfg.sector_probability > 0 and rng.random() < cfg.sector_probability and not _framed(img):
         img = sector_scan(img, rng.uniform(*cfg.sector_half_angle), rng.uniform(*cfg.sector_apex))
+    if contrast and cfg.mr_contrast_probability > 0 and rng.random() < cfg.mr_contrast_probability:
+        img = mr_contrast(img, rng.uniform(0.0, 1.0, cfg.mr_contrast_knots))
     img = _random_crop(img, rng, cfg.crop_scale)
     if stain and rng.random() < cfg.ihc_probability:
         img = _ihc(img, rng)

@@ -45,6 +45,8 @@ STAINED_CLASSES: tuple[str, ...] = ("histology",)
 """Classes whose training figures get stain (HED) jitter and zoom-out (:mod:`xai_pipeline.train.augment`)."""
 SECTOR_CLASSES: tuple[str, ...] = ("ultrasound",)
 """Classes whose training figures may be scan-converted into a fan (``--sector-probability``)."""
+CONTRAST_CLASSES: tuple[str, ...] = ("mri",)
+"""Classes whose training figures may have their tissue contrast remapped (``--mr-contrast-probability``)."""
 
 
 @dataclass
@@ -118,8 +120,10 @@ def _batch(
     if cfg.augment:
         stained = {data.class_names.index(c) for c in STAINED_CLASSES if c in data.class_names}
         sectored = {data.class_names.index(c) for c in SECTOR_CLASSES if c in data.class_names}
-        aug = AugmentConfig(sector_probability=cfg.sector_probability)
-        arrays = [augment(data.images[i], rng, size, aug, stain=int(data.labels[i]) in stained, sector=int(data.labels[i]) in sectored)
+        contrasted = {data.class_names.index(c) for c in CONTRAST_CLASSES if c in data.class_names}
+        aug = AugmentConfig(sector_probability=cfg.sector_probability, mr_contrast_probability=cfg.mr_contrast_probability)
+        arrays = [augment(data.images[i], rng, size, aug, stain=int(data.labels[i]) in stained, sector=int(data.labels[i]) in sectored,
+                          contrast=int(data.labels[i]) in contrasted)
                   for i in indices]
         arrays += [augment(_outlier(data, rng, outlier_weights), rng, size) for _ in range(n_outliers)]
     else:

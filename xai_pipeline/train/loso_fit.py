@@ -124,7 +124,8 @@ def run_folds(base: TrainConfig, folds: list[str], out: Path, retrain: bool = Fa
 def _study_config(base: TrainConfig) -> dict[str, Any]:
     recorded = {"data": base.data, "epochs": base.epochs, "source_balance": base.source_balance, "architecture": base.architecture,
                 "seed": base.seed, "split_seed": base.group_split_seed}
-    return recorded | ({"sector_probability": base.sector_probability} if base.sector_probability else {})
+    optional = {"sector_probability": base.sector_probability, "mr_contrast_probability": base.mr_contrast_probability}
+    return recorded | {name: value for name, value in optional.items() if value}
 
 
 def fold_problem(folds: list[str], base: TrainConfig) -> str | None:
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the folds and loso-fit.json")
     parser.add_argument("--source-balance", type=float, default=0.0)
     parser.add_argument("--sector-probability", type=float, default=0.0, help="train's flag: ultrasound scan-converted into a fan")
+    parser.add_argument("--mr-contrast-probability", type=float, default=0.0, help="train's flag: MRI tissue contrast remapped")
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--architecture", default=TrainConfig.architecture,
                         help="train's backbone (efficientnet_lite1/2 need the lite12 extra)")
@@ -179,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         base = TrainConfig(data=args.data, out=str(args.out), source_balance=args.source_balance, sector_probability=args.sector_probability,
+                           mr_contrast_probability=args.mr_contrast_probability,
                            epochs=args.epochs, architecture=args.architecture, seed=args.seed, split_seed=args.split_seed,
                            torch_threads=args.torch_threads, ray=args.ray, use_gpu=args.use_gpu, num_workers=args.num_workers)
     except ConfigError as exc:

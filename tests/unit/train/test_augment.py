@@ -1,6 +1,7 @@
 """Stain augmentation: HED jitter is colour deconvolution, a per-stain affine map and
 recomposition; histology figures, and only they, get it in training batches. Sector scan
-conversion: ultrasound figures, and only they, when asked for."""
+conversion: ultrasound figures, and only they, when asked for; MR contrast remapping: MRI
+figures, and only they, when asked for, on the body and not the air around it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from xai_pipeline.train import fit as fit_module
-from xai_pipeline.train.augment import AugmentConfig, RGB_FROM_HED, augment, hed_jitter, sector_scan
+from xai_pipeline.train.augment import AugmentConfig, RGB_FROM_HED, augment, hed_jitter, mr_contrast, sector_scan
 
 
 def _stained(amounts: np.ndarray) -> np.ndarray:
@@ -51,21 +52,57 @@ def test_stained_augment_varies_the_colour_of_a_tile() -> None:
     assert means[True].shape == (20, 3)
 
 
-def test_only_histology_figures_are_stained_and_ultrasound_sectored_in_a_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[tuple[bool, bool, float]] = []
+def test_only_histology_is_stained_ultrasound_sectored_and_mri_contrasted_in_a_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[bool, bool, bool, float, float]] = []
 
     def spy(img: Image.Image, rng: np.random.Generator, size: int, cfg: AugmentConfig, *, stain: bool = False,
-            sector: bool = False) -> np.ndarray:
-        seen.append((stain, sector, cfg.sector_probability))
+            sector: bool = False, contrast: bool = False) -> np.ndarray:
+        seen.append((stain, sector, contrast, cfg.sector_probability, cfg.mr_contrast_probability))
         return np.zeros((3, size, size), np.uint8)
 
     monkeypatch.setattr(fit_module, "augment", spy)
-    images = [Image.new("RGB", (8, 8))] * 4
-    data = fit_module.TrainData(images=images, labels=np.array([0, 1, 2, 1]), class_names=("ct", "histology", "ultrasound"))
-    cfg = type("Cfg", (), {"input_size": 16, "augment": True, "sector_probability": 0.4})()
-    pixels, targets = fit_module._batch(data, np.array([0, 1, 2, 3]), 0, np.random.default_rng(0), cfg)  # type: ignore[arg-type]
-    assert seen == [(False, False, 0.4), (True, False, 0.4), (False, True, 0.4), (True, False, 0.4)]
-    assert pixels.shape == (4, 3, 16, 16) and targets.tolist() == [0, 1, 2, 1]
+    images = [Image.new("RGB", (8, 8))] * 5
+    data = fit_module.TrainData(images=images, labels=np.array([0, 1, 2, 1, 3]), class_names=("ct", "histology", "ultrasound", "mri"))
+    cfg = type("Cfg", (), {"input_size": 16, "augment": True, "sector_probability": 0.4, "mr_contrast_probability": 0.3})()
+    pixels, targets = fit_module._batch(data, np.array([0, 1, 2, 3, 4]), 0, np.random.default_rng(0), cfg)  # type: ignore[arg-type]
+    assert seen == [(False, False, False, 0.4, 0.3), (True, False, False, 0.4, 0.3), (False, True, False, 0.4, 0.3),
+                    (True, False, False, 0.4, 0.3), (False, False, True, 0.4, 0.3)]
+    assert pixels.shape == (5, 3, 16, 16) and targets.tolist() == [0, 1, 2, 1, 3]
+
+
+def _head() -> Image.Image:
+    """A bright ring (scalp) around grey tissue holding a dark ventricle, on black air."""
+    y, x = np.mgrid[0:64, 0:64]
+    r = np.hypot(x - 32, y - 32)
+    grey = np.where(r < 24, 120, 0) + np.where((r >= 20) & (r < 24), 100, 0) - np.where(r < 5, 100, 0)
+    return Image.fromarray(np.stack([grey] * 3, axis=-1).astype(np.uint8))
+
+
+def test_mr_contrast_remaps_the_body_by_the_curve_and_leaves_the_air_black() -> None:
+    head = _head()
+    pixels = np.asarray(head).astype(int)
+    assert np.array_equal(np.asarray(mr_contrast(head, np.array([0.0, 1.0]))), pixels)  # the identity curve
+    inverted = np.asarray(mr_contrast(head, np.array([1.0, 0.0]))).astype(int)
+    assert inverted[0, 0].max() == 0 and inverted[32, 60].max() == 0  # air: no signal under any sequence
+    assert np.abs(inverted[32, 32] - (255 - 20)).max() <= 1  # the dark ventricle inside the body is remapped (filled hole)
+    assert np.abs(inverted[32, 40] - (255 - 120)).max() <= 1 and np.abs(inverted[32, 54] - (255 - 220)).max() <= 1
+    bumped = np.asarray(mr_contrast(head, np.array([0.0, 1.0, 0.0]))).astype(int)  # not monotone: mid-grey brightest
+    assert bumped[32, 40, 0] > bumped[32, 54, 0] and bumped[32, 40, 0] > bumped[32, 32, 0]
+    with pytest.raises(ValueError, match="at least two knots"):
+        mr_contrast(head, np.array([0.5]))
+
+
+def test_mr_contrast_probability_zero_draws_nothing_and_one_always_remaps() -> None:
+    head = _head()
+    plain = augment(head, np.random.default_rng(1), 32, AugmentConfig(), contrast=False)
+    assert np.array_equal(augment(head, np.random.default_rng(1), 32, AugmentConfig(), contrast=True), plain)  # the same stream
+    quiet = AugmentConfig(crop_scale=(1.0, 1.0), pad_probability=0, grayscale_probability=0, color_probability=0, text_probability=0,
+                          jpeg_probability=0, rescale_probability=0, flip_probability=0, mr_contrast_probability=1.0)
+    untouched = augment(head, np.random.default_rng(1), 32, replace(quiet, mr_contrast_probability=0.0), contrast=True)
+    remapped = [augment(head, np.random.default_rng(seed), 32, quiet, contrast=True) for seed in range(4)]
+    assert all(not np.array_equal(r, untouched) for r in remapped)
+    assert all(r[:, 0, 0].max() == 0 for r in remapped)  # the corner's air stays black
+    assert np.array_equal(augment(head, np.random.default_rng(1), 32, quiet, contrast=False), untouched)  # not an MR figure
 
 
 def test_sector_scan_turns_a_frame_into_a_fan_on_black() -> None:

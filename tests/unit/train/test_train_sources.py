@@ -154,6 +154,15 @@ def test_source_balance_tempers_big_sources_within_a_class() -> None:
         TrainConfig(data="a", out="b", sector_probability=-0.1)
 
 
+def test_a_study_records_the_augmentations_that_are_on_and_no_others() -> None:
+    from xai_pipeline.train.loso_fit import _study_config
+
+    plain = _study_config(TrainConfig(data="a", out="b"))
+    assert "sector_probability" not in plain and "mr_contrast_probability" not in plain  # off: the studies before them match
+    on = _study_config(TrainConfig(data="a", out="b", mr_contrast_probability=0.5))
+    assert on == plain | {"mr_contrast_probability": 0.5}
+
+
 @pytest.mark.slow
 def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(tmp_path: Path, dataset_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                                                                capsys: pytest.CaptureFixture[str]) -> None:
@@ -180,6 +189,7 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     assert "src-b" in table(folds).splitlines()[1] and "fundus" in table(folds)
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--source-balance", "2"]) == 2  # names the flag
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--sector-probability", "1.5"]) == 2
+    assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--mr-contrast-probability", "1.5"]) == 2
     capsys.readouterr()
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--architecture", "efficientnet_b9"]) == 2
     assert "--architecture must be one of" in capsys.readouterr().out  # the config error names train's flag
