@@ -42,10 +42,11 @@ can have its **tissue contrast remapped** (:func:`mr_contrast`), as another puls
 show the same anatomy: the packaged MR volumes are mostly T1-weighted brains, while the
 literature's MR figures are T2, FLAIR, diffusion and contrast-enhanced as often, and the
 leave-source-out study calls MedPix's clinical MRI CT. A random curve ``g`` through ``n`` knots
-``(k/(n−1), y_k)``, ``y_k ~ U(0, 1)`` (not monotone: a non-linear intensity transform in the
-manner of Zhou et al., "Models Genesis", Med. Image Anal. 67:101840, 2021), is applied to the body
-only, ``I' = m·g(I) + (1 − m)·I`` per channel, with ``m`` the body mask (luminance above a floor,
-holes filled): air gives no MR signal under any sequence, so the background stays black.
+``(k/(n−1), y_k)``, ``y_k ~ U(0, 1)`` (piecewise linear and not monotone: a rougher variant of
+the smooth Bézier intensity curves of Zhou et al., "Models Genesis", Med. Image Anal. 67:101840,
+2021), is applied to the body only, ``I' = m·g(I) + (1 − m)·I`` per channel, with ``m`` the body
+mask (channel mean above a floor, small enclosed holes filled): air gives no MR signal under any
+sequence, so the background stays black.
 """
 
 from __future__ import annotations
@@ -160,17 +161,23 @@ def sector_scan(img: Image.Image, half_angle: float, apex: float) -> Image.Image
     return Image.fromarray((out * inside[..., None]).clip(0, 255).astype(np.uint8))
 
 
-def mr_contrast(img: Image.Image, knots: np.ndarray, floor: float = 0.06) -> Image.Image:
+def mr_contrast(img: Image.Image, knots: np.ndarray, floor: float = 0.06, max_hole: float = 0.25) -> Image.Image:
     """``I' = m·g(I) + (1 − m)·I`` on each channel of ``img`` scaled to [0, 1]: ``g`` is the
     piecewise-linear curve through ``(k/(n−1), knots_k)`` (``knots`` in [0, 1], ``n`` of them,
-    ``n ≥ 2``) and ``m`` the body mask, luminance above ``floor`` with its holes filled (dark
-    fluid or bone inside the body is remapped, the air around it is not)."""
-    from scipy.ndimage import binary_fill_holes
+    ``n ≥ 2``) and ``m`` the body mask: pixels whose channel mean is above ``floor``, and the
+    holes they enclose that are at most ``max_hole`` of the figure (dark fluid or bone inside the
+    body is remapped; the air around it is not, nor the air inside a frame drawn round the
+    figure, a larger hole). Colour overlays are remapped channel by channel, so their hue moves."""
+    from scipy.ndimage import binary_fill_holes, label
 
     if knots.ndim != 1 or len(knots) < 2:
         raise ValueError(f"mr_contrast needs at least two knots, got shape {knots.shape}")
     pixels = np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0
-    body = binary_fill_holes(pixels.mean(axis=-1) > floor)
+    lit = pixels.mean(axis=-1) > floor
+    holes, _ = label(binary_fill_holes(lit) & ~lit)
+    small = np.bincount(holes.ravel()) <= max_hole * lit.size
+    small[0] = False  # label 0: not a hole
+    body = lit | small[holes]
     curved = np.interp(pixels, np.linspace(0.0, 1.0, len(knots)), np.clip(knots, 0.0, 1.0))
     out = np.where(body[..., None], curved, pixels)
     return Image.fromarray(np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8))

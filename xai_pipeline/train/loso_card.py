@@ -50,6 +50,15 @@ _DECISION_ROWS = (("macro_f1", "macro-F1, six modalities"), ("in_class_kept", "m
 """The summary rows of the typed and raised tables: a pooled decision's key and its row name."""
 
 
+AUGMENT_FLAGS: tuple[str, ...] = ("sector_probability", "mr_contrast_probability")
+"""``train``'s augmentations that are off by default: a study records the ones that were on."""
+
+
+def augment_flags(cfg: dict[str, Any]) -> str:
+    """The study ``cfg``'s augmentations that were on, as ``train``'s flags (``, `--mr-contrast-probability 0.5```), or ''."""
+    return "".join(f", `--{name.replace('_', '-')} {cfg[name]:g}`" for name in AUGMENT_FLAGS if cfg.get(name))
+
+
 def _fold_name(fold: str) -> str:
     """A fold's first source, and ``(+k)`` when it holds ``k`` more."""
     sources = fold.split(",")
@@ -64,7 +73,7 @@ def loso_fit_section(report: dict[str, Any]) -> str:
     head = f"""
 ## Fine-tuned leave-one-source-out
 
-The whole training recipe ({cfg['architecture']}, {cfg['epochs']} epochs, backbone fine-tuned, `--source-balance {cfg['source_balance']:g}`) run once per
+The whole training recipe ({cfg['architecture']}, {cfg['epochs']} epochs, backbone fine-tuned, `--source-balance {cfg['source_balance']:g}`{augment_flags(cfg)}) run once per
 fold of held-out sources (`python -m xai_pipeline.train.loso_fit`, `make loso-fit`; about 10 minutes a fold on 2 CPU cores;
 `--ray` runs folds on Ray Train). A fold holds one source or several at once (stricter: it trains on less); its "other"
 threshold is set on its own validation groups (the sources it trains on), then every figure of its held sources is scored.

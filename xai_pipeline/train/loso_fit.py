@@ -1,7 +1,8 @@
 """Fine-tuned leave-source-out: the shipped recipe trained once per fold of held-out sources.
 
     python -m xai_pipeline.train.loso_fit --data A,B,C --hold SOURCE[,SOURCE...] [--hold ...] --out DIR \
-        [--source-balance F] [--epochs N] [--architecture NAME] [--ray --use-gpu --num-workers N]
+        [--source-balance F] [--sector-probability P] [--mr-contrast-probability P] [--epochs N] \
+        [--architecture NAME] [--ray --use-gpu --num-workers N]
 
 Where :mod:`xai_pipeline.train.loso` probes frozen ImageNet features, this fits the whole
 ``train`` recipe (fine-tuned backbone, outlier exposure, augmentation) on every figure whose
@@ -38,7 +39,7 @@ from typing import Any
 from xai_pipeline.config import ConfigError, TrainConfig
 from xai_pipeline.store.source import S3Settings
 from xai_pipeline.train import loso_score
-from xai_pipeline.train.loso_card import pooled_table, table
+from xai_pipeline.train.loso_card import AUGMENT_FLAGS, pooled_table, table
 from xai_pipeline.train.loso_folds import fold_dir, fold_sources
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,7 @@ def run_folds(base: TrainConfig, folds: list[str], out: Path, retrain: bool = Fa
 def _study_config(base: TrainConfig) -> dict[str, Any]:
     recorded = {"data": base.data, "epochs": base.epochs, "source_balance": base.source_balance, "architecture": base.architecture,
                 "seed": base.seed, "split_seed": base.group_split_seed}
-    optional = {"sector_probability": base.sector_probability, "mr_contrast_probability": base.mr_contrast_probability}
-    return recorded | {name: value for name, value in optional.items() if value}
+    return recorded | {name: getattr(base, name) for name in AUGMENT_FLAGS if getattr(base, name)}
 
 
 def fold_problem(folds: list[str], base: TrainConfig) -> str | None:

@@ -71,10 +71,10 @@ def test_only_histology_is_stained_ultrasound_sectored_and_mri_contrasted_in_a_b
 
 
 def _head() -> Image.Image:
-    """A bright ring (scalp) around grey tissue holding a dark ventricle, on black air."""
+    """A bright ring (scalp) around grey tissue holding a ventricle as dark as the air, on black air."""
     y, x = np.mgrid[0:64, 0:64]
     r = np.hypot(x - 32, y - 32)
-    grey = np.where(r < 24, 120, 0) + np.where((r >= 20) & (r < 24), 100, 0) - np.where(r < 5, 100, 0)
+    grey = np.where(r < 24, 120, 0) + np.where((r >= 20) & (r < 24), 100, 0) - np.where(r < 5, 115, 0)
     return Image.fromarray(np.stack([grey] * 3, axis=-1).astype(np.uint8))
 
 
@@ -84,12 +84,20 @@ def test_mr_contrast_remaps_the_body_by_the_curve_and_leaves_the_air_black() -> 
     assert np.array_equal(np.asarray(mr_contrast(head, np.array([0.0, 1.0]))), pixels)  # the identity curve
     inverted = np.asarray(mr_contrast(head, np.array([1.0, 0.0]))).astype(int)
     assert inverted[0, 0].max() == 0 and inverted[32, 60].max() == 0  # air: no signal under any sequence
-    assert np.abs(inverted[32, 32] - (255 - 20)).max() <= 1  # the dark ventricle inside the body is remapped (filled hole)
+    assert np.abs(inverted[32, 32] - (255 - 5)).max() <= 1  # the ventricle, under the floor, is a hole in the body: remapped
     assert np.abs(inverted[32, 40] - (255 - 120)).max() <= 1 and np.abs(inverted[32, 54] - (255 - 220)).max() <= 1
     bumped = np.asarray(mr_contrast(head, np.array([0.0, 1.0, 0.0]))).astype(int)  # not monotone: mid-grey brightest
     assert bumped[32, 40, 0] > bumped[32, 54, 0] and bumped[32, 40, 0] > bumped[32, 32, 0]
     with pytest.raises(ValueError, match="at least two knots"):
         mr_contrast(head, np.array([0.5]))
+
+
+def test_mr_contrast_leaves_the_air_inside_a_frame_black() -> None:
+    framed = np.asarray(_head()).copy()
+    framed[0, :] = framed[-1, :] = framed[:, 0] = framed[:, -1] = 255  # a white rule round the figure
+    inverted = np.asarray(mr_contrast(Image.fromarray(framed), np.array([1.0, 0.0]))).astype(int)
+    assert inverted[2, 2].max() == 0 and inverted[32, 60].max() == 0  # air enclosed by the frame: a large hole, not body
+    assert np.abs(inverted[32, 32] - (255 - 5)).max() <= 1  # the ventricle is still filled
 
 
 def test_mr_contrast_probability_zero_draws_nothing_and_one_always_remaps() -> None:

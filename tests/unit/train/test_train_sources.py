@@ -155,12 +155,14 @@ def test_source_balance_tempers_big_sources_within_a_class() -> None:
 
 
 def test_a_study_records_the_augmentations_that_are_on_and_no_others() -> None:
+    from xai_pipeline.train.loso_card import augment_flags
     from xai_pipeline.train.loso_fit import _study_config
 
     plain = _study_config(TrainConfig(data="a", out="b"))
     assert "sector_probability" not in plain and "mr_contrast_probability" not in plain  # off: the studies before them match
     on = _study_config(TrainConfig(data="a", out="b", mr_contrast_probability=0.5))
     assert on == plain | {"mr_contrast_probability": 0.5}
+    assert augment_flags(on) == ", `--mr-contrast-probability 0.5`" and augment_flags(plain) == ""  # as the card names the recipe
 
 
 @pytest.mark.slow
