@@ -118,13 +118,11 @@ def _batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     size = cfg.input_size
     if cfg.augment:
-        stained = {data.class_names.index(c) for c in STAINED_CLASSES if c in data.class_names}
-        sectored = {data.class_names.index(c) for c in SECTOR_CLASSES if c in data.class_names}
-        contrasted = {data.class_names.index(c) for c in CONTRAST_CLASSES if c in data.class_names}
         aug = AugmentConfig(sector_probability=cfg.sector_probability, mr_contrast_probability=cfg.mr_contrast_probability)
-        arrays = [augment(data.images[i], rng, size, aug, stain=int(data.labels[i]) in stained, sector=int(data.labels[i]) in sectored,
-                          contrast=int(data.labels[i]) in contrasted)
-                  for i in indices]
+        names = [data.class_names[int(data.labels[i])] for i in indices]
+        arrays = [augment(data.images[i], rng, size, aug, stain=name in STAINED_CLASSES, sector=name in SECTOR_CLASSES,
+                          contrast=name in CONTRAST_CLASSES)
+                  for i, name in zip(indices, names)]
         arrays += [augment(_outlier(data, rng, outlier_weights), rng, size) for _ in range(n_outliers)]
     else:
         arrays = [to_pixels(data.images[i], size) for i in indices]
