@@ -40,6 +40,8 @@ def test_bad_values_name_the_flag() -> None:
     (TrainConfig, "min_accept", float("nan"), "--min-accept must be in [0, 1), got nan"),
     (TrainConfig, "source_balance", 1.01, "--source-balance must be in [0, 1], got 1.01"),
     (TrainConfig, "mr_contrast_probability", -0.2, "--mr-contrast-probability must be in [0, 1], got -0.2"),
+    (TrainConfig, "simulated_ultrasound_probability", 1.5, "--simulated-ultrasound-probability must be in [0, 1], got 1.5"),
+    (TrainConfig, "simulated_mr_probability", -0.5, "--simulated-mr-probability must be in [0, 1], got -0.5"),
     (TrainConfig, "epochs", float("nan"), "--epochs must be positive, got nan"),
     (TrainConfig, "epochs", None, "--epochs must be positive, got None"),  # only the optional fields take None
     (IndexConfig, "read_timeout", None, "--read-timeout must be positive, got None"),

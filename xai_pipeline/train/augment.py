@@ -168,19 +168,25 @@ def mr_contrast(img: Image.Image, knots: np.ndarray, floor: float = 0.06, max_ho
     holes they enclose that are at most ``max_hole`` of the figure (dark fluid or bone inside the
     body is remapped; the air around it is not, nor the air inside a frame drawn round the
     figure, a larger hole). Colour overlays are remapped channel by channel, so their hue moves."""
-    from scipy.ndimage import binary_fill_holes, label
-
     if knots.ndim != 1 or len(knots) < 2:
         raise ValueError(f"mr_contrast needs at least two knots, got shape {knots.shape}")
     pixels = np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0
+    body = body_mask(pixels, floor, max_hole)
+    curved = np.interp(pixels, np.linspace(0.0, 1.0, len(knots)), np.clip(knots, 0.0, 1.0))
+    out = np.where(body[..., None], curved, pixels)
+    return Image.fromarray(np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8))
+
+
+def body_mask(pixels: np.ndarray, floor: float = 0.06, max_hole: float = 0.25) -> np.ndarray:
+    """The body of a scan (``pixels``: H×W×3 in [0, 1]): pixels whose channel mean is above
+    ``floor``, and the holes they enclose that are at most ``max_hole`` of the figure."""
+    from scipy.ndimage import binary_fill_holes, label
+
     lit = pixels.mean(axis=-1) > floor
     holes, _ = label(binary_fill_holes(lit) & ~lit)
     small = np.bincount(holes.ravel()) <= max_hole * lit.size
     small[0] = False  # label 0: not a hole
-    body = lit | small[holes]
-    curved = np.interp(pixels, np.linspace(0.0, 1.0, len(knots)), np.clip(knots, 0.0, 1.0))
-    out = np.where(body[..., None], curved, pixels)
-    return Image.fromarray(np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8))
+    return lit | small[holes]
 
 
 def _framed(img: Image.Image, grey: float = 8.0) -> bool:

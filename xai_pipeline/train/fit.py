@@ -34,6 +34,8 @@ from xai_pipeline.model.backbones import LITE_VARIANTS, lite_blocks, load_lite_i
 from xai_pipeline.config import TrainConfig
 from xai_pipeline.job.decode import to_pixels
 from xai_pipeline.model.net import ModalityNet, ModelSpec
+from xai_pipeline.train.simulated_mr import MrParams, simulate_mr
+from xai_pipeline.train.simulated_ultrasound import UltrasoundParams, simulate_ultrasound
 from xai_pipeline.train.synthetic import other_figure
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,26 @@ SECTOR_CLASSES: tuple[str, ...] = ("ultrasound",)
 """Classes whose training figures may be scan-converted into a fan (``--sector-probability``)."""
 CONTRAST_CLASSES: tuple[str, ...] = ("mri",)
 """Classes whose training figures may have their tissue contrast remapped (``--mr-contrast-probability``)."""
+TOMOGRAPHIC_CLASSES: tuple[str, ...] = ("ct", "mri")
+"""Classes whose training figures may become simulated ultrasound, labelled ``ultrasound``
+(``--simulated-ultrasound-probability``, :mod:`xai_pipeline.train.simulated_ultrasound`)."""
+CT_CLASSES: tuple[str, ...] = ("ct",)
+"""Classes whose training figures may become simulated MR, labelled ``mri`` (``--simulated-mr-probability``,
+:mod:`xai_pipeline.train.simulated_mr`)."""
+
+
+def _simulated(img: Image.Image, name: str, class_names: tuple[str, ...], cfg: TrainConfig,
+               rng: np.random.Generator) -> tuple[Image.Image, str]:
+    """``img`` of class ``name``, or, with the configured probability, a figure of another
+    modality simulated from it and that modality's name (ultrasound from CT or MRI is tried first,
+    then MR from CT). A simulation that is off, or whose class the model lacks, draws nothing."""
+    us = cfg.simulated_ultrasound_probability if "ultrasound" in class_names else 0.0
+    if name in TOMOGRAPHIC_CLASSES and us > 0 and rng.random() < us:
+        return simulate_ultrasound(img, UltrasoundParams.draw(rng), rng), "ultrasound"
+    mr = cfg.simulated_mr_probability if "mri" in class_names else 0.0
+    if name in CT_CLASSES and mr > 0 and rng.random() < mr:
+        return simulate_mr(img, MrParams.draw(rng), rng), "mri"
+    return img, name
 
 
 @dataclass
@@ -117,17 +139,20 @@ def _batch(
     outlier_weights: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     size = cfg.input_size
+    labels = data.labels[indices].copy()
     if cfg.augment:
         aug = AugmentConfig(sector_probability=cfg.sector_probability, mr_contrast_probability=cfg.mr_contrast_probability)
-        names = [data.class_names[int(data.labels[i])] for i in indices]
-        arrays = [augment(data.images[i], rng, size, aug, stain=name in STAINED_CLASSES, sector=name in SECTOR_CLASSES,
-                          contrast=name in CONTRAST_CLASSES)
-                  for i, name in zip(indices, names)]
+        arrays = []
+        for k, i in enumerate(indices):
+            img, name = _simulated(data.images[i], data.class_names[int(labels[k])], data.class_names, cfg, rng)
+            labels[k] = data.class_names.index(name)
+            arrays.append(augment(img, rng, size, aug, stain=name in STAINED_CLASSES, sector=name in SECTOR_CLASSES,
+                                  contrast=name in CONTRAST_CLASSES))
         arrays += [augment(_outlier(data, rng, outlier_weights), rng, size) for _ in range(n_outliers)]
     else:
         arrays = [to_pixels(data.images[i], size) for i in indices]
         arrays += [to_pixels(_outlier(data, rng, outlier_weights), size) for _ in range(n_outliers)]
-    return torch.from_numpy(np.stack(arrays)), torch.from_numpy(data.labels[indices]).long()
+    return torch.from_numpy(np.stack(arrays)), torch.from_numpy(labels).long()
 
 
 def fit(

@@ -50,7 +50,8 @@ _DECISION_ROWS = (("macro_f1", "macro-F1, six modalities"), ("in_class_kept", "m
 """The summary rows of the typed and raised tables: a pooled decision's key and its row name."""
 
 
-AUGMENT_FLAGS: tuple[str, ...] = ("sector_probability", "mr_contrast_probability")
+AUGMENT_FLAGS: tuple[str, ...] = ("sector_probability", "mr_contrast_probability", "simulated_ultrasound_probability",
+                                   "simulated_mr_probability")
 """``train``'s augmentations that are off by default: a study records the ones that were on."""
 
 

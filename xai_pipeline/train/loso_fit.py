@@ -1,7 +1,8 @@
 """Fine-tuned leave-source-out: the shipped recipe trained once per fold of held-out sources.
 
     python -m xai_pipeline.train.loso_fit --data A,B,C --hold SOURCE[,SOURCE...] [--hold ...] --out DIR \
-        [--source-balance F] [--sector-probability P] [--mr-contrast-probability P] [--epochs N] \
+        [--source-balance F] [--sector-probability P] [--mr-contrast-probability P] \
+        [--simulated-ultrasound-probability P] [--simulated-mr-probability P] [--epochs N] \
         [--architecture NAME] [--ray --use-gpu --num-workers N]
 
 Where :mod:`xai_pipeline.train.loso` probes frozen ImageNet features, this fits the whole
@@ -157,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source-balance", type=float, default=0.0)
     parser.add_argument("--sector-probability", type=float, default=0.0, help="train's flag: ultrasound scan-converted into a fan")
     parser.add_argument("--mr-contrast-probability", type=float, default=0.0, help="train's flag: MRI tissue contrast remapped")
+    parser.add_argument("--simulated-ultrasound-probability", type=float, default=0.0,
+                        help="train's flag: CT and MRI turned into simulated ultrasound")
+    parser.add_argument("--simulated-mr-probability", type=float, default=0.0, help="train's flag: CT turned into simulated MR")
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--architecture", default=TrainConfig.architecture,
                         help="train's backbone (efficientnet_lite1/2 need the lite12 extra)")
@@ -182,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = TrainConfig(data=args.data, out=str(args.out), source_balance=args.source_balance, sector_probability=args.sector_probability,
                            mr_contrast_probability=args.mr_contrast_probability,
+                           simulated_ultrasound_probability=args.simulated_ultrasound_probability,
+                           simulated_mr_probability=args.simulated_mr_probability,
                            epochs=args.epochs, architecture=args.architecture, seed=args.seed, split_seed=args.split_seed,
                            torch_threads=args.torch_threads, ray=args.ray, use_gpu=args.use_gpu, num_workers=args.num_workers)
     except ConfigError as exc:

@@ -63,7 +63,8 @@ def test_only_histology_is_stained_ultrasound_sectored_and_mri_contrasted_in_a_b
     monkeypatch.setattr(fit_module, "augment", spy)
     images = [Image.new("RGB", (8, 8))] * 5
     data = fit_module.TrainData(images=images, labels=np.array([0, 1, 2, 1, 3]), class_names=("ct", "histology", "ultrasound", "mri"))
-    cfg = type("Cfg", (), {"input_size": 16, "augment": True, "sector_probability": 0.4, "mr_contrast_probability": 0.3})()
+    cfg = type("Cfg", (), {"input_size": 16, "augment": True, "sector_probability": 0.4, "mr_contrast_probability": 0.3,
+                         "simulated_ultrasound_probability": 0.0, "simulated_mr_probability": 0.0})()
     pixels, targets = fit_module._batch(data, np.array([0, 1, 2, 3, 4]), 0, np.random.default_rng(0), cfg)  # type: ignore[arg-type]
     assert seen == [(False, False, False, 0.4, 0.3), (True, False, False, 0.4, 0.3), (False, True, False, 0.4, 0.3),
                     (True, False, False, 0.4, 0.3), (False, False, True, 0.4, 0.3)]

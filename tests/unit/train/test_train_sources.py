@@ -163,6 +163,8 @@ def test_a_study_records_the_augmentations_that_are_on_and_no_others() -> None:
     on = _study_config(TrainConfig(data="a", out="b", mr_contrast_probability=0.5))
     assert on == plain | {"mr_contrast_probability": 0.5}
     assert augment_flags(on) == ", `--mr-contrast-probability 0.5`" and augment_flags(plain) == ""  # as the card names the recipe
+    both = _study_config(TrainConfig(data="a", out="b", mr_contrast_probability=0.5, simulated_ultrasound_probability=0.2))
+    assert augment_flags(both) == ", `--mr-contrast-probability 0.5`, `--simulated-ultrasound-probability 0.2`"
 
 
 @pytest.mark.slow
@@ -192,6 +194,8 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--source-balance", "2"]) == 2  # names the flag
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--sector-probability", "1.5"]) == 2
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--mr-contrast-probability", "1.5"]) == 2
+    assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--simulated-ultrasound-probability", "-1"]) == 2
+    assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--simulated-mr-probability", "2"]) == 2
     capsys.readouterr()
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--architecture", "efficientnet_b9"]) == 2
     assert "--architecture must be one of" in capsys.readouterr().out  # the config error names train's flag
