@@ -10,13 +10,15 @@ With ``I`` the slice's grey level in [0, 1] (rows read as depth ``y``, the probe
 the simulation follows the usual convolution model of B-mode speckle (Bamber & Dickinson,
 "Ultrasonic B-scanning: a computer simulation", Phys. Med. Biol. 25:463, 1980), simplified:
 
-* echogenicity ``e = b₀ + β·I + D/max D`` with ``D = |∂(G_1 ∗ I)/∂y|``: a floor of scatter (the
-  tissue round the organ, where the slice shows air), diffuse scatter, and the specular echo of
-  an interface facing the beam (skull, organ walls);
+* echogenicity ``e = b₀ + β·I + D/D_max`` with ``D = |∂(G_1 ∗ I)/∂y|`` (the axial difference of
+  the slice smoothed by a Gaussian of σ = 1 pixel) and ``D_max = max(max D, 0.05)``: a floor of
+  scatter (the tissue round the organ, where the slice shows air), diffuse scatter, and the
+  specular echo of an interface facing the beam (skull, organ walls); the 0.05 keeps the faint
+  edges of a nearly uniform slice from echoing as a skull would;
 * speckle ``s = |h ∗ (n₁ + i·n₂)|``, ``n₁, n₂`` white Gaussian noise and ``h`` a Gaussian point
   spread longer laterally (``σ_x``) than axially (``σ_y``), so ``s`` is Rayleigh distributed
   with grains elongated across the beam;
-* attenuation and shadowing ``T(y) = exp(−μ·y/H − κ·Σ_{y'<y} D(y')/(max D · H/10))``: the beam
+* attenuation and shadowing ``T(y) = exp(−μ·y/H − κ·Σ_{y'≤y} D(y')/(D_max · H/10))``: the beam
   loses energy with depth and behind strong reflectors;
 * log compression ``B = log(1 + g·e·s·T) / log(1 + g)``, clipped to [0, 1].
 
@@ -32,8 +34,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from xai_pipeline.train.augment import AugmentConfig
+
+_FAN = AugmentConfig()  # the fan's half-angle and apex ranges, as train --sector-probability draws them
 WORK_HEIGHT = 256
 """Rows of the simulated frame (the slice is resized to it, keeping its aspect ratio)."""
+MAX_ASPECT = 4
+"""A slice wider than this many times its height keeps its middle ``MAX_ASPECT · H`` columns."""
+EDGE_FLOOR = 0.05
+"""The least ``D_max``: an axial step of 5% of the grey range, smoothed, is a full echo."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +65,8 @@ class UltrasoundParams:
         return cls(floor=float(rng.uniform(0.0, 0.3)), beta=float(rng.uniform(0.1, 0.8)), sigma_axial=float(rng.uniform(0.5, 1.2)),
                    sigma_lateral=float(rng.uniform(1.2, 3.0)), mu=float(rng.uniform(0.3, 1.5)),
                    kappa=float(rng.uniform(0.0, 3.0)), gain=float(rng.uniform(10.0, 60.0)),
-                   sector=bool(rng.random() < 0.5), half_angle=float(rng.uniform(25.0, 45.0)),
-                   apex=float(rng.uniform(0.05, 0.5)))
+                   sector=bool(rng.random() < 0.5), half_angle=float(rng.uniform(*_FAN.sector_half_angle)),
+                   apex=float(rng.uniform(*_FAN.sector_apex)))
 
 
 def speckle(shape: tuple[int, ...], sigma_axial: float, sigma_lateral: float, rng: np.random.Generator) -> np.ndarray:
@@ -75,10 +84,14 @@ def simulate_ultrasound(img: Image.Image, params: UltrasoundParams, rng: np.rand
     from scipy.ndimage import gaussian_filter
 
     grey = img.convert("L")
+    if grey.width > MAX_ASPECT * grey.height:
+        left = (grey.width - MAX_ASPECT * grey.height) // 2
+        grey = grey.crop((left, 0, left + MAX_ASPECT * grey.height, grey.height))
     width = max(8, round(grey.width * WORK_HEIGHT / max(1, grey.height)))
     level = np.asarray(grey.resize((width, WORK_HEIGHT), Image.Resampling.BILINEAR), dtype=np.float64) / 255.0
-    axial = np.abs(np.diff(gaussian_filter(level, 1.0), axis=0, prepend=level[:1]))
-    interface = axial / max(float(axial.max()), 1e-6)  # D / max D
+    smooth = gaussian_filter(level, 1.0)
+    axial = np.abs(np.diff(smooth, axis=0, prepend=smooth[:1]))
+    interface = axial / max(float(axial.max()), EDGE_FLOOR)  # D / D_max
     echo = params.floor + params.beta * level + interface
     depth = np.arange(WORK_HEIGHT, dtype=np.float64)[:, None] / WORK_HEIGHT
     shadow = np.cumsum(interface, axis=0) / (WORK_HEIGHT / 10.0)

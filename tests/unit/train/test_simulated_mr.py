@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
+from xai_pipeline.train.augment import body_mask
 from xai_pipeline.train.simulated_mr import MrParams, simulate_mr
 
 _CLEAN = MrParams(knots_x=(0.2, 0.5, 0.8), knots_y=(0.05, 0.9, 0.4, 0.3, 0.05), bias=0.0, noise=0.0)
@@ -42,8 +43,16 @@ def test_bias_and_noise_vary_the_figure_and_the_rng_draws_them() -> None:
     assert 0 < a[:8, :8].mean() < 20  # Rician noise lifts the air a little above black, never below
 
 
-def test_params_draw_fat_brighter_than_bone_with_ordered_knots() -> None:
+def test_params_draw_fat_brightest_and_bone_darkest_with_ordered_knots() -> None:
     for seed in range(50):
         p = MrParams.draw(np.random.default_rng(seed))
+        y0, fat, soft, dense, bone = p.knots_y
         assert 0.1 <= p.knots_x[0] <= p.knots_x[1] <= p.knots_x[2] <= 0.9
-        assert p.knots_y[1] > p.knots_y[4] and p.knots_y[1] >= 0.6 and p.knots_y[4] <= 0.15
+        assert fat >= soft and fat >= dense and min(soft, dense) >= bone  # the documented order
+
+
+def test_body_mask_keeps_the_body_and_its_small_holes_not_the_air() -> None:
+    pixels = np.asarray(_ct_body(), dtype=np.float64) / 255
+    pixels[30:34, 30:34] = 0  # a small dark hole (gas) inside the body
+    mask = body_mask(pixels)
+    assert mask[32, 32] and mask[32, 32 + 20] and not mask[0, 0] and not mask[32, 62]

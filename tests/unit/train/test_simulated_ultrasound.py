@@ -69,9 +69,26 @@ def test_the_fan_blacks_out_what_a_curved_probe_does_not_see() -> None:
     assert np.asarray(fanned)[0, 0].max() == 0
 
 
-def test_params_draw_within_their_ranges() -> None:
+def test_a_faint_slice_does_not_echo_as_a_skull_would() -> None:
+    quiet = replace(_PLAIN, floor=0.0, beta=0.0)
+    noise = np.random.default_rng(5).integers(100, 102, (WORK_HEIGHT, 200)).astype(np.uint8)  # ±1 grey level
+    faint = np.asarray(simulate_ultrasound(Image.fromarray(noise).convert("RGB"), quiet, np.random.default_rng(0)))[..., 0]
+    slab = np.asarray(simulate_ultrasound(_slab(), quiet, np.random.default_rng(0)))[..., 0]
+    assert faint.mean() < 60 and slab[98:103].mean() > 120  # D_max has a floor: noise is not an interface
+    columns = np.tile(np.repeat(np.array([0, 255], np.uint8), 2), (WORK_HEIGHT, 50))  # vertical stripes: no axial interface
+    striped = np.asarray(simulate_ultrasound(Image.fromarray(columns).convert("RGB"), quiet, np.random.default_rng(0)))[..., 0]
+    assert striped.max() == 0  # not even in the first row, where smoothing meets the edge of the slice
+
+
+def test_a_wide_strip_keeps_its_middle() -> None:
+    strip = simulate_ultrasound(Image.new("RGB", (1000, 50), (90,) * 3), _PLAIN, np.random.default_rng(0))
+    assert strip.size == (4 * WORK_HEIGHT, WORK_HEIGHT)
+
+
+def test_the_fan_is_drawn_as_train_sector_probability_draws_it() -> None:
     draws = [UltrasoundParams.draw(np.random.default_rng(seed)) for seed in range(50)]
-    assert all(0.0 <= d.floor <= 0.3 and 0.1 <= d.beta <= 0.8 and d.sigma_lateral > d.sigma_axial for d in draws)
+    lo, hi = AugmentConfig().sector_half_angle
+    assert all(lo <= d.half_angle <= hi and d.sigma_lateral >= d.sigma_axial for d in draws)
     assert {d.sector for d in draws} == {True, False}
 
 
@@ -100,8 +117,14 @@ def test_in_a_batch_ct_and_mri_become_ultrasound_and_nothing_else_does(monkeypat
     assert targets.tolist() == [0, 1, 2, 3, 4] and seen == [(40, False), (40, False), (40, False), (40, True), (40, False)]
     assert rng.random() == np.random.default_rng(0).random()  # off: no random draw, so earlier recipes train the same
     no_ultrasound = fit_module.TrainData(images=data.images[:3], labels=np.array([0, 1, 2]), class_names=names[:3])
-    _, targets = fit_module._batch(no_ultrasound, np.arange(3), 0, np.random.default_rng(0), cfg(1.0))  # type: ignore[arg-type]
+    rng = np.random.default_rng(0)
+    _, targets = fit_module._batch(no_ultrasound, np.arange(3), 0, rng, cfg(1.0))  # type: ignore[arg-type]
     assert targets.tolist() == [0, 1, 2]  # no ultrasound class to give them
+    assert rng.random() == np.random.default_rng(0).random()  # and no draw for it
+    no_mri = fit_module.TrainData(images=data.images[:2], labels=np.array([0, 1]), class_names=("chest_xray", "ct"))
+    rng = np.random.default_rng(0)
+    _, targets = fit_module._batch(no_mri, np.arange(2), 0, rng, cfg(0.0, mr=1.0))  # type: ignore[arg-type]
+    assert targets.tolist() == [0, 1] and rng.random() == np.random.default_rng(0).random()
     seen.clear()
     _, targets = fit_module._batch(data, np.arange(5), 0, np.random.default_rng(0), cfg(0.0, mr=1.0))  # type: ignore[arg-type]
     assert targets.tolist() == [0, 2, 2, 3, 4]  # CT becomes MR; MRI stays MRI
