@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from xai_pipeline.flags import flag_name
+
 
 def loso_section(reports: list[dict[str, Any]]) -> str:
     """The card's *Leave-one-source-out* section from :mod:`xai_pipeline.train.loso` reports (one
@@ -52,12 +54,12 @@ _DECISION_ROWS = (("macro_f1", "macro-F1, six modalities"), ("in_class_kept", "m
 
 AUGMENT_FLAGS: tuple[str, ...] = ("sector_probability", "mr_contrast_probability", "simulated_ultrasound_probability",
                                    "simulated_mr_probability")
-"""``train``'s augmentations that are off by default: a study records the ones that were on."""
+"""``train``'s augmentations that are off by default: ``loso_fit`` takes them as its own flags, and a study records the ones that were on."""
 
 
 def augment_flags(cfg: dict[str, Any]) -> str:
     """The study ``cfg``'s augmentations that were on, as ``train``'s flags (``, `--mr-contrast-probability 0.5```), or ''."""
-    return "".join(f", `--{name.replace('_', '-')} {cfg[name]:g}`" for name in AUGMENT_FLAGS if cfg.get(name))
+    return "".join(f", `{flag_name(name)} {cfg[name]:g}`" for name in AUGMENT_FLAGS if cfg.get(name))
 
 
 def _fold_name(fold: str) -> str:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from xai_pipeline.config import ConfigError, TrainConfig
+from xai_pipeline.flags import flag_name
 from xai_pipeline.store.source import S3Settings
 from xai_pipeline.train import loso_score
 from xai_pipeline.train.loso_card import AUGMENT_FLAGS, pooled_table, table
@@ -156,11 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold", action="append", required=True, help="a fold: a source_repo, or several comma-separated, held out together (repeat)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the folds and loso-fit.json")
     parser.add_argument("--source-balance", type=float, default=0.0)
-    parser.add_argument("--sector-probability", type=float, default=0.0, help="train's flag: ultrasound scan-converted into a fan")
-    parser.add_argument("--mr-contrast-probability", type=float, default=0.0, help="train's flag: MRI tissue contrast remapped")
-    parser.add_argument("--simulated-ultrasound-probability", type=float, default=0.0,
-                        help="train's flag: CT and MRI turned into simulated ultrasound")
-    parser.add_argument("--simulated-mr-probability", type=float, default=0.0, help="train's flag: CT turned into simulated MR")
+    train_fields = {f.name: f for f in fields(TrainConfig)}
+    for name in AUGMENT_FLAGS:  # train's own flags, with its defaults and help
+        parser.add_argument(flag_name(name), type=float, default=train_fields[name].default, metavar="P",
+                            help=f"train's flag: {train_fields[name].metadata['help']}")
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--architecture", default=TrainConfig.architecture,
                         help="train's backbone (efficientnet_lite1/2 need the lite12 extra)")
@@ -184,10 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
-        base = TrainConfig(data=args.data, out=str(args.out), source_balance=args.source_balance, sector_probability=args.sector_probability,
-                           mr_contrast_probability=args.mr_contrast_probability,
-                           simulated_ultrasound_probability=args.simulated_ultrasound_probability,
-                           simulated_mr_probability=args.simulated_mr_probability,
+        base = TrainConfig(data=args.data, out=str(args.out), source_balance=args.source_balance,
+                           **{name: getattr(args, name) for name in AUGMENT_FLAGS},
                            epochs=args.epochs, architecture=args.architecture, seed=args.seed, split_seed=args.split_seed,
                            torch_threads=args.torch_threads, ray=args.ray, use_gpu=args.use_gpu, num_workers=args.num_workers)
     except ConfigError as exc:
