@@ -218,8 +218,10 @@ def backbones_section(studies: list[dict[str, Any]], speed: dict[str, Any] | Non
         raise ValueError("the studies differ in more than the backbone: " + "; ".join(f"{n}: {r}" for n, r in zip(names, recipe)))
     runs = (speed or {}).get("results", {})
     unscored = sorted({s for study in studies for s in study["pooled"].get("unscored_sources", [])})
+    cfg = studies[0]["config"]
     lines = ["", "## Fine-tuned backbones", "",
-             "The same recipe's fine-tuned leave-one-source-out study (*Fine-tuned leave-one-source-out*) trained on each "
+             f"One recipe's fine-tuned leave-one-source-out study (as in *Fine-tuned leave-one-source-out*; here `--source-balance "
+             f"{cfg['source_balance']:g}`{augment_flags(cfg) or ', no simulated figures'}) trained on each "
              "backbone, every held source scored by a fold that never saw it"
              + (f" (held by no fold: {', '.join(unscored)})" if unscored else "") + ". Macro-F1 over the six modalities "
              "with the folds' own thresholds, by argmax and with the folds' figure-type heads. CPU throughput: the "

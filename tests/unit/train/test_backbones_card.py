@@ -24,6 +24,10 @@ def test_each_backbones_whole_study_is_a_row_with_its_speed_and_size() -> None:
         "| efficientnet_lite1 (pooled) | 3,053 | 0.879 | 0.801 | 0.850 | 0.914 | 0.783 | 59.7% | 97.5% | 15.6 | 16.8 |",
     ]
     assert "held by no fold" not in text
+    assert "(as in *Fine-tuned leave-one-source-out*; here `--source-balance 0`, no simulated figures)" in text
+    for study in studies:  # the recipe is named, since the card's own study may be of another
+        study["config"]["simulated_mr_probability"] = 0.2
+    assert "here `--source-balance 0`, `--simulated-mr-probability 0.2`)" in backbones_section(studies, speed)
     del studies[0]["pooled"]["with_types"]
     studies[0]["pooled"]["with_threshold"]["other_medical_called_other"] = 0.5
     studies[0]["pooled"]["unscored_sources"] = ["src-x"]
