@@ -252,6 +252,7 @@ class TrainConfig:
     mr_contrast_probability: float = field(default=0.0, metadata=opt("with --augment, remap an MRI training figure's tissue contrast by a random curve with this probability (0: off)", metavar="P"))
     simulated_ultrasound_probability: float = field(default=0.0, metadata=opt("with --augment, turn a CT or MRI training figure into simulated ultrasound, labelled ultrasound, with this probability (0: off)", metavar="P"))
     simulated_mr_probability: float = field(default=0.0, metadata=opt("with --augment, turn a CT training figure into simulated MR, labelled mri, with this probability (0: off)", metavar="P"))
+    simulated_endoscopy_probability: float = field(default=0.0, metadata=opt("with --augment, turn an outlier slot's figure into a simulated endoscopy frame (warm tissue in a round or octagonal field of view, still an outlier) with this probability (0: off)", metavar="P"))
     val_fraction: float = field(default=0.2, metadata=opt("share of each class's groups (cases, tiles, images) held out for validation", metavar="F"))
     holdout_sources: str = field(default="", metadata=opt("comma-separated source_repo values never trained on, evaluated separately", metavar="SOURCES"))
     min_accept: float = field(default=0.97, metadata=opt("the 'other' threshold keeps this share of the in-class figures it is set on (see --threshold-on)", metavar="F"))
@@ -271,7 +272,7 @@ class TrainConfig:
         check_range(self, "epochs", "batch_size", "input_size", "torch_threads", "num_workers", low_open=True)
         check_range(self, "outlier_fraction", "val_fraction", "min_accept", "label_smoothing", high=1, high_open=True)
         check_range(self, "source_balance", "sector_probability", "mr_contrast_probability", "simulated_ultrasound_probability",
-                    "simulated_mr_probability", high=1)
+                    "simulated_mr_probability", "simulated_endoscopy_probability", high=1)
         check_choice(self, "architecture")
         check_choice(self, "threshold_on")
         if self.threshold_on == "holdout" and not self.holdout:

@@ -42,6 +42,7 @@ def test_bad_values_name_the_flag() -> None:
     (TrainConfig, "mr_contrast_probability", -0.2, "--mr-contrast-probability must be in [0, 1], got -0.2"),
     (TrainConfig, "simulated_ultrasound_probability", 1.5, "--simulated-ultrasound-probability must be in [0, 1], got 1.5"),
     (TrainConfig, "simulated_mr_probability", -0.5, "--simulated-mr-probability must be in [0, 1], got -0.5"),
+    (TrainConfig, "simulated_endoscopy_probability", 1.2, "--simulated-endoscopy-probability must be in [0, 1], got 1.2"),
     (TrainConfig, "epochs", float("nan"), "--epochs must be positive, got nan"),
     (TrainConfig, "epochs", None, "--epochs must be positive, got None"),  # only the optional fields take None
     (IndexConfig, "read_timeout", None, "--read-timeout must be positive, got None"),

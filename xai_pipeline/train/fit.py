@@ -34,6 +34,7 @@ from xai_pipeline.model.backbones import LITE_VARIANTS, lite_blocks, load_lite_i
 from xai_pipeline.config import TrainConfig
 from xai_pipeline.job.decode import to_pixels
 from xai_pipeline.model.net import ModalityNet, ModelSpec
+from xai_pipeline.train.simulated_endoscopy import EndoscopyParams, simulate_endoscopy
 from xai_pipeline.train.simulated_mr import MrParams, simulate_mr
 from xai_pipeline.train.simulated_ultrasound import UltrasoundParams, simulate_ultrasound
 from xai_pipeline.train.synthetic import other_figure
@@ -134,6 +135,15 @@ def _outlier(data: TrainData, rng: np.random.Generator, weights: np.ndarray | No
     return other_figure(rng, 256)
 
 
+def _simulated_outlier(img: Image.Image, cfg: TrainConfig, rng: np.random.Generator) -> Image.Image:
+    """The outlier ``img``, or, with probability ``--simulated-endoscopy-probability``, a simulated
+    endoscopy frame made from it (:mod:`xai_pipeline.train.simulated_endoscopy`); off draws nothing."""
+    p = cfg.simulated_endoscopy_probability
+    if p > 0 and rng.random() < p:
+        return simulate_endoscopy(img, EndoscopyParams.draw(rng), rng)
+    return img
+
+
 def _batch(
     data: TrainData, indices: np.ndarray, n_outliers: int, rng: np.random.Generator, cfg: TrainConfig,
     outlier_weights: np.ndarray | None = None,
@@ -148,7 +158,7 @@ def _batch(
             labels[k] = data.class_names.index(name)
             arrays.append(augment(img, rng, size, aug, stain=name in STAINED_CLASSES, sector=name in SECTOR_CLASSES,
                                   contrast=name in CONTRAST_CLASSES))
-        arrays += [augment(_outlier(data, rng, outlier_weights), rng, size) for _ in range(n_outliers)]
+        arrays += [augment(_simulated_outlier(_outlier(data, rng, outlier_weights), cfg, rng), rng, size) for _ in range(n_outliers)]
     else:
         arrays = [to_pixels(data.images[i], size) for i in indices]
         arrays += [to_pixels(_outlier(data, rng, outlier_weights), size) for _ in range(n_outliers)]

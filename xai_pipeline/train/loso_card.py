@@ -53,7 +53,7 @@ _DECISION_ROWS = (("macro_f1", "macro-F1, six modalities"), ("in_class_kept", "m
 
 
 AUGMENT_FLAGS: tuple[str, ...] = ("sector_probability", "mr_contrast_probability", "simulated_ultrasound_probability",
-                                   "simulated_mr_probability")
+                                   "simulated_mr_probability", "simulated_endoscopy_probability")
 """``train``'s augmentations that are off by default: ``loso_fit`` takes them as its own flags, and a study records the ones that were on."""
 
 

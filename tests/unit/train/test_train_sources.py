@@ -165,6 +165,8 @@ def test_a_study_records_the_augmentations_that_are_on_and_no_others() -> None:
     assert augment_flags(on) == ", `--mr-contrast-probability 0.5`" and augment_flags(plain) == ""  # as the card names the recipe
     both = _study_config(TrainConfig(data="a", out="b", mr_contrast_probability=0.5, simulated_ultrasound_probability=0.2))
     assert augment_flags(both) == ", `--mr-contrast-probability 0.5`, `--simulated-ultrasound-probability 0.2`"
+    endo = _study_config(TrainConfig(data="a", out="b", simulated_endoscopy_probability=0.3))
+    assert endo == plain | {"simulated_endoscopy_probability": 0.3} and augment_flags(endo) == ", `--simulated-endoscopy-probability 0.3`"
 
 
 @pytest.mark.slow
@@ -196,6 +198,7 @@ def test_fine_tuned_folds_score_each_held_source_with_a_model_that_never_saw_it(
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--mr-contrast-probability", "1.5"]) == 2
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--simulated-ultrasound-probability", "-1"]) == 2
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--simulated-mr-probability", "2"]) == 2
+    assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--simulated-endoscopy-probability", "2"]) == 2
     capsys.readouterr()
     assert loso_fit_main(["--data", a, "--hold", "src-a", "--out", str(out), "--architecture", "efficientnet_b9"]) == 2
     assert "--architecture must be one of" in capsys.readouterr().out  # the config error names train's flag
