@@ -39,19 +39,27 @@ test-fast: install
 # volumes; model 1.4.0 was PACKAGED_SET=packaged-v3, the axial slices only, 1.3.1 packaged-v1, packaged-v2 is v1 plus
 # pyradiomics' four volumes); each class's held-out source (one per class that has two or more, and the OCT of the
 # held-out fundus source) is never trained on and sets the 'other' threshold, and packaged-v4's per-class thresholds
-# are raised to the floors of its own leave-source-out study (make loso-fit's loso-fit-v4.json, committed).
+# are raised to the floors of its recipe's own leave-source-out study (make loso-fit's output, committed: 1.6.0's
+# loso-fit-v4-sus-smr.json, with simulated ultrasound and MR figures; SIMULATED=0's loso-fit-v4.json for 1.5.0).
 EXTRA_DATA ?= $(dir $(DATA))modality-extra-v1
 PACKAGED_SET ?= packaged-v4
 PACKAGED_DATA := build/data/$(PACKAGED_SET)
 TRAIN_DATA := $(DATA)/manifest.jsonl,$(EXTRA_DATA)/manifest.jsonl,$(OTHER_DATA)/manifest.jsonl,$(PACKAGED_DATA)/manifest.jsonl
 HOLDOUT := agchung/Actualmed-COVID-chestxray-dataset,Traslational-Visual-Health-Laboratory/OCT-AND-EYE-FUNDUS-DATASET,jnkather/ColorDeconvolutionMatlab,Project-MONAI/MONAI,pypi:scikit-image==0.26.0,pypi:tiatoolbox==2.1.3
 SOURCE_BALANCE := 0
-# The version each PACKAGED_SET's recipe shipped as; another set (packaged-v2) needs MODEL_VERSION= given (tables reindex
+# The version each recipe shipped as; another set (packaged-v2) needs MODEL_VERSION= given (tables reindex
 # by model version, so two recipes must never share one).
 MODEL_VERSION_packaged-v1 := 1.3.1
 MODEL_VERSION_packaged-v3 := 1.4.0
 MODEL_VERSION_packaged-v4 := 1.5.0
-MODEL_VERSION = $(MODEL_VERSION_$(PACKAGED_SET))
+# Model 1.6.0 is packaged-v4's recipe plus simulated figures: train's --simulated-ultrasound-probability and
+# --simulated-mr-probability at SIMULATED (a CT or MRI figure drawn as a B-mode ultrasound frame, a CT figure as MR).
+# SIMULATED=0 is 1.5.0's recipe; the older sets ship without them. A RECIPE is the set and its simulation.
+SIMULATED ?= $(if $(filter packaged-v4,$(PACKAGED_SET)),0.2,0)
+RECIPE = $(PACKAGED_SET)$(if $(filter-out 0,$(SIMULATED)),-sim$(SIMULATED))
+MODEL_VERSION_packaged-v4-sim0.2 := 1.6.0
+MODEL_VERSION = $(MODEL_VERSION_$(RECIPE))
+SIMULATE_ARGS = $(if $(filter-out 0,$(SIMULATED)),--simulated-ultrasound-probability $(SIMULATED) --simulated-mr-probability $(SIMULATED))
 comma := ,
 space := $(subst ,, )
 # The card's ImageNet-probe columns for Lite1 and Lite2: computed on this PACKAGED_SET's figures where bench/results/loso has
@@ -69,23 +77,26 @@ MEMBERS ?= 1
 MODEL_DIR ?= build/model
 # The fine-tuned leave-source-out study the card reports (make loso-fit's output for this recipe and PACKAGED_SET).
 LOSO_FIT_packaged-v1 := bench/results/loso/loso-fit.json
-LOSO_FIT_REPORT ?= $(or $(LOSO_FIT_$(PACKAGED_SET)),bench/results/loso/loso-fit-$(subst packaged-,,$(PACKAGED_SET)).json)
-# The same recipe's whole fine-tuned study on the other backbones (the card's backbone comparison): packaged-v4's on
-# EfficientNet-Lite1, its last four folds and two earlier ones pooled by bench.loso_merge. Another LOSO_FIT_REPORT
-# (another recipe) needs LOSO_BACKBONES_packaged-v4= too: the card compares studies of one recipe only.
-LOSO_BACKBONES_packaged-v4 := bench/results/loso-merge-v4-lite1.json
+LOSO_FIT_packaged-v4-sim0.2 := bench/results/loso/loso-fit-v4-sus-smr.json
+LOSO_FIT_REPORT ?= $(or $(LOSO_FIT_$(RECIPE)),bench/results/loso/loso-fit-$(subst packaged-,,$(RECIPE)).json)
+# One recipe's whole fine-tuned study on each backbone (the card's backbone comparison; the card compares studies of one
+# recipe only): packaged-v4's without simulated figures on EfficientNet-Lite0 and Lite1 (its last four folds and two
+# earlier ones pooled by bench.loso_merge). 1.6.0's card shows that comparison: its recipe's study ran on Lite0 only.
+LOSO_BACKBONES_packaged-v4 := bench/results/loso/loso-fit-v4.json bench/results/loso-merge-v4-lite1.json
+LOSO_BACKBONES_packaged-v4-sim0.2 := $(LOSO_BACKBONES_packaged-v4)
 MEMBER_SEEDS := $(shell seq 0 $$(($(MEMBERS) - 1)))
 MEMBER_RUNS := $(foreach k,$(MEMBER_SEEDS),$(MODEL_DIR)/member-$(k))
-TRAIN_ARGS = --data $(TRAIN_DATA) --holdout-sources $(HOLDOUT) --threshold-on holdout --source-balance $(SOURCE_BALANCE)
+TRAIN_ARGS = --data $(TRAIN_DATA) --holdout-sources $(HOLDOUT) --threshold-on holdout --source-balance $(SOURCE_BALANCE) $(SIMULATE_ARGS)
 # A recipe whose per-class thresholds are raised to its own leave-source-out study's floors (thresholds --floors: each
 # class's threshold at least the one its new hospitals' right figures set, as scored by folds that never saw them).
 THRESHOLD_FLOORS_packaged-v4 = --floors $(LOSO_FIT_REPORT)
+THRESHOLD_FLOORS_packaged-v4-sim0.2 = $(THRESHOLD_FLOORS_packaged-v4)
 
 $(MODEL_DIR)/member-%/training_metrics.json: | install $(PACKAGED_DATA)/manifest.jsonl
 	$(BIN)/xai-pipeline train $(TRAIN_ARGS) --out $(MODEL_DIR)/member-$* --seed $* --split-seed 0
 
 candidate: install $(PACKAGED_DATA)/manifest.jsonl $(if $(filter-out 1,$(MEMBERS)),$(MEMBER_RUNS:=/training_metrics.json))
-	@test -n "$(MODEL_VERSION)" || { echo "PACKAGED_SET=$(PACKAGED_SET) shipped as no model version: give it one, MODEL_VERSION=..."; exit 2; }
+	@test -n "$(MODEL_VERSION)" || { echo "PACKAGED_SET=$(PACKAGED_SET) SIMULATED=$(SIMULATED) shipped as no model version: give it one, MODEL_VERSION=..."; exit 2; }
 ifeq ($(MEMBERS),1)
 	$(BIN)/xai-pipeline train $(TRAIN_ARGS) --out $(MODEL_DIR)
 else
@@ -96,14 +107,14 @@ endif
 		--scans $(EXTRA_DATA)/manifest.jsonl --scans $(PACKAGED_DATA)/manifest.jsonl --exclude-sources $(HOLDOUT) \
 		--other $(OTHER_DATA)/manifest.jsonl --out $(MODEL_DIR)/model-types.safetensors --version $(MODEL_VERSION) --card $(MODEL_DIR)/MODEL_CARD.md
 	$(BIN)/python -m xai_pipeline.train.thresholds --model $(MODEL_DIR)/model-types.safetensors --data $(TRAIN_DATA) \
-		--holdout-sources $(HOLDOUT) --out $(MODEL_DIR)/model-types.safetensors --card $(MODEL_DIR)/MODEL_CARD.md $(THRESHOLD_FLOORS_$(PACKAGED_SET))
+		--holdout-sources $(HOLDOUT) --out $(MODEL_DIR)/model-types.safetensors --card $(MODEL_DIR)/MODEL_CARD.md $(THRESHOLD_FLOORS_$(RECIPE))
 	$(BIN)/xai-pipeline evaluate --model $(MODEL_DIR)/model-types.safetensors --data $(TRAIN_DATA) \
 		--held-out --holdout-sources $(HOLDOUT) --faithfulness --out $(MODEL_DIR)/held-out
 	$(BIN)/python -m xai_pipeline.train.loso --backbone efficientnet_lite0 --out $(MODEL_DIR)/loso --threads 2 \
 		$(foreach m,$(subst $(comma), ,$(TRAIN_DATA)),--manifest $(m))
 	$(BIN)/python -m xai_pipeline.train.model_card --card $(MODEL_DIR)/MODEL_CARD.md --evaluation $(MODEL_DIR)/held-out --held-out \
-		--loso $(LOSO_REPORTS) --loso-fit $(LOSO_FIT_REPORT) $(if $(LOSO_BACKBONES_$(PACKAGED_SET)),--backbones $(LOSO_FIT_REPORT) \
-		$(LOSO_BACKBONES_$(PACKAGED_SET)) --backbone-speed bench/results/lite_variants.json)
+		--loso $(LOSO_REPORTS) --loso-fit $(LOSO_FIT_REPORT) $(if $(LOSO_BACKBONES_$(RECIPE)),--backbones \
+		$(LOSO_BACKBONES_$(RECIPE)) --backbone-speed bench/results/lite_variants.json)
 
 model: candidate
 	cp $(MODEL_DIR)/model-types.safetensors xai_pipeline/weights/modality-default.safetensors
@@ -128,7 +139,7 @@ LOSO_HOLD ?= pengyzhang/cell_seg_matlab TongxinWang0405/BMI702_project $(LOSO_FO
 LOSO_OUT ?= build/$(basename $(notdir $(LOSO_FIT_REPORT)))
 loso-fit: install $(PACKAGED_DATA)/manifest.jsonl
 	$(BIN)/python -m xai_pipeline.train.loso_fit --data $(TRAIN_DATA) $(foreach s,$(LOSO_HOLD),--hold $(s)) \
-		--source-balance $(SOURCE_BALANCE) --type-heads $(OTHER_DATA)/manifest.jsonl --out $(LOSO_OUT)
+		--source-balance $(SOURCE_BALANCE) $(SIMULATE_ARGS) --type-heads $(OTHER_DATA)/manifest.jsonl --out $(LOSO_OUT)
 	cp $(LOSO_OUT)/loso-fit.json bench/results/loso/$(notdir $(LOSO_OUT)).json
 
 clean:

@@ -55,6 +55,23 @@ _DECISION_ROWS = (("macro_f1", "macro-F1, six modalities"), ("in_class_kept", "m
 AUGMENT_FLAGS: tuple[str, ...] = ("sector_probability", "mr_contrast_probability", "simulated_ultrasound_probability",
                                    "simulated_mr_probability", "simulated_endoscopy_probability")
 """``train``'s augmentations that are off by default: ``loso_fit`` takes them as its own flags, and a study records the ones that were on."""
+AUGMENT_WHAT: dict[str, str] = {
+    "sector_probability": "an ultrasound figure scan-converted into a curved probe's fan",
+    "mr_contrast_probability": "an MRI figure's tissue contrast remapped by a random curve, on the body only",
+    "simulated_ultrasound_probability": "a CT or MRI figure turned into a simulated B-mode frame (interface echoes and diffuse "
+                                        "scatter, Rayleigh speckle, attenuation and shadowing, log compression, half the time a fan), "
+                                        "labelled ultrasound",
+    "simulated_mr_probability": "a CT figure turned into a simulated MR figure (fat bright and bone dark by a drawn curve, air black, "
+                                "coil bias, Rician noise), labelled mri",
+    "simulated_endoscopy_probability": "an outlier figure turned into a simulated endoscopy frame (warm tissue, a dark lumen, "
+                                       "highlights, a round or octagonal field of view), still an outlier",
+}
+"""What each of :data:`AUGMENT_FLAGS` does to a training figure, as a model card says it."""
+
+
+def augment_lines(cfg: dict[str, Any]) -> list[str]:
+    """The card's *Method* lines for ``cfg``'s off-by-default augmentations that were on (none: [])."""
+    return [f"- With probability {cfg[name]:g} (`{flag_name(name)}`): {AUGMENT_WHAT[name]}." for name in AUGMENT_FLAGS if cfg.get(name)]
 
 
 def augment_flags(cfg: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from xai_pipeline.config import TrainConfig
-from xai_pipeline.train.loso_card import backbones_section, loso_fit_section, loso_section
+from xai_pipeline.train.loso_card import augment_lines, backbones_section, loso_fit_section, loso_section
 
 _FAITHFULNESS_METHODS = {"crm": "CRM", "cam": "CAM", "grad_cam": "Grad-CAM", "random": "random"}
 
@@ -130,6 +130,7 @@ def render_model_card(report: dict[str, Any]) -> str:
         "HED stain jitter (Tellez et al. 2019; each stain's amount scaled by U(0.7, 1.3) and shifted by U(−0.05, 0.05) OD), "
         "IHC restaining (a quarter of the tiles: eosin partly turned into DAB under a smooth random mask, haematoxylin lightened) "
         "and zoom-out (the tile shrunk to 35–70% and mirror-tiled back: lower magnifications).",
+        *augment_lines(cfg),
         f"- Outlier exposure: {cfg['outlier_fraction']:.0%} of every batch is a non-modality figure trained towards a uniform "
         "prediction: procedurally drawn (bar/line/scatter charts, flow diagrams, tables, text, western blots, photo-like scenes)"
         + (", or half the time a real training figure labelled `other`." if split["train"].get("other") else "."),

@@ -442,3 +442,16 @@ def test_card_limits_name_single_and_dominated_sources() -> None:
     assert lines[0].endswith("mri (medpix).")
     assert lines[1].endswith("ct (medpix: 247 of 248 training figures; dicom 1).") and "fundus" not in lines[1]
     assert _source_limits({}) == []
+
+
+def test_the_card_names_each_off_by_default_augmentation_that_was_on() -> None:
+    from xai_pipeline.train.loso_card import AUGMENT_FLAGS, AUGMENT_WHAT, augment_lines
+
+    assert set(AUGMENT_WHAT) == set(AUGMENT_FLAGS)  # each flag says what it does
+    cfg = {"simulated_mr_probability": 0.2, "sector_probability": 0.0, "simulated_endoscopy_probability": 0.3}
+    assert augment_lines(cfg) == [f"- With probability 0.2 (`--simulated-mr-probability`): {AUGMENT_WHAT['simulated_mr_probability']}.",
+                                  f"- With probability 0.3 (`--simulated-endoscopy-probability`): {AUGMENT_WHAT['simulated_endoscopy_probability']}."]
+    assert augment_lines({}) == []
+    card = (Path(__file__).parents[3] / "xai_pipeline" / "weights" / "MODEL_CARD.md").read_text()
+    method = card[card.index("## Method"): card.index("## Metrics")]
+    assert "(`--simulated-ultrasound-probability`)" in method and "(`--simulated-mr-probability`)" in method  # the bundled model's recipe
